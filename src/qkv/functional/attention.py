@@ -1,0 +1,222 @@
+"""Scaled dot-product attention: ``softmax(Q K^T / sqrt(E) + bias) V`` with boolean masks.
+
+Notation: B batch, H query heads, H_kv key/value heads (H a multiple of H_kv), L query length,
+S key length, E head dim (Ev for values).
+
+Two paths compute the same thing and are tested against each other and against float64:
+
+* the fused path: ``torch.nn.functional.scaled_dot_product_attention`` (flash/efficient kernels);
+* the math path: :func:`attention_math`, plain matmul + :func:`masked_softmax` + matmul, the reference
+  and the path that also yields the attention weights.
+
+Masks are ``torch.bool``, True = may attend, broadcastable to ``(B, H, L, S)``. ``causal`` is lower-right
+aligned (key ``j`` visible to query ``i`` iff ``j <= i + S - L``). A query row with no visible key
+returns zeros on every path (never NaN), and its gradient is zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from qkv.functional.masks import causal_mask, check_broadcast
+
+__all__ = ["scaled_dot_product_attention", "attention_math", "masked_softmax", "attention_weights"]
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None, dim: int = -1) -> torch.Tensor:
+    """Softmax over ``dim`` restricted to positions where ``mask`` is True.
+
+    Rows with no True entry give all zeros (not NaN), with zero gradient. Computed in at least
+    float32 and returned in the dtype of ``scores``.
+    """
+    work = scores if scores.dtype in (torch.float32, torch.float64) else scores.float()
+    if mask is None:
+        return torch.softmax(work, dim=dim).to(scores.dtype)
+    # A finite fill keeps exp() finite for fully masked rows (uniform there), which are zeroed below.
+    work = work.masked_fill(~mask, torch.finfo(work.dtype).min)
+    weights = torch.softmax(work, dim=dim)
+    weights = weights * mask.any(dim=dim, keepdim=True)
+    return weights.to(scores.dtype)
+
+
+def _validate(q, k, v, mask, bias, dropout_p) -> tuple[int, int, int, int, int]:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            need = "(B, H, L, E)" if name == "q" else "(B, H_kv, S, E)"
+            raise ValueError(f"{name} must be 4-D {need}, got shape {tuple(t.shape)}")
+    B, H, L, E = q.shape
+    if k.shape[0] != B or v.shape[0] != B:
+        raise ValueError(
+            f"batch sizes differ: q has B={B}, k has {k.shape[0]}, v has {v.shape[0]} "
+            f"(q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)})"
+        )
+    if k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must agree on (B, H_kv, S)")
+    if k.shape[3] != E:
+        raise ValueError(f"k head dim must equal q's: q {tuple(q.shape)} needs k (..., {E}), got {tuple(k.shape)}")
+    H_kv, S = k.shape[1], k.shape[2]
+    if H_kv == 0 or H % H_kv:
+        raise ValueError(f"query heads H={H} must be a multiple of key/value heads H_kv={H_kv}")
+    target = (B, H, L, S)
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise ValueError(
+                f"mask must be torch.bool (True = may attend), got {mask.dtype} of shape {tuple(mask.shape)};"
+                " pass additive float terms as bias="
+            )
+        check_broadcast("mask", mask, target)
+    if bias is not None:
+        if not bias.is_floating_point():
+            raise ValueError(f"bias must be a floating tensor, got {bias.dtype}; pass boolean masks as mask=")
+        check_broadcast("bias", bias, target)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    return B, H, H_kv, L, S
+
+
+def _group(q: torch.Tensor, H_kv: int) -> torch.Tensor:
+    """(B, H, L, E) -> (B, H_kv, G, L, E) so that grouped heads share k/v without copies."""
+    B, H, L, E = q.shape
+    return q.view(B, H_kv, H // H_kv, L, E)  # (B, H_kv, G, L, E)
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """(B, H, L, E) x (B, H_kv, S, E) -> (B, H, L, S)."""
+    B, H, L, _ = q.shape
+    H_kv, S = k.shape[1], k.shape[2]
+    s = torch.matmul(_group(q, H_kv), k.unsqueeze(2).transpose(-1, -2))  # (B, H_kv, G, L, S)
+    return s.reshape(B, H, L, S) * scale
+
+
+def _weighted_values(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(B, H, L, S) x (B, H_kv, S, Ev) -> (B, H, L, Ev)."""
+    B, H, L, S = w.shape
+    H_kv = v.shape[1]
+    out = torch.matmul(w.reshape(B, H_kv, H // H_kv, L, S), v.unsqueeze(2))  # (B, H_kv, G, L, Ev)
+    return out.reshape(B, H, L, v.shape[-1])
+
+
+def _full_mask(mask: torch.Tensor | None, causal: bool, L: int, S: int, device) -> torch.Tensor | None:
+    if not causal:
+        return mask
+    c = causal_mask(L, S, device=device)
+    return c if mask is None else mask & c
+
+
+def attention_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """The attention distribution ``softmax(Q K^T * scale + bias)`` over visible keys: ``(B, H, L, S)``."""
+    L, S = q.shape[2], k.shape[2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = _scores(q, k, scale)
+    if bias is not None:
+        scores = scores + bias
+    return masked_softmax(scores, _full_mask(mask, causal, L, S, q.device))
+
+
+def attention_math(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference path: explicit weights, then ``weights @ V``. Returns ``(out (B,H,L,Ev), weights (B,H,L,S))``.
+
+    The returned weights are the attention distribution before dropout.
+    """
+    w = attention_weights(q, k, mask=mask, bias=bias, causal=causal, scale=scale)
+    p = w
+    if dropout_p > 0.0:
+        keep = torch.rand(w.shape, device=w.device, generator=generator) >= dropout_p
+        p = w * keep / (1.0 - dropout_p)
+    return _weighted_values(p.to(v.dtype), v), w
+
+
+def _fused(q, k, v, mask, bias, causal, dropout_p, scale, H_kv) -> torch.Tensor:
+    """torch's fused kernel, with fully masked rows forced to zero whatever the backend does."""
+    B, H, L, _ = q.shape
+    S = k.shape[2]
+    if causal and L == S and mask is None and bias is None:
+        return _sdpa(q, k, v, None, True, dropout_p, scale, H_kv)
+    mask = _full_mask(mask, causal, L, S, q.device)
+    row_ok = None
+    if mask is not None:
+        row_ok = mask.any(-1, keepdim=True)  # (B|1, H|1, L|1, 1)
+        mask = mask | ~row_ok  # give empty rows something finite to attend to; zeroed below
+    attn = mask
+    if bias is not None:
+        attn = bias.to(q.dtype)
+        if mask is not None:
+            attn = attn.masked_fill(~mask, float("-inf"))
+    out = _sdpa(q, k, v, attn, False, dropout_p, scale, H_kv)
+    return out if row_ok is None else out * row_ok
+
+
+def _sdpa(q, k, v, attn, is_causal, dropout_p, scale, H_kv) -> torch.Tensor:
+    if H_kv != q.shape[1]:
+        g = q.shape[1] // H_kv
+        k = k.repeat_interleave(g, dim=1)  # (B, H, S, E)
+        v = v.repeat_interleave(g, dim=1)  # (B, H, S, Ev)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+    )
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    return_weights: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Scaled dot-product attention ``softmax(Q K^T * scale + bias) V``.
+
+    Args:
+        q: queries ``(B, H, L, E)``.
+        k: keys ``(B, H_kv, S, E)``; ``H`` must be a multiple of ``H_kv`` (grouped heads).
+        v: values ``(B, H_kv, S, Ev)``.
+        mask: bool, broadcastable to ``(B, H, L, S)``, True = may attend.
+        bias: additive float scores (ALiBi, relative positions), broadcastable to ``(B, H, L, S)``.
+        causal: lower-right aligned causal masking, combined with ``mask``.
+        dropout_p: dropout on the attention weights (pass 0.0 in eval).
+        scale: score scale, default ``1 / sqrt(E)``.
+        return_weights: also return the attention weights ``(B, H, L, S)`` (before dropout).
+
+    Returns:
+        ``out (B, H, L, Ev)``, or ``(out, weights)`` when ``return_weights``.
+
+    Without weights the output always comes from torch's fused kernel. With weights and autograd
+    recording, the output still comes from the fused kernel (its backward is the fast one) and the
+    weights from one extra ``Q K^T`` + softmax, which measured faster than the all-math path that
+    ``nn.MultiheadAttention(need_weights=True)`` takes; under ``no_grad`` (or with dropout) the math
+    path is cheaper and is used.
+    """
+    _, _, H_kv, _, _ = _validate(q, k, v, mask, bias, dropout_p)
+    if not return_weights:
+        return _fused(q, k, v, mask, bias, causal, dropout_p, scale, H_kv)
+    recording = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if dropout_p > 0.0 or not recording:
+        return attention_math(q, k, v, mask=mask, bias=bias, causal=causal, dropout_p=dropout_p, scale=scale)
+    out = _fused(q, k, v, mask, bias, causal, 0.0, scale, H_kv)
+    return out, attention_weights(q, k, mask=mask, bias=bias, causal=causal, scale=scale)
