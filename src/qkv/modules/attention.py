@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qkv.functional.attention import scaled_dot_product_attention
+from qkv.modules.attend import SoftmaxAttend
 from qkv.modules.kv_cache import KVCache
 
 __all__ = ["SelfAttention", "MultiHeadAttention", "CausalSelfAttention", "mask_from_torch"]
@@ -81,6 +82,7 @@ class MultiHeadAttention(nn.Module):
         dropout: dropout on attention weights, active in training mode.
         bias: whether projections have biases.
         qk_transform: optional positional transform of (q, k), e.g. rotary embeddings.
+        attend: the attention kernel on heads (default exact softmax); see :mod:`qkv.modules.attend`.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class MultiHeadAttention(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         qk_transform: QKTransform | None = None,
+        attend: nn.Module | None = None,
     ) -> None:
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -105,6 +108,7 @@ class MultiHeadAttention(nn.Module):
         self.head_dim = d_model // num_heads
         self.dropout = dropout
         self.qk_transform = qk_transform
+        self.attend = SoftmaxAttend() if attend is None else attend
         kv_dim = num_kv_heads * self.head_dim
         self.in_proj = nn.Linear(d_model, d_model + 2 * kv_dim, bias=bias)  # [W^Q; W^K; W^V]
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W^O
@@ -167,7 +171,7 @@ class MultiHeadAttention(nn.Module):
                 q, k = self.qk_transform(q, k, offset)
             if cache is not None:
                 k, v = cache.update(k, v)
-        res = scaled_dot_product_attention(
+        res = self.attend(
             q, k, v, mask=mask, bias=bias, causal=causal,
             dropout_p=self.dropout if self.training else 0.0, return_weights=return_weights,
         )
