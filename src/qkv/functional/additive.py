@@ -23,7 +23,9 @@ def additive_scores(q_proj: torch.Tensor, k_proj: torch.Tensor, v: torch.Tensor)
         scores ``(B, L, S)``.
     """
     if q_proj.dim() != 3 or k_proj.dim() != 3:
-        raise ValueError(f"q_proj must be (B, L, A) and k_proj (B, S, A), got {tuple(q_proj.shape)}, {tuple(k_proj.shape)}")
+        raise ValueError(
+            f"q_proj must be (B, L, A) and k_proj (B, S, A), got {tuple(q_proj.shape)}, {tuple(k_proj.shape)}"
+        )
     if q_proj.shape[0] != k_proj.shape[0] or q_proj.shape[-1] != k_proj.shape[-1] or v.shape != q_proj.shape[-1:]:
         raise ValueError(
             f"shapes do not match: q_proj {tuple(q_proj.shape)}, k_proj {tuple(k_proj.shape)}, v {tuple(v.shape)};"
@@ -36,5 +38,7 @@ def additive_scores(q_proj: torch.Tensor, k_proj: torch.Tensor, v: torch.Tensor)
 def dot_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Luong dot scores ``e_ij = s_i . h_j``: ``(B, L, D) x (B, S, D) -> (B, L, S)``."""
     if q.dim() != 3 or k.dim() != 3 or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q must be (B, L, D) and k (B, S, D) with equal B and D, got {tuple(q.shape)}, {tuple(k.shape)}")
+        raise ValueError(
+            f"q must be (B, L, D) and k (B, S, D) with equal B and D, got {tuple(q.shape)}, {tuple(k.shape)}"
+        )
     return torch.matmul(q, k.transpose(1, 2))

@@ -54,13 +54,17 @@ class _AlignmentAttention(nn.Module):
         q = query.unsqueeze(1) if single else query  # (B, L, Dq)
         values = keys if values is None else values
         if q.dim() != 3 or q.shape[-1] != self.query_dim:
-            raise ValueError(f"query must be (B, {self.query_dim}) or (B, L, {self.query_dim}), got {tuple(query.shape)}")
+            raise ValueError(
+                f"query must be (B, {self.query_dim}) or (B, L, {self.query_dim}), got {tuple(query.shape)}"
+            )
         if keys.dim() != 3 or keys.shape[-1] != self.key_dim or keys.shape[0] != q.shape[0]:
             raise ValueError(f"keys must be (B={q.shape[0]}, S, {self.key_dim}), got {tuple(keys.shape)}")
         if values.shape[:2] != keys.shape[:2]:
             raise ValueError(f"values {tuple(values.shape)} must match keys {tuple(keys.shape)} on (B, S)")
         if mask is not None and (mask.dtype != torch.bool or mask.shape != keys.shape[:2]):
-            raise ValueError(f"mask must be bool (B, S) = {tuple(keys.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask must be bool (B, S) = {tuple(keys.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}"
+            )
         keys_proj = self.project_keys(keys) if keys_proj is None else keys_proj
         scores = self.score(q, keys_proj)  # (B, L, S)
         weights = masked_softmax(scores, None if mask is None else mask.unsqueeze(1))  # (B, L, S)
@@ -80,7 +84,9 @@ class AdditiveAttention(_AlignmentAttention):
     def __init__(self, query_dim: int, key_dim: int, hidden_dim: int) -> None:
         super().__init__()
         if min(query_dim, key_dim, hidden_dim) < 1:
-            raise ValueError(f"sizes must be >= 1, got query_dim={query_dim}, key_dim={key_dim}, hidden_dim={hidden_dim}")
+            raise ValueError(
+                f"sizes must be >= 1, got query_dim={query_dim}, key_dim={key_dim}, hidden_dim={hidden_dim}"
+            )
         self.query_dim, self.key_dim, self.hidden_dim = query_dim, key_dim, hidden_dim
         self.w_query = nn.Linear(query_dim, hidden_dim, bias=False)  # W
         self.w_key = nn.Linear(key_dim, hidden_dim, bias=True)  # U (+ bias)
