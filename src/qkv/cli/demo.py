@@ -33,6 +33,6 @@ def run_attention_demo(seed: int = 0) -> None:
     h = torch.randn(1, L, 16)
     with torch.no_grad():
         y, w = mha(h, mask=causal_mask(L), return_weights=True)
-    print(f"\nMultiHeadAttention(d_model=16, num_heads=4): in {tuple(h.shape)} -> out {tuple(y.shape)}, "
-          "\n  "
-          f"weights {tuple(w.shape)} (B, H, L, S); each row sums to 1: {bool(torch.allclose(w.sum(-1), torch.ones(1)))}")
+    rows_sum_to_one = bool(torch.allclose(w.sum(-1), torch.ones(1)))
+    print(f"\nMultiHeadAttention(d_model=16, num_heads=4): in {tuple(h.shape)} -> out {tuple(y.shape)},")
+    print(f"  weights {tuple(w.shape)} (B, H, L, S); each row sums to 1: {rows_sum_to_one}")
