@@ -1,0 +1,336 @@
+"""Checkpoints as directories of safetensors and JSON files, written atomically; no pickle anywhere.
+
+A checkpoint directory holds:
+
+- ``model.safetensors``: the weights (tied weights stored once, as ``safetensors.torch.save_model`` does);
+- ``optimizer.safetensors`` / ``rng.safetensors``: optimiser state tensors, torch CPU/CUDA RNG states;
+- ``checkpoint.json``: format marker, trainer state, scheduler state, the optimiser's non-tensor
+  state (param groups), numpy and Python RNG states;
+- ``config.json``: the model config (``to_dict()``), when given; tokenizer files from ``tokenizer.save(dir)``.
+
+Everything is first written to a hidden temporary directory beside the target and then moved into place
+with ``os.replace``; run directories point at their newest and best checkpoints through the symlinks
+``latest`` and ``best``, also swapped with ``os.replace``. A crash mid-write leaves at most a stray
+temporary directory, never a half-written checkpoint under a real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file, save_model
+from torch import nn
+
+FORMAT = "qkv-checkpoint"
+VERSION = 1
+META = "checkpoint.json"
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, truncated, foreign or does not fit the model."""
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` read besides the tensors it loaded in place."""
+
+    path: Path
+    trainer_state: dict[str, Any] = field(default_factory=dict)
+    model_config: dict[str, Any] | None = None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP/FSDP wrappers and ``torch.compile``."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+# ----------------------------------------------------------------------------------------- writing
+def _fsync_dir_files(folder: Path) -> None:
+    for f in folder.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    extra: dict[str, Any] = {"state": {}, "param_groups": []}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                extra["state"].setdefault(str(idx), {})[key] = value
+    for i, group in enumerate(sd["param_groups"]):
+        plain = {}
+        for key, value in group.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"group.{i}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                plain[key] = list(value) if isinstance(value, tuple) else value
+        extra["param_groups"].append(plain)
+    return tensors, extra
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Torch CPU/CUDA RNG states as tensors; numpy and Python ``random`` states as JSON values."""
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    plain = {
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss_next],
+    }
+    return tensors, plain
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("torch_cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    kind, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = plain["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    os.replace(path, old / path.name)  # the new one moves in right after; `old` is removed last
+    os.replace(tmp, path)
+    shutil.rmtree(old)
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    trainer_state: dict[str, Any] | None = None,
+    model_config: Any = None,
+    tokenizer: Any = None,
+    save_rng: bool = True,
+) -> Path:
+    """Write a checkpoint directory atomically (temporary directory, then ``os.replace``).
+
+    Args:
+        path: the checkpoint directory to create (replaced if it exists).
+        model: the network (wrappers are unwrapped).
+        optimizer: saved when given.
+        scheduler: saved when given (its ``state_dict()`` must be JSON-able, as ``LambdaLR``'s is).
+        trainer_state: JSON-able dict (step, epoch, best metric ...).
+        model_config: a config with ``to_dict()`` or a dict, written to ``config.json``.
+        tokenizer: an object with ``save(folder)``, called on the checkpoint directory.
+        save_rng: also save torch, numpy and Python RNG states.
+
+    Returns:
+        The checkpoint directory.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        meta: dict[str, Any] = {"format": FORMAT, "version": VERSION, "trainer": trainer_state or {}}
+        save_model(unwrap(model), str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        if optimizer is not None:
+            tensors, meta["optimizer"] = _optimizer_state(optimizer)
+            save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"format": FORMAT})
+        if scheduler is not None:
+            meta["scheduler"] = scheduler.state_dict()
+        if save_rng:
+            tensors, meta["rng"] = rng_state()
+            save_file(tensors, str(tmp / "rng.safetensors"), metadata={"format": FORMAT})
+        if model_config is not None:
+            cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
+            _write_json(tmp / CONFIG, cfg)
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        _write_json(tmp / META, meta)  # written last
+        _fsync_dir_files(tmp)
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def point(run_dir: str | os.PathLike, name: str, target: str | os.PathLike) -> None:
+    """Atomically make ``run_dir/name`` a relative symlink to the checkpoint ``target`` in ``run_dir``."""
+    run_dir = Path(run_dir)
+    link = run_dir / name
+    tmp = run_dir / f".{name}.link-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(Path(target).name, tmp)
+    os.replace(tmp, link)
+
+
+# ----------------------------------------------------------------------------------------- reading
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint directory from itself or from a run directory (through its ``latest`` link).
+
+    Raises:
+        CheckpointError: when neither holds a qkv checkpoint.
+    """
+    path = Path(path)
+    if (path / META).is_file():
+        return path
+    if (path / "latest" / META).is_file():
+        return (path / "latest").resolve()
+    if path.is_file():
+        raise CheckpointError(
+            f"{path} is a file; a qkv checkpoint is a directory holding {META} and {WEIGHTS}"
+        )
+    raise CheckpointError(f"no qkv checkpoint at {path} (no {META} there nor under {path / 'latest'})")
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate ``checkpoint.json`` of a checkpoint directory."""
+    file = resolve(path) / META
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e}); the checkpoint is truncated or foreign") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{file}: format is {found!r}, expected {FORMAT!r}")
+    if meta.get("version", 0) > VERSION:
+        raise CheckpointError(f"{file}: version {meta['version']} is newer than this qkv ({VERSION})")
+    return meta
+
+
+def read_tensors(file: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """``safetensors`` load with an error that names the file and says what is wrong."""
+    file = Path(file)
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing")
+    try:
+        return load_file(str(file), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{file}: cannot be read as safetensors ({e}); the file is truncated or not a qkv checkpoint"
+        ) from e
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The model config dict of a checkpoint, or ``None`` when it has none."""
+    file = resolve(path) / CONFIG
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> None:
+    """Load ``model.safetensors`` of a checkpoint (or a ``.safetensors`` file) into ``model`` in place."""
+    path = Path(path)
+    file = path if path.suffix == ".safetensors" else resolve(path) / WEIGHTS
+    model = unwrap(model)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    state = read_tensors(file, device)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise CheckpointError(f"{file}: does not fit {type(model).__name__}: {e}") from e
+    tied = {n for names in _shared_names(model) for n in names}
+    missing = [k for k in missing if k not in tied]
+    if strict and (missing or unexpected):
+        raise CheckpointError(
+            f"{file}: does not fit {type(model).__name__}: missing keys {missing[:8]}, "
+            f"unexpected keys {unexpected[:8]}"
+        )
+
+
+def _shared_names(model: nn.Module) -> list[list[str]]:
+    by_ptr: dict[int, list[str]] = {}
+    for name, t in model.state_dict().items():
+        by_ptr.setdefault(t.data_ptr(), []).append(name)
+    return [names for names in by_ptr.values() if len(names) > 1]
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path, extra: dict[str, Any]) -> None:
+    tensors = read_tensors(folder / "optimizer.safetensors")
+    state: dict[int, dict[str, Any]] = {}
+    groups = [dict(g) for g in extra["param_groups"]]
+    for key, value in tensors.items():
+        kind, idx, name = key.split(".", 2)
+        if kind == "state":
+            state.setdefault(int(idx), {})[name] = value
+        else:
+            groups[int(idx)][name] = value
+    for idx, values in extra.get("state", {}).items():
+        state.setdefault(int(idx), {}).update(values)
+    for g in groups:
+        if "betas" in g and isinstance(g["betas"], list):
+            g["betas"] = tuple(g["betas"])
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{folder}: optimizer state does not fit this optimizer: {e}") from e
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module | None = None,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    restore_rng: bool = False,
+) -> Checkpoint:
+    """Load a checkpoint into the given objects in place.
+
+    Args:
+        path: a checkpoint directory, or a run directory (its ``latest`` is used).
+        model: receives the weights when given.
+        optimizer: receives the optimiser state when given (the checkpoint must have one).
+        scheduler: receives the scheduler state when given.
+        restore_rng: also restore torch, numpy and Python RNG states (for bit-exact resumption).
+
+    Returns:
+        The trainer state and model config it held.
+
+    Raises:
+        CheckpointError: missing, truncated or foreign files, or state that does not fit.
+    """
+    folder = resolve(path)
+    meta = read_meta(folder)
+    if model is not None:
+        load_weights(model, folder)
+    if optimizer is not None:
+        if "optimizer" not in meta:
+            raise CheckpointError(f"{folder}: holds no optimizer state (weights-only checkpoint)")
+        _load_optimizer(optimizer, folder, meta["optimizer"])
+    if scheduler is not None and "scheduler" in meta:
+        scheduler.load_state_dict(meta["scheduler"])
+    if restore_rng and "rng" in meta:
+        set_rng_state(read_tensors(folder / "rng.safetensors"), meta["rng"])
+    return Checkpoint(path=folder, trainer_state=meta.get("trainer", {}), model_config=read_config(folder))

@@ -1,0 +1,110 @@
+"""The trainer's settings: one dataclass, filled from YAML/CLI by the caller (no argparse here)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from qkv.training.optim import SCHEDULES
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """How to train.
+
+    Attributes:
+        steps: optimiser updates to make.
+        lr: base learning rate; the peak rate for ``cosine``/``constant``, a factor for ``inverse_sqrt``
+            (1.0 gives the paper's absolute rate).
+        warmup: warm-up updates.
+        schedule: one of ``constant``, ``cosine``, ``inverse_sqrt``.
+        min_lr_ratio: final multiplier of ``cosine``.
+        d_model: model width for ``inverse_sqrt`` (required there).
+        weight_decay: AdamW decay of weight matrices (not biases, norms, embeddings).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        fused: fused AdamW; ``None`` picks it where available.
+        grad_clip: clip the global gradient norm to this (``None`` or 0: no clipping).
+        grad_accum: micro-batches per update (the loss is averaged over all their tokens).
+        precision: ``fp32`` or ``bf16`` (autocast on CPU and GPU; weights and optimiser stay fp32).
+        compile: run the forward and loss through ``torch.compile``.
+        eval_every: evaluate (and checkpoint) every this many updates; 0 only at the end.
+        eval_batches: cap on evaluation batches (``None``: all).
+        monitor: evaluation metric that picks the best checkpoint (``loss`` or a task metric key).
+        mode: ``min`` or ``max`` for ``monitor``.
+        patience: stop after this many evaluations without improvement (``None``: never).
+        log_every: print/log training metrics every this many updates (the only host syncs).
+        save_every: also checkpoint every this many updates (0: only at evaluations and the end).
+        keep_last: step checkpoints kept in ``out_dir`` (the best one is kept as well).
+        average_last: after training, average the last this many checkpoints into ``out_dir/averaged``.
+        seed: seed of torch, numpy and ``random`` at the start of training.
+        out_dir: run directory for checkpoints and metrics (``None``: keep nothing on disk).
+        device: ``auto`` (GPU if present), ``cpu``, ``cuda``, ``cuda:1`` ...
+        strategy: data parallelism under torchrun: ``ddp`` or ``fsdp``.
+        progress: show a tqdm progress bar on rank 0.
+    """
+
+    steps: int = 1000
+    lr: float = 3e-4
+    warmup: int = 100
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    d_model: int | None = None
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    fused: bool | None = None
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    precision: str = "fp32"
+    compile: bool = False
+    eval_every: int = 0
+    eval_batches: int | None = None
+    monitor: str = "loss"
+    mode: str = "min"
+    patience: int | None = None
+    log_every: int = 10
+    save_every: int = 0
+    keep_last: int = 5
+    average_last: int = 0
+    seed: int = 0
+    out_dir: str | None = None
+    device: str = "auto"
+    strategy: str = "ddp"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # from YAML/JSON lists
+        if self.steps < 0 or self.warmup < 0:
+            raise ValueError(f"steps ({self.steps}) and warmup ({self.warmup}) must be >= 0")
+        if self.grad_accum < 1 or self.log_every < 1:
+            raise ValueError(f"grad_accum ({self.grad_accum}) and log_every ({self.log_every}) must be >= 1")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r} is not one of {SCHEDULES}")
+        if self.schedule == "inverse_sqrt" and not self.d_model:
+            raise ValueError("schedule 'inverse_sqrt' needs d_model")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {self.mode!r}")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (``betas`` as a list)."""
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error that names them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; known keys are {sorted(known)}")
+        return cls(**d)

@@ -1,0 +1,377 @@
+"""The training loop: accumulation, clipping, bf16 autocast, compile, evaluation, checkpoints, signals.
+
+A *loss function* ``loss_fn(model, batch) -> (loss, n_tokens)`` returns the mean loss over the
+batch's counted tokens and their number (a tensor or int). The trainer weights each micro-batch by its
+token count, so an update's loss is the mean over all tokens of its micro-batches (and of all ranks):
+gradient accumulation and data parallelism give the same update as one big batch.
+
+Only ``log_every`` steps and evaluations read values back to the host; in between, losses, token counts
+and gradient norms stay on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qkv.training import checkpoint as ckpt
+from qkv.training.average import average_last, prune_checkpoints
+from qkv.training.config import TrainConfig
+from qkv.training.distributed import DistInfo, all_reduce_sum, barrier, default_device, wrap_model
+from qkv.training.metrics import MetricsWriter, perplexity
+from qkv.training.optim import build_optimizer, build_scheduler, schedule_fn
+
+LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, "torch.Tensor | int"]]
+MetricFn = Callable[[nn.Module], dict[str, float]]
+
+
+class _LossModule(nn.Module):
+    """``model`` + ``loss_fn`` as one module, so DDP and ``torch.compile`` see the whole step."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | int]:
+        return self.loss_fn(self.model, batch)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move tensors inside tuples, lists, dicts and objects with ``.to()`` to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+        return type(batch)(to_device(v, device) for v in batch)
+    if isinstance(batch, tuple):  # namedtuple
+        return type(batch)(*(to_device(v, device) for v in batch))
+    if hasattr(batch, "to") and callable(batch.to):
+        return batch.to(device)
+    return batch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and Python ``random``."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` did."""
+
+    step: int
+    best: float | None = None
+    best_path: Path | None = None
+    last_path: Path | None = None
+    averaged_path: Path | None = None
+    stopped_early: bool = False
+    interrupted: bool = False
+    evals: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains ``model`` on ``train_data`` with ``loss_fn``; see :class:`TrainConfig` for the knobs.
+
+    Args:
+        model: the network (moved to the configured device).
+        loss_fn: ``loss_fn(model, batch) -> (mean loss, n_tokens)``.
+        train_data: re-iterable batches (one pass = one epoch; ``set_epoch(e)`` is called if present).
+            For bit-exact resumption the order must depend only on the epoch (a seeded shuffle).
+        config: the settings.
+        eval_data: batches for evaluation (loss, perplexity).
+        eval_loss_fn: loss for evaluation (default ``loss_fn``; pass one without label smoothing for
+            a true perplexity).
+        metric_fn: ``metric_fn(model) -> {name: value}``, the task metric, called at each evaluation.
+        model_config: saved as ``config.json`` in checkpoints (a dataclass with ``to_dict()``).
+        tokenizer: saved into checkpoints through ``tokenizer.save(folder)``.
+        dist: the process's place in a torchrun job (default: single process).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        train_data: Iterable[Any],
+        config: TrainConfig,
+        *,
+        eval_data: Iterable[Any] | None = None,
+        eval_loss_fn: LossFn | None = None,
+        metric_fn: MetricFn | None = None,
+        model_config: Any = None,
+        tokenizer: Any = None,
+        dist: DistInfo | None = None,
+    ) -> None:
+        self.config = config
+        self.dist = dist or DistInfo(device=_device(config.device))
+        self.device = self.dist.device
+        seed_everything(config.seed)
+        self.model = model.to(self.device)
+        self.loss_fn, self.eval_loss_fn = loss_fn, eval_loss_fn or loss_fn
+        self.train_data, self.eval_data, self.metric_fn = train_data, eval_data, metric_fn
+        self.model_config, self.tokenizer = model_config, tokenizer
+        self.step_module = wrap_model(_LossModule(self.model, loss_fn), self.dist, config.strategy)
+        if config.compile:
+            self.step_module = torch.compile(self.step_module)
+        self.optimizer = build_optimizer(
+            self.model, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas,
+            eps=config.eps, fused=config.fused,
+        )
+        fn = schedule_fn(config.schedule, warmup=config.warmup, total=config.steps,
+                         d_model=config.d_model, min_ratio=config.min_lr_ratio)
+        self.scheduler = build_scheduler(self.optimizer, fn)
+        self.out_dir = Path(config.out_dir) if config.out_dir else None
+        self.writer = MetricsWriter(self.out_dir if self.dist.is_main else None)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best: float | None = None
+        self.bad_evals = 0
+        self._iter: Iterator[Any] | None = None
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------------------------ data
+    def _next_batch(self) -> Any:
+        for _ in range(2):
+            if self._iter is None:
+                if hasattr(self.train_data, "set_epoch"):
+                    self.train_data.set_epoch(self.epoch)
+                self._iter = iter(self.train_data)
+            try:
+                batch = next(self._iter)
+                self.batch_in_epoch += 1
+                return to_device(batch, self.device)
+            except StopIteration:
+                self._iter, self.batch_in_epoch = None, 0
+                self.epoch += 1
+        raise ValueError(f"train_data yielded no batches in epoch {self.epoch - 1}")
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        enabled = self.config.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    # ------------------------------------------------------------------------------------ step
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One update over ``grad_accum`` micro-batches.
+
+        Returns:
+            ``(loss_sum, n_tokens, grad_norm)`` as device tensors (this rank's loss sum, global count).
+        """
+        loss_sum = torch.zeros((), device=self.device)
+        n_sum = torch.zeros((), device=self.device)
+        ddp = isinstance(self.step_module, nn.parallel.DistributedDataParallel)
+        for i in range(self.config.grad_accum):
+            batch = self._next_batch()
+            last = i == self.config.grad_accum - 1
+            sync = contextlib.nullcontext() if (last or not ddp) else self.step_module.no_sync()
+            with sync:
+                with self._autocast():
+                    loss, n = self.step_module(batch)
+                n = torch.as_tensor(n, device=self.device, dtype=torch.float32)
+                (loss.float() * n).backward()
+            loss_sum += loss.detach().float() * n
+            n_sum += n
+        global_n = all_reduce_sum(n_sum.clone())
+        # DDP averaged the token-weighted sums over ranks; undo that and divide by all tokens.
+        scale = self.dist.world_size / global_n.clamp(min=1)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        torch._foreach_mul_(grads, scale)
+        norm = None
+        if self.config.grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss_sum, global_n, norm
+
+    # ------------------------------------------------------------------------------------ eval
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss and perplexity over ``eval_data`` (summed over ranks) plus ``metric_fn``'s values."""
+        if self.eval_data is None and self.metric_fn is None:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        out: dict[str, float] = {}
+        if self.eval_data is not None:
+            total = torch.zeros(2, dtype=torch.float64, device=self.device)
+            for i, batch in enumerate(self.eval_data):
+                if self.config.eval_batches is not None and i >= self.config.eval_batches:
+                    break
+                with self._autocast():
+                    loss, n = self.eval_loss_fn(self.model, to_device(batch, self.device))
+                n = torch.as_tensor(n, device=self.device, dtype=torch.float64)
+                total += torch.stack([loss.double() * n, n])
+            loss_sum, n = all_reduce_sum(total).tolist()
+            if n == 0:
+                raise ValueError("eval_data holds no tokens to evaluate on")
+            out = {"loss": loss_sum / n, "ppl": perplexity(loss_sum / n), "tokens": n}
+        if self.metric_fn is not None:
+            out.update({k: float(v) for k, v in self.metric_fn(self.model).items()})
+        self.model.train(was_training)
+        return out
+
+    def _improved(self, metrics: dict[str, float]) -> bool:
+        if self.config.monitor not in metrics:
+            raise KeyError(f"monitor {self.config.monitor!r} not among evaluation metrics {sorted(metrics)}")
+        value = metrics[self.config.monitor]
+        better = self.best is None or (value < self.best if self.config.mode == "min" else value > self.best)
+        if better:
+            self.best, self.bad_evals = value, 0
+        else:
+            self.bad_evals += 1
+        return better
+
+    # ------------------------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        """JSON-able trainer state saved in checkpoints."""
+        return {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "best": self.best, "bad_evals": self.bad_evals, "config": self.config.to_dict(),
+        }
+
+    def save(self, name: str | None = None, *, best: bool = False) -> Path | None:
+        """Checkpoint to ``out_dir/<name>`` (default ``step_<step>``) on rank 0 and point ``latest`` at it."""
+        if self.out_dir is None:
+            return None
+        path = self.out_dir / (name or f"step_{self.step:08d}")
+        if self.dist.is_main:
+            ckpt.save_checkpoint(
+                path, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                trainer_state=self.state(), model_config=self.model_config, tokenizer=self.tokenizer,
+            )
+            ckpt.point(self.out_dir, "latest", path)
+            if best:
+                ckpt.point(self.out_dir, "best", path)
+            prune_checkpoints(self.out_dir, self.config.keep_last)
+        barrier()
+        return path
+
+    def resume(self, path: str | Path) -> None:
+        """Continue from a checkpoint: weights, optimiser, schedule, data position and RNG states."""
+        loaded = ckpt.load_checkpoint(path, self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        st = loaded.trainer_state
+        self.step, self.epoch, self.best, self.bad_evals = st["step"], st["epoch"], st["best"], st["bad_evals"]
+        self._iter, self.batch_in_epoch = None, 0
+        skip = st["batch_in_epoch"]
+        for _ in range(skip):  # replay the data order up to where the checkpoint was taken
+            self._next_batch()
+        ckpt.load_checkpoint(loaded.path, restore_rng=True)  # after the replay, which may draw numbers
+
+    # ------------------------------------------------------------------------------------ fit
+    def fit(self) -> TrainResult:
+        """Train to ``config.steps`` (or early stop, or SIGINT/SIGTERM: checkpoint, then return)."""
+        result = TrainResult(step=self.step)
+        with self._signals(), self._progress() as bar:
+            self._loop(result, bar)
+        result.step, result.best = self.step, self.best
+        if self.out_dir is not None and (self.out_dir / "best").exists():
+            result.best_path = (self.out_dir / "best").resolve()
+        if self.config.average_last and self.out_dir is not None and not result.interrupted:
+            if self.dist.is_main:
+                result.averaged_path = average_last(self.out_dir, self.config.average_last)
+            barrier()
+        self.writer.close()
+        return result
+
+    def _loop(self, result: TrainResult, bar: Any) -> None:
+        cfg = self.config
+        loss_acc = torch.zeros((), device=self.device)
+        n_acc = torch.zeros((), device=self.device)
+        t0 = time.perf_counter()
+        while self.step < cfg.steps:
+            loss_sum, n, norm = self.train_step()
+            loss_acc += loss_sum
+            n_acc += n
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                t0 = self._log(loss_acc, n_acc, norm, t0, bar)
+                loss_acc.zero_(), n_acc.zero_()
+            if self._should_stop():
+                result.interrupted = True
+                result.last_path = self.save()
+                return
+            evaluate = cfg.eval_every and self.step % cfg.eval_every == 0
+            if evaluate or self.step == cfg.steps:
+                metrics = self.evaluate()
+                if metrics:
+                    result.evals.append(metrics)
+                    self.writer.write("eval", self.step, metrics)
+                    improved = self._improved(metrics)
+                    result.last_path = self.save(best=improved)
+                    if cfg.patience is not None and self.bad_evals >= cfg.patience:
+                        result.stopped_early = True
+                        return
+                    continue
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
+                result.last_path = self.save()
+
+    def _log(self, loss_acc: torch.Tensor, n_acc: torch.Tensor, norm: torch.Tensor | None,
+             t0: float, bar: Any) -> float:
+        loss_local = all_reduce_sum(loss_acc.clone())  # the only host syncs of the hot path
+        n = n_acc.item()
+        now = time.perf_counter()
+        values = {
+            "loss": loss_local.item() / max(n, 1.0),
+            "lr": self.scheduler.get_last_lr()[0],
+            "tokens_per_s": n / max(now - t0, 1e-9),
+            "grad_norm": float(norm) if norm is not None else math.nan,
+            "epoch": self.epoch,
+        }
+        self.writer.write("train", self.step, values)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
+                        tok_s=f"{values['tokens_per_s']:.0f}", refresh=False)
+        return now
+
+    def _should_stop(self) -> bool:
+        if not self.dist.enabled:
+            return self._stop_signal is not None
+        flag = torch.tensor(float(self._stop_signal is not None), device=self.device)
+        return bool(all_reduce_sum(flag).item())  # any rank signalled: all stop at the same step
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:  # second signal: give up at once
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    @contextlib.contextmanager
+    def _progress(self) -> Iterator[Any]:
+        from tqdm.auto import tqdm
+
+        disable = not (self.config.progress and self.dist.is_main)
+        bar = tqdm(total=self.config.steps, initial=self.step, disable=disable, unit="step", dynamic_ncols=True)
+        try:
+            yield bar
+        finally:
+            bar.close()
+
+
+def _device(name: str) -> torch.device:
+    return default_device() if name == "auto" else torch.device(name)
