@@ -1,6 +1,11 @@
 """Key/value cache for incremental decoding.
 
 Notation: B batch (rows, or rows x beams), H_kv key/value heads, S_max capacity, E head dim.
+
+The buffers are allocated once at their capacity ``(B_max, H_kv, S_max, E)``. Decoding fills the time
+axis left to right (:meth:`KVCache.update`) and uses the first ``batch_size`` rows: :meth:`KVCache.select`
+reorders rows for beam search and shrinks (or regrows, up to ``B_max``) the active batch when rows
+finish, copying only the filled slots of the rows that actually change.
 """
 
 from __future__ import annotations
@@ -17,6 +22,15 @@ class KVCache(nn.Module):
     ``update(k, v)`` appends ``L`` new positions and returns views of everything cached so far, so a
     decoding step costs O(S) attention and no re-projection of old tokens. For cross-attention the
     keys/values of the source are written once (``static=True``) and reused at every step.
+
+    Args:
+        batch_size: capacity in rows ``B_max`` (also the initial active batch).
+        num_kv_heads: key/value heads ``H_kv``.
+        max_len: capacity in positions ``S_max``.
+        head_dim: ``E``.
+        dtype: buffer dtype.
+        device: buffer device.
+        static: a cross-attention cache, filled once from the source and then only read.
     """
 
     def __init__(
@@ -41,36 +55,85 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.length = 0
         self.static = static
+        self._rows = batch_size
 
     @property
     def max_len(self) -> int:
+        """Capacity ``S_max`` in positions."""
         return self.k.shape[2]
 
+    @property
+    def capacity(self) -> int:
+        """Capacity ``B_max`` in rows."""
+        return self.k.shape[0]
+
+    @property
+    def batch_size(self) -> int:
+        """Active rows ``B`` (``<= capacity``): the rows ``update`` expects and ``get`` returns."""
+        return self._rows
+
     def reset(self) -> None:
+        """Forget the cached positions and make every row active again."""
         self.length = 0
+        self._rows = self.capacity
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append ``k, v`` of shape ``(B, H_kv, L, E)``; return cached ``(B, H_kv, length, E)`` views."""
+        """Append ``k, v`` of shape ``(B, H_kv, L, E)``; return cached ``(B, H_kv, length, E)`` views.
+
+        ``B`` must equal :attr:`batch_size`. A static cache accepts one fill only.
+        """
         B, H_kv, L, E = k.shape
-        if (B, H_kv, E) != (self.k.shape[0], self.k.shape[1], self.k.shape[3]) or v.shape != k.shape:
+        if (B, H_kv, E) != (self._rows, self.k.shape[1], self.k.shape[3]) or v.shape != k.shape:
             raise ValueError(
                 f"k {tuple(k.shape)} / v {tuple(v.shape)} do not fit the cache {tuple(self.k.shape)}"
-                " (need (B, H_kv, L, E) with the cache's B, H_kv and E)"
+                f" with {self._rows} active rows (need (B, H_kv, L, E) with B={self._rows},"
+                f" H_kv={self.k.shape[1]}, E={self.k.shape[3]})"
             )
+        if self.static and self.length > 0:
+            raise ValueError(f"static KVCache is already filled ({self.length} positions); call reset() first")
         end = self.length + L
         if end > self.max_len:
             raise ValueError(f"KVCache overflow: {self.length} cached + {L} new > max_len {self.max_len}")
-        self.k[:, :, self.length : end] = k
-        self.v[:, :, self.length : end] = v
+        self.k[:B, :, self.length : end] = k
+        self.v[:B, :, self.length : end] = v
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return self.k[:B, :, :end], self.v[:B, :, :end]
 
     def get(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cached ``(B, H_kv, length, E)`` keys and values."""
-        return self.k[:, :, : self.length], self.v[:, :, : self.length]
+        """The cached ``(B, H_kv, length, E)`` keys and values of the active rows."""
+        return self.k[: self._rows, :, : self.length], self.v[: self._rows, :, : self.length]
+
+    def select(self, index: torch.Tensor) -> None:
+        """Make the active rows ``index``: new row ``b`` becomes old row ``index[b]``.
+
+        Covers beam reordering (same size, repeats allowed), dropping finished rows (fewer rows) and
+        expanding a prompt to its beams (more rows, up to :attr:`capacity`). Only filled slots of rows
+        whose source differs from themselves are copied, so a beam that keeps its own history costs
+        nothing.
+
+        Args:
+            index: ``(B_new,)`` long, entries in ``[0, batch_size)``.
+        """
+        if index.dim() != 1:
+            raise ValueError(f"index must be 1-D (B_new,), got shape {tuple(index.shape)}")
+        n_new = index.shape[0]
+        if n_new > self.capacity:
+            raise ValueError(f"index selects {n_new} rows but the cache holds at most {self.capacity}")
+        if n_new and (int(index.min()) < 0 or int(index.max()) >= self._rows):
+            raise ValueError(f"index entries must lie in [0, {self._rows}), got {index.tolist()}")
+        n = self.length
+        if n:
+            index = index.to(self.k.device)
+            rows = torch.arange(n_new, device=index.device)
+            moved = (index != rows).nonzero().squeeze(1)  # (M,) rows whose history changes
+            if moved.numel():
+                src = index[moved]
+                self.k[moved, :, :n] = self.k[src, :, :n]  # advanced indexing reads a copy first
+                self.v[moved, :, :n] = self.v[src, :, :n]
+        self._rows = n_new
 
     def reorder(self, index: torch.Tensor) -> None:
         """Select batch rows (beam search): row ``b`` becomes old row ``index[b]``; only filled slots move."""
-        n = self.length
-        self.k[:, :, :n] = self.k[index, :, :n]
-        self.v[:, :, :n] = self.v[index, :, :n]
+        if index.shape[0] != self._rows:
+            raise ValueError(f"reorder keeps the batch size {self._rows}; got {index.shape[0]} rows (use select)")
+        self.select(index)

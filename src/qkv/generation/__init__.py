@@ -1,0 +1,53 @@
+"""Decoding outside the models: logits processors, greedy / sampling / beam search, streaming.
+
+``generate`` continues prompts with a ``DecoderModel``; ``translate`` decodes an ``EncoderDecoderModel``
+or an ``RNNSeq2Seq``. Both drive the model through the step protocol of :mod:`qkv.generation.steps`.
+"""
+
+from qkv.generation.api import STRATEGIES, generate, stream_generate, stream_translate, translate
+from qkv.generation.decode import StepTokens, beam_search, decode_tokens, gnmt_length_penalty, iter_tokens
+from qkv.generation.sampling import (
+    LogitsSettings,
+    apply_temperature,
+    force_token,
+    repetition_penalty,
+    suppress_tokens,
+    top_k_filter,
+    top_p_filter,
+)
+from qkv.generation.steps import (
+    DecoderStepper,
+    EncoderDecoderStepper,
+    LayerState,
+    RNNStepper,
+    Stepper,
+    context_length,
+    select_state,
+)
+
+__all__ = [
+    "generate",
+    "translate",
+    "stream_generate",
+    "stream_translate",
+    "STRATEGIES",
+    "StepTokens",
+    "iter_tokens",
+    "decode_tokens",
+    "beam_search",
+    "gnmt_length_penalty",
+    "LogitsSettings",
+    "apply_temperature",
+    "top_k_filter",
+    "top_p_filter",
+    "repetition_penalty",
+    "suppress_tokens",
+    "force_token",
+    "Stepper",
+    "LayerState",
+    "select_state",
+    "context_length",
+    "DecoderStepper",
+    "EncoderDecoderStepper",
+    "RNNStepper",
+]
