@@ -1,0 +1,82 @@
+"""Data: tokenizers, datasets, batching and generated tasks. Imports no models (see STYLE.md).
+
+Typical use::
+
+    from qkv.data import BPETokenizer, ParallelDataset, make_loader, read_aligned
+    src, tgt = read_aligned("train.de.gz", "train.en.gz")
+    tok = BPETokenizer.train(src + tgt, vocab_size=8000)            # joint vocabulary
+    data = ParallelDataset.from_pairs(list(zip(src, tgt)), tok)
+    loader = make_loader(data, max_tokens=4096, seed=0, num_workers=2)
+    for epoch in range(10):
+        loader.batch_sampler.set_epoch(epoch)
+        for batch in loader:  # Seq2SeqBatch: src, src_mask, tgt_in, tgt_out, ...
+            ...
+"""
+
+from qkv.data import synthetic
+from qkv.data.batching import (
+    ClassificationBatch,
+    FixedSizeBatchSampler,
+    LMBatch,
+    Ragged,
+    Seq2SeqBatch,
+    TokenBudgetBatchSampler,
+    make_loader,
+    pad_sequences,
+)
+from qkv.data.files import fingerprint, read_aligned, read_lines, read_text
+from qkv.data.labelled import LabelledDataset, infer_label_names, read_labelled
+from qkv.data.parallel import ParallelDataset, read_tsv_pairs
+from qkv.data.text import PackedTextDataset, encode_files, encode_text
+from qkv.data.tokenizers import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    TOKENIZER_FILE,
+    UNK_ID,
+    BPETokenizer,
+    CharTokenizer,
+    Tokenizer,
+    TokenizerPair,
+    WordTokenizer,
+    load_tokenizer,
+    load_tokenizer_pair,
+)
+
+__all__ = [
+    "synthetic",
+    "SPECIAL_TOKENS",
+    "PAD_ID",
+    "BOS_ID",
+    "EOS_ID",
+    "UNK_ID",
+    "TOKENIZER_FILE",
+    "Tokenizer",
+    "CharTokenizer",
+    "WordTokenizer",
+    "BPETokenizer",
+    "TokenizerPair",
+    "load_tokenizer",
+    "load_tokenizer_pair",
+    "read_lines",
+    "read_text",
+    "read_aligned",
+    "fingerprint",
+    "Ragged",
+    "Seq2SeqBatch",
+    "LMBatch",
+    "ClassificationBatch",
+    "pad_sequences",
+    "TokenBudgetBatchSampler",
+    "FixedSizeBatchSampler",
+    "make_loader",
+    "ParallelDataset",
+    "read_tsv_pairs",
+    "PackedTextDataset",
+    "encode_text",
+    "encode_files",
+    "LabelledDataset",
+    "read_labelled",
+    "infer_label_names",
+]
