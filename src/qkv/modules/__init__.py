@@ -13,3 +13,33 @@ __all__ = [
     "LuongAttention",
     "KVCache",
 ]
+
+# Transformer parts (issue 3).
+from qkv.modules.blocks import DecoderBlock, DecoderStack, EncoderBlock, EncoderStack, LayerCache  # noqa: E402
+from qkv.modules.embeddings import (  # noqa: E402
+    ALiBi,
+    InputEmbedding,
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    SegmentEmbedding,
+    SinusoidalPositionalEncoding,
+    TokenEmbedding,
+)
+from qkv.modules.feed_forward import FeedForward, GatedFeedForward  # noqa: E402
+
+__all__ += [
+    "EncoderBlock",
+    "DecoderBlock",
+    "EncoderStack",
+    "DecoderStack",
+    "LayerCache",
+    "TokenEmbedding",
+    "SinusoidalPositionalEncoding",
+    "LearnedPositionalEmbedding",
+    "SegmentEmbedding",
+    "InputEmbedding",
+    "RotaryEmbedding",
+    "ALiBi",
+    "FeedForward",
+    "GatedFeedForward",
+]
