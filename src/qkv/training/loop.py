@@ -273,27 +273,36 @@ class Trainer:
         ckpt.load_checkpoint(loaded.path, restore_rng=True)  # after the replay, which may draw numbers
 
     # ------------------------------------------------------------------------------------ fit
-    def fit(self) -> TrainResult:
-        """Train to ``config.steps`` (or early stop, or SIGINT/SIGTERM: checkpoint, then return)."""
+    def fit(self, until: int | None = None) -> TrainResult:
+        """Train to ``config.steps``, or early stop, or SIGINT/SIGTERM (checkpoint, then return).
+
+        Args:
+            until: stop (with a checkpoint) once this step is reached, before ``config.steps``; the
+                schedule still runs over ``config.steps``, so a later :meth:`resume` continues the run.
+
+        Returns:
+            What happened, with the paths of the last, best and averaged checkpoints.
+        """
         result = TrainResult(step=self.step)
         with self._signals(), self._progress() as bar:
-            self._loop(result, bar)
+            self._loop(result, bar, self.config.steps if until is None else min(until, self.config.steps))
         result.step, result.best = self.step, self.best
         if self.out_dir is not None and (self.out_dir / "best").exists():
             result.best_path = (self.out_dir / "best").resolve()
-        if self.config.average_last and self.out_dir is not None and not result.interrupted:
+        finished = not result.interrupted and (result.stopped_early or self.step >= self.config.steps)
+        if self.config.average_last and self.out_dir is not None and finished:
             if self.dist.is_main:
                 result.averaged_path = average_last(self.out_dir, self.config.average_last)
             barrier()
         self.writer.close()
         return result
 
-    def _loop(self, result: TrainResult, bar: Any) -> None:
+    def _loop(self, result: TrainResult, bar: Any, until: int) -> None:
         cfg = self.config
         loss_acc = torch.zeros((), device=self.device)
         n_acc = torch.zeros((), device=self.device)
         t0 = time.perf_counter()
-        while self.step < cfg.steps:
+        while self.step < until:
             loss_sum, n, norm = self.train_step()
             loss_acc += loss_sum
             n_acc += n
@@ -301,8 +310,8 @@ class Trainer:
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 t0 = self._log(loss_acc, n_acc, norm, t0, bar)
                 loss_acc.zero_(), n_acc.zero_()
-            if self._should_stop():
-                result.interrupted = True
+            if self._should_stop() or (self.step == until < cfg.steps):
+                result.interrupted = self._stop_signal is not None
                 result.last_path = self.save()
                 return
             evaluate = cfg.eval_every and self.step % cfg.eval_every == 0

@@ -1,0 +1,157 @@
+"""The Trainer: learning, accumulation, bit-exact resumption, evaluation, best/early stop, logs."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from qkv.training import TrainConfig, Trainer, label_smoothed_nll, load_weights
+from tests.training.training_fixtures import PAD, ShuffledBatches, TinyLM, lm_loss
+
+
+def _cfg(tmp_path=None, **kw):
+    base = dict(steps=10, lr=3e-2, warmup=2, log_every=1, progress=False, device="cpu",
+                out_dir=str(tmp_path) if tmp_path else None, fused=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def _train_losses(trainer):
+    return [r["loss"] for r in trainer.writer.records if r["split"] == "train"]
+
+
+def test_training_lowers_the_loss():
+    trainer = Trainer(TinyLM(), lm_loss, ShuffledBatches(), _cfg(steps=60, eval_every=60),
+                      eval_data=ShuffledBatches(seed=1))
+    before = trainer.evaluate()["loss"]
+    result = trainer.fit()
+    assert result.evals[-1]["loss"] < 0.6 * before, (before, result.evals)
+
+
+def test_grad_accumulation_equals_one_big_batch():
+    small = list(ShuffledBatches(n_batches=8, batch=3))
+    big = [(torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])) for a, b in zip(small[::2], small[1::2], strict=True)]
+    models = []
+    for data, accum in ((small, 2), (big, 1)):
+        torch.manual_seed(0)
+        model = TinyLM(dropout=0.0)
+        Trainer(model, lm_loss, data, _cfg(steps=4, grad_accum=accum)).fit()
+        models.append(model)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_resume_is_bit_exact(tmp_path, grad_accum):
+    """2N steps in one go == N steps, checkpoint, fresh objects, resume, N steps (dropout on)."""
+    kw = dict(steps=10, grad_accum=grad_accum, eval_every=4)  # 6 batches per epoch: crosses epochs
+    torch.manual_seed(0)
+    full = Trainer(TinyLM(), lm_loss, ShuffledBatches(), _cfg(tmp_path / "full", **kw),
+                   eval_data=ShuffledBatches(seed=1))
+    full.fit()
+
+    torch.manual_seed(0)
+    first = Trainer(TinyLM(), lm_loss, ShuffledBatches(), _cfg(tmp_path / "half", **kw),
+                    eval_data=ShuffledBatches(seed=1))
+    stopped = first.fit(until=5)
+    assert stopped.step == 5 and not stopped.interrupted
+
+    torch.manual_seed(123)  # a fresh process: other RNG state, other initial weights
+    second = Trainer(TinyLM(), lm_loss, ShuffledBatches(), _cfg(tmp_path / "half", **kw),
+                     eval_data=ShuffledBatches(seed=1))
+    second.resume(tmp_path / "half")
+    second.fit()
+    assert _train_losses(first) + _train_losses(second) == _train_losses(full)
+    for (name, a), b in zip(full.model.state_dict().items(), second.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    for i, s in full.optimizer.state_dict()["state"].items():
+        assert torch.equal(s["exp_avg_sq"], second.optimizer.state_dict()["state"][i]["exp_avg_sq"])
+
+
+def test_evaluate_is_token_weighted_mean():
+    model = TinyLM()
+    data = ShuffledBatches(seed=3)
+    trainer = Trainer(model, lm_loss, data, _cfg())
+    metrics = trainer.evaluate() if trainer.eval_data else None
+    assert metrics is None  # nothing to evaluate on
+    trainer.eval_data = data
+    metrics = trainer.evaluate()
+    model.eval()
+    with torch.no_grad():
+        total, n = 0.0, 0
+        for x, y in data:
+            s, k = label_smoothed_nll(model(x), y, smoothing=0.1, ignore_index=PAD)
+            total, n = total + s.item(), n + k.item()
+    assert metrics["tokens"] == n == int((data.y != PAD).sum())
+    assert metrics["loss"] == pytest.approx(total / n, rel=1e-6)
+    assert metrics["ppl"] == pytest.approx(math.exp(total / n), rel=1e-6)
+
+
+def test_best_checkpoint_and_early_stopping(tmp_path):
+    scores = iter([0.1, 0.5, 0.3, 0.2, 0.4, 0.9])
+    trainer = Trainer(TinyLM(), lm_loss, ShuffledBatches(), _cfg(
+        tmp_path, steps=30, eval_every=2, monitor="acc", mode="max", patience=2, keep_last=2),
+        metric_fn=lambda model: {"acc": next(scores)})
+    result = trainer.fit()
+    assert result.stopped_early and result.step == 8  # best at step 4, then two evaluations worse
+    assert result.best == 0.5 and result.best_path.name == "step_00000004"
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_00000004", "step_00000006", "step_00000008"]
+    assert (tmp_path / "latest").resolve().name == "step_00000008"
+    fresh = TinyLM()
+    load_weights(fresh, result.best_path)
+
+
+def test_monitor_missing_names_the_metrics():
+    trainer = Trainer(TinyLM(), lm_loss, ShuffledBatches(), _cfg(steps=2, eval_every=1, monitor="bleu"),
+                      eval_data=ShuffledBatches())
+    with pytest.raises(KeyError, match="bleu.*'loss', 'ppl', 'tokens'"):
+        trainer.fit()
+
+
+def test_metrics_files_and_averaging(tmp_path):
+    result = Trainer(TinyLM(), lm_loss, ShuffledBatches(), _cfg(
+        tmp_path, steps=6, log_every=2, eval_every=2, average_last=3),
+        eval_data=ShuffledBatches(seed=1)).fit()
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["split"] == "train"] == [2, 4, 6]
+    assert [r["step"] for r in lines if r["split"] == "eval"] == [2, 4, 6]
+    header = (tmp_path / "metrics_train.csv").read_text().splitlines()[0].split(",")
+    assert {"step", "loss", "lr", "tokens_per_s", "grad_norm"} <= set(header)
+    assert len((tmp_path / "metrics_eval.csv").read_text().splitlines()) == 4
+    assert all(r["tokens_per_s"] > 0 for r in lines if r["split"] == "train")
+    assert result.averaged_path == tmp_path / "averaged"
+    assert len(json.loads((tmp_path / "averaged" / "checkpoint.json").read_text())["trainer"]["averaged_from"]) == 3
+
+
+def test_bf16_autocast_is_used_and_learns():
+    dtypes = []
+
+    def loss(model, batch):
+        logits = model(batch[0])
+        dtypes.append(logits.dtype)
+        total, n = label_smoothed_nll(logits, batch[1], ignore_index=PAD)
+        return total / n.clamp(min=1), n
+
+    trainer = Trainer(TinyLM(), loss, ShuffledBatches(), _cfg(steps=25, precision="bf16"),
+                      eval_data=ShuffledBatches(seed=1))
+    before = trainer.evaluate()["loss"]
+    after = trainer.fit().evals[-1]["loss"]
+    assert set(dtypes) == {torch.bfloat16}
+    assert trainer.model.embed.weight.dtype == torch.float32  # master weights stay fp32
+    assert after < 0.8 * before
+
+
+def test_config_validation_prints_values():
+    with pytest.raises(ValueError, match="'fp16'"):
+        TrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match="d_model"):
+        TrainConfig(schedule="inverse_sqrt")
+    with pytest.raises(ValueError, match=r"\['lrr'\]"):
+        TrainConfig.from_dict({"lrr": 1.0})
+    cfg = TrainConfig(steps=3, betas=[0.9, 0.99])
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_empty_training_data_is_an_error():
+    with pytest.raises(ValueError, match="no batches"):
+        Trainer(TinyLM(), lm_loss, [], _cfg(steps=1)).fit()
