@@ -107,10 +107,12 @@ def test_loader_with_workers_matches_single_process():
     runs = []
     for workers in (0, 2):
         loader = make_loader(data, max_tokens=64, seed=5, num_workers=workers)
-        loader.batch_sampler.set_epoch(2)
+        loader.set_epoch(2)
         runs.append([(b.indices.tolist(), b.src.tolist(), b.tgt_out.tolist()) for b in loader])
     assert runs[0] == runs[1]
     assert sorted(i for idx, _, _ in runs[0] for i in idx) == list(range(len(data)))
+    loader.set_epoch(3)
+    assert [b.indices.tolist() for b in loader] != [idx for idx, _, _ in runs[0]]
 
 
 def test_make_loader_arguments():

@@ -8,7 +8,7 @@ Typical use::
     data = ParallelDataset.from_pairs(list(zip(src, tgt)), tok)
     loader = make_loader(data, max_tokens=4096, seed=0, num_workers=2)
     for epoch in range(10):
-        loader.batch_sampler.set_epoch(epoch)
+        loader.set_epoch(epoch)
         for batch in loader:  # Seq2SeqBatch: src, src_mask, tgt_in, tgt_out, ...
             ...
 """
@@ -16,6 +16,7 @@ Typical use::
 from qkv.data import synthetic
 from qkv.data.batching import (
     ClassificationBatch,
+    EpochDataLoader,
     FixedSizeBatchSampler,
     LMBatch,
     Ragged,
@@ -70,6 +71,7 @@ __all__ = [
     "pad_sequences",
     "TokenBudgetBatchSampler",
     "FixedSizeBatchSampler",
+    "EpochDataLoader",
     "make_loader",
     "ParallelDataset",
     "read_tsv_pairs",

@@ -31,6 +31,7 @@ __all__ = [
     "pad_sequences",
     "TokenBudgetBatchSampler",
     "FixedSizeBatchSampler",
+    "EpochDataLoader",
     "make_loader",
 ]
 
@@ -331,6 +332,17 @@ class BatchableDataset(Protocol):
     def collate(self, examples: list[Any]) -> Any: ...
 
 
+class EpochDataLoader(DataLoader):
+    """A ``DataLoader`` whose ``set_epoch(epoch, skip=0)`` reaches its qkv batch sampler.
+
+    Trainers that call ``train_data.set_epoch(e)`` before each pass get a new, reproducible order.
+    """
+
+    def set_epoch(self, epoch: int, *, skip: int = 0) -> None:
+        """Select epoch ``epoch``'s batch order, starting after its first ``skip`` batches."""
+        self.batch_sampler.set_epoch(epoch, skip=skip)  # type: ignore[union-attr]
+
+
 def make_loader(
     dataset: BatchableDataset,
     *,
@@ -344,14 +356,15 @@ def make_loader(
     num_replicas: int = 1,
     rank: int = 0,
     collate_fn: Callable[[list[Any]], Any] | None = None,
-) -> DataLoader:
+) -> EpochDataLoader:
     """A ``DataLoader`` over a qkv dataset, batching by token budget or by count.
 
-    Exactly one of ``max_tokens`` / ``batch_size`` must be given. The batch sampler is
-    ``loader.batch_sampler``: call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch.
+    Exactly one of ``max_tokens`` / ``batch_size`` must be given. Call ``loader.set_epoch(epoch)``
+    before each epoch (without it every pass repeats epoch 0's order).
 
     Returns:
-        ``DataLoader`` yielding the dataset's batch type (:class:`Seq2SeqBatch`, :class:`LMBatch`, ...).
+        :class:`EpochDataLoader` yielding the dataset's batch type (:class:`Seq2SeqBatch`,
+        :class:`LMBatch`, :class:`ClassificationBatch`).
     """
     if (max_tokens is None) == (batch_size is None):
         raise ValueError(f"give exactly one of max_tokens ({max_tokens}) and batch_size ({batch_size})")
@@ -366,7 +379,7 @@ def make_loader(
             len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
             num_replicas=num_replicas, rank=rank,
         )
-    return DataLoader(
+    return EpochDataLoader(
         dataset,  # type: ignore[arg-type]
         batch_sampler=sampler,
         collate_fn=collate_fn or dataset.collate,
