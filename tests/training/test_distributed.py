@@ -1,0 +1,77 @@
+"""Data parallelism: 2 CPU processes under torchrun (gloo) == 1 process with the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from qkv.training import Sharded, TrainConfig, Trainer, load_weights
+from tests.training.training_fixtures import ShuffledBatches, TinyLM, lm_loss
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = 5  # 6 batches per epoch, 2 per update: crosses an epoch boundary
+
+SCRIPT = textwrap.dedent(
+    f"""
+    import json, sys
+    import torch
+    from qkv.training import Sharded, TrainConfig, Trainer, cleanup, init_distributed
+    from tests.training.training_fixtures import ShuffledBatches, TinyLM, lm_loss
+
+    info = init_distributed()
+    assert info.world_size == 2, info
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps={STEPS}, lr=3e-2, warmup=1, log_every=1, progress=False, device="cpu",
+                      out_dir=sys.argv[1], fused=False)
+    train = Sharded(ShuffledBatches(), info.rank, info.world_size)
+    evals = Sharded(ShuffledBatches(seed=1), info.rank, info.world_size)
+    trainer = Trainer(TinyLM(dropout=0.0), lm_loss, train, cfg, eval_data=evals, dist=info)
+    result = trainer.fit()
+    if info.is_main:
+        train_losses = [r["loss"] for r in trainer.writer.records if r["split"] == "train"]
+        print(json.dumps({{"eval": result.evals[-1]["loss"], "train": train_losses}}), flush=True)
+    cleanup()
+    """
+)
+
+
+def test_sharded_drops_incomplete_round_and_forwards_epoch():
+    data = ShuffledBatches(n_batches=5)
+    shards = [list(Sharded(data, r, 2)) for r in range(2)]
+    full = list(data)
+    assert len(shards[0]) == len(shards[1]) == 2
+    assert all(torch.equal(shards[r][i][0], full[2 * i + r][0]) for r in range(2) for i in range(2))
+    Sharded(data, 1, 2).set_epoch(3)
+    assert data.epoch == 3
+    with pytest.raises(ValueError, match=r"rank \(2\).*world_size 2"):
+        Sharded(data, 2, 2)
+
+
+def test_two_processes_match_one_process(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--no-python", sys.executable, "-c", SCRIPT, str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=STEPS, lr=3e-2, warmup=1, log_every=1, progress=False, device="cpu",
+                      grad_accum=2, fused=False)
+    single = Trainer(TinyLM(dropout=0.0), lm_loss, ShuffledBatches(), cfg, eval_data=ShuffledBatches(seed=1))
+    result = single.fit()
+    train_losses = [r["loss"] for r in single.writer.records if r["split"] == "train"]
+
+    ddp_model = TinyLM(dropout=0.0)
+    load_weights(ddp_model, tmp_path / "ddp")
+    worst = max((a - b).abs().max().item() for a, b in zip(single.model.parameters(), ddp_model.parameters(),
+                                                          strict=True))
+    assert worst <= 1e-5, worst
+    assert ddp["eval"] == pytest.approx(result.evals[-1]["loss"], abs=1e-5)
+    assert ddp["train"] == pytest.approx(train_losses, abs=1e-5)
