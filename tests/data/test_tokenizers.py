@@ -9,10 +9,8 @@ from qkv.data.tokenizers import (
     BPETokenizer,
     CharTokenizer,
     Tokenizer,
-    TokenizerPair,
     WordTokenizer,
     load_tokenizer,
-    load_tokenizer_pair,
 )
 
 
@@ -114,18 +112,3 @@ def test_load_errors(tmp_path):
     )
     with pytest.raises(ValueError, match="special tokens"):
         load_tokenizer(tmp_path)
-
-
-def test_pair_joint_and_separate(tmp_path, unicode_lines):
-    de, en = CharTokenizer.train(unicode_lines[:1]), CharTokenizer.train(unicode_lines[1:2])
-    joint = TokenizerPair(de, de)
-    assert joint.joint and [p.name for p in joint.save(tmp_path / "j")] == ["tokenizer.json"]
-    back = load_tokenizer_pair(tmp_path / "j")
-    assert back.joint and back.source == de
-    separate = TokenizerPair(de, en)
-    assert not separate.joint
-    separate.save(tmp_path / "s")
-    back = load_tokenizer_pair(tmp_path / "s")
-    assert (back.source, back.target) == (de, en)
-    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
-        load_tokenizer_pair(tmp_path)

@@ -2,10 +2,10 @@
 
 Typical use::
 
-    from qkv.data import BPETokenizer, ParallelDataset, make_loader, read_aligned
+    from qkv.data import ParallelDataset, make_loader, read_aligned, train_tokenizer_pair
     src, tgt = read_aligned("train.de.gz", "train.en.gz")
-    tok = BPETokenizer.train(src + tgt, vocab_size=8000)            # joint vocabulary
-    data = ParallelDataset.from_pairs(list(zip(src, tgt)), tok)
+    toks = train_tokenizer_pair(src, tgt, kind="bpe", vocab_size=8000, joint=True)
+    data = ParallelDataset.from_pairs(list(zip(src, tgt)), toks.source, toks.target)
     loader = make_loader(data, max_tokens=4096, seed=0, num_workers=2)
     for epoch in range(10):
         loader.set_epoch(epoch)
@@ -29,6 +29,13 @@ from qkv.data.files import fingerprint, read_aligned, read_lines, read_text
 from qkv.data.labelled import LabelledDataset, infer_label_names, read_labelled
 from qkv.data.parallel import ParallelDataset, read_tsv_pairs
 from qkv.data.text import PackedTextDataset, encode_files, encode_text
+from qkv.data.tokenizer_pair import (
+    TOKENIZER_KINDS,
+    TokenizerPair,
+    load_tokenizer_pair,
+    train_tokenizer,
+    train_tokenizer_pair,
+)
 from qkv.data.tokenizers import (
     BOS_ID,
     EOS_ID,
@@ -39,10 +46,8 @@ from qkv.data.tokenizers import (
     BPETokenizer,
     CharTokenizer,
     Tokenizer,
-    TokenizerPair,
     WordTokenizer,
     load_tokenizer,
-    load_tokenizer_pair,
 )
 
 __all__ = [
@@ -60,6 +65,9 @@ __all__ = [
     "TokenizerPair",
     "load_tokenizer",
     "load_tokenizer_pair",
+    "TOKENIZER_KINDS",
+    "train_tokenizer",
+    "train_tokenizer_pair",
     "read_lines",
     "read_text",
     "read_aligned",

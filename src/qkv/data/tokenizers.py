@@ -7,8 +7,7 @@ Every tokenizer reserves the same four special tokens at the same ids, in this o
 A tokenizer is saved as one JSON file, ``tokenizer.json`` in a folder by default, written atomically
 (temporary file, then ``os.replace``). :func:`load_tokenizer` reads the file and picks the class:
 qkv's own tokenizers carry ``"type": "qkv.char"`` / ``"qkv.word"``; anything else is read as a
-Hugging Face ``tokenizers`` file. :class:`TokenizerPair` holds a source and a target tokenizer
-(the same object when the vocabulary is joint) and saves them beside a checkpoint.
+Hugging Face ``tokenizers`` file. Source/target pairs live in :mod:`qkv.data.tokenizer_pair`.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import os
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,16 +31,13 @@ __all__ = [
     "CharTokenizer",
     "WordTokenizer",
     "BPETokenizer",
-    "TokenizerPair",
     "load_tokenizer",
-    "load_tokenizer_pair",
     "atomic_write_text",
 ]
 
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 TOKENIZER_FILE = "tokenizer.json"
-_SOURCE_FILE, _TARGET_FILE = "source_tokenizer.json", "target_tokenizer.json"
 
 
 @runtime_checkable
@@ -365,33 +360,3 @@ def load_tokenizer(path: str | os.PathLike, *, name: str = TOKENIZER_FILE) -> To
     except Exception as e:  # tokenizers raises its own exception type
         raise ValueError(f"{file}: cannot load tokenizer: {e}") from e
     raise ValueError(f"{file}: unknown tokenizer (type {kind!r}; expected one of {sorted(_KINDS)} or a HF file)")
-
-
-@dataclass
-class TokenizerPair:
-    """Source and target tokenizers of a translation task; ``source is target`` for a joint vocabulary."""
-
-    source: Tokenizer
-    target: Tokenizer
-
-    @property
-    def joint(self) -> bool:
-        """True when source and target share one vocabulary."""
-        return self.source is self.target or self.source == self.target
-
-    def save(self, folder: str | os.PathLike) -> list[Path]:
-        """Write ``tokenizer.json`` (joint) or ``source_tokenizer.json`` + ``target_tokenizer.json``."""
-        if self.joint:
-            return [self.source.save(folder)]
-        return [self.source.save(folder, name=_SOURCE_FILE), self.target.save(folder, name=_TARGET_FILE)]
-
-
-def load_tokenizer_pair(folder: str | os.PathLike) -> TokenizerPair:
-    """Read what :meth:`TokenizerPair.save` wrote; a lone ``tokenizer.json`` gives a joint pair."""
-    folder = Path(folder)
-    if (folder / _SOURCE_FILE).is_file() and (folder / _TARGET_FILE).is_file():
-        return TokenizerPair(load_tokenizer(folder, name=_SOURCE_FILE), load_tokenizer(folder, name=_TARGET_FILE))
-    if (folder / TOKENIZER_FILE).is_file():
-        tok = load_tokenizer(folder)
-        return TokenizerPair(tok, tok)
-    raise FileNotFoundError(f"no {TOKENIZER_FILE} (or {_SOURCE_FILE} + {_TARGET_FILE}) in {folder}")
