@@ -94,7 +94,7 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """
     check_top_p(top_p)
     sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
-    probs = sorted_logits.float().softmax(dim=-1)
+    probs = sorted_logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
     mass_before = probs.cumsum(dim=-1) - probs  # (B, V) mass ranked strictly above each token
     drop_sorted = mass_before >= top_p
     drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
