@@ -1,0 +1,383 @@
+"""Memory-efficient exact attention: an online softmax over key blocks (as FlashAttention does).
+
+Notation: B batch, H query heads, H_kv key/value heads (G = H / H_kv queries share one kv head),
+L query length, S key length, E head dim (Ev for values); bq, bk query/key block sizes.
+
+The ``L x S`` score matrix is never built: queries are taken ``bq`` rows at a time and keys ``bk``
+at a time, with a running row maximum and running sum (float32) so that each block's
+contribution can be rescaled when the maximum grows. Extra memory is ``O(bq * bk)`` per block plus
+``O(L)`` row statistics. The backward pass recomputes the block scores from the saved row
+log-sum-exp instead of storing the weights.
+
+Structured masks are never materialised either: ``causal``, a sliding ``window`` and key padding
+by ``lengths`` are turned into a per-block plan. Key blocks no query of a block can see are skipped;
+blocks every query sees fully run without a mask; only the boundary blocks build a small
+``(bq, bk)`` mask from positions. An arbitrary bool ``mask`` and float ``bias`` (broadcastable to
+``(B, H, L, S)``) are sliced per block.
+
+In bfloat16/float16 the matmuls run in the input dtype (several times faster than float32 matmuls
+on CPUs with AVX512-BF16) while the running max, sum and output accumulator stay float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from qkv.functional.masks import check_broadcast
+
+__all__ = ["chunked_attention"]
+
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+_BLOCK_ELEMS = 1 << 20  # target scores per block (all heads together)
+
+
+def _arrange(t: torch.Tensor | None, H_kv: int, G: int) -> torch.Tensor | None:
+    """Mask/bias broadcastable to (B, H, L, S) -> a view broadcastable to (B, H_kv, L, G, S)."""
+    if t is None:
+        return None
+    while t.dim() < 4:
+        t = t.unsqueeze(0)
+    b, h, l, s = t.shape
+    if h == 1:
+        return t.unsqueeze(3)  # (b, 1, l, 1, s)
+    return t.view(b, H_kv, G, l, s).transpose(2, 3)  # (b, H_kv, l, G, s)
+
+
+def _cut(t: torch.Tensor | None, qs: int, qe: int, ks: int, ke: int) -> torch.Tensor | None:
+    """Slice an arranged (b, h, l, g, s) tensor to a block, leaving broadcast (size-1) dims alone."""
+    if t is None:
+        return None
+    if t.shape[2] != 1:
+        t = t[:, :, qs:qe]
+    if t.shape[4] != 1:
+        t = t[..., ks:ke]
+    return t
+
+
+def _plan(L: int, S: int, bq: int, bk: int, causal: bool, window: int | None, length: int):
+    """Yield ``(qs, qe, [(ks, ke, needs_mask), ...])``: the key blocks each query block must visit.
+
+    Query ``i`` sits at key position ``p = i + S - L`` (lower-right alignment). Keys at or past
+    ``length`` are padding. Blocks outside every query's visible range are left out.
+    """
+    off = S - L
+    for qs in range(0, L, bq):
+        qe = min(qs + bq, L)
+        p_lo, p_hi = qs + off, qe - 1 + off  # positions of the first/last query of the block
+        lo, hi = 0, length
+        if causal:
+            hi = min(hi, p_hi + 1)
+        if window is not None:
+            lo = max(lo, p_lo - window + 1)
+            if not causal:
+                hi = min(hi, p_hi + window)
+        blocks = []
+        for ks in range((max(lo, 0) // bk) * bk, max(hi, 0), bk):
+            ke = min(ks + bk, S)
+            full = ke <= length
+            if causal:
+                full = full and ke - 1 <= p_lo
+            if window is not None:
+                full = full and ks > p_hi - window
+                if not causal:
+                    full = full and ke - 1 < p_lo + window
+            blocks.append((ks, ke, not full))
+        yield qs, qe, blocks
+
+
+def _block_mask(qs, qe, ks, ke, off, causal, window, length, device) -> torch.Tensor:
+    """The (bq, 1, bk) visibility of one block from positions: broadcasts over (B, H_kv, bq, G, bk)."""
+    p = torch.arange(qs + off, qe + off, device=device)[:, None]  # (bq, 1)
+    j = torch.arange(ks, ke, device=device)[None, :]  # (1, bk)
+    ok = j < length
+    if causal:
+        ok = ok & (j <= p)
+    if window is not None:
+        ok = ok & (j > p - window)
+        if not causal:
+            ok = ok & (j < p + window)
+    return ok.unsqueeze(1)  # (bq, 1, bk)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics and accumulators: float32 for half types, else the input dtype (float64 stays)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _Work:
+    """Per-call block buffers, reused for every block (fresh large tensors per block cost page faults)."""
+
+    def __init__(self, N: int, rows: int, bk: int, low: torch.dtype, acc: torch.dtype, device) -> None:
+        self.low, self.acc = low, acc
+        self.s = torch.empty(N * rows * bk, dtype=acc, device=device)
+        self.d = torch.empty(N * rows * bk, dtype=acc, device=device)
+        self.lo = self.s if low == acc else torch.empty(N * rows * bk, dtype=low, device=device)
+
+    @staticmethod
+    def take(buf: torch.Tensor, *shape: int) -> torch.Tensor:
+        return buf[: math.prod(shape)].view(shape)
+
+    def matmul(self, a: torch.Tensor, b: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        """``a @ b`` (batched) into the accumulation-dtype buffer ``dst``, through the low dtype."""
+        shape = (a.shape[0], a.shape[1], b.shape[2])
+        if self.low == self.acc:
+            return torch.bmm(a, b, out=self.take(dst, *shape))
+        low = torch.bmm(a, b, out=self.take(self.lo, *shape))
+        return self.take(dst, *shape).copy_(low)
+
+    def to_low(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.low == self.acc else self.take(self.lo, *x.shape).copy_(x)
+
+
+def _scores(w: _Work, q3, kT, qs, qe, ks, ke, info, length, needs_mask) -> torch.Tensor:
+    """Block scores in log2 units with masked entries -inf: (N, bq*G, bk) in the accumulation dtype.
+
+    q3 is (N, L*G, E) with row ``i*G + g``; kT is (N, E, S).
+    """
+    G = info["G"]
+    s = w.matmul(q3[:, qs * G : qe * G], kT[:, :, ks:ke], w.s)  # (N, bq*G, bk)
+    if info["bias"] is None and info["mask"] is None and not needs_mask:
+        return s
+    s5 = s.view(info["B"], -1, qe - qs, G, ke - ks)  # (B, H_kv, bq, G, bk)
+    if info["bias"] is not None:
+        s5.add_(_cut(info["bias"], qs, qe, ks, ke), alpha=_LOG2E)
+    if needs_mask:
+        m = _block_mask(qs, qe, ks, ke, info["off"], info["causal"], info["window"], length, s.device)
+        s5.masked_fill_(~m, float("-inf"))
+    if info["mask"] is not None:
+        s5.masked_fill_(~_cut(info["mask"], qs, qe, ks, ke), float("-inf"))
+    return s
+
+
+def _forward(q3, k3, v3, info, length):
+    """Online softmax over key blocks. q3 (N, L*G, E) pre-scaled by scale*log2(e).
+
+    Returns ``out (N, L*G, Ev)`` and ``lse (N, L*G, 1)`` (log2 units, +inf for fully masked rows).
+    """
+    N, LG, _ = q3.shape
+    G, bq, bk = info["G"], info["bq"], info["bk"]
+    S, Ev = k3.shape[1], v3.shape[-1]
+    acc_t = _acc_dtype(q3.dtype)
+    w = _Work(N, min(bq, LG // G) * G, min(bk, S), q3.dtype, acc_t, q3.device)
+    out = q3.new_zeros(N, LG, Ev, dtype=acc_t)
+    lse = q3.new_full((N, LG, 1), float("inf"), dtype=acc_t)
+    kT = k3.transpose(1, 2)  # (N, E, S)
+    for qs, qe, blocks in _plan(LG // G, S, bq, bk, info["causal"], info["window"], length):
+        if not blocks:
+            continue
+        rows = slice(qs * G, qe * G)
+        m = q3.new_full((N, (qe - qs) * G, 1), float("-inf"), dtype=acc_t)
+        l = torch.zeros_like(m)
+        acc = out[:, rows]  # (N, bq*G, Ev), filled in place
+        for ks, ke, needs_mask in blocks:
+            s = _scores(w, q3, kT, qs, qe, ks, ke, info, length, needs_mask)
+            m_new = torch.maximum(m, s.amax(-1, keepdim=True))
+            m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)
+            p = s.sub_(m_safe).exp2_()  # (N, bq*G, bk) unnormalised weights
+            alpha = (m - m_safe).exp2_()
+            l.mul_(alpha).add_(p.sum(-1, keepdim=True))
+            acc.mul_(alpha).add_(torch.bmm(w.to_low(p), v3[:, ks:ke]))  # (N, bq*G, Ev)
+            m = m_new
+        acc.div_(l.clamp_min(1e-30))  # rows with l == 0 have acc == 0
+        lse[:, rows] = torch.where(l > 0, m + l.log2(), float("inf"))
+    return out, lse
+
+
+def _backward(q3, k3, v3, out, lse, dout, info, length, need_bias_grad):
+    """Recompute block weights from lse; returns dq3 (still to be multiplied by scale), dk, dv, dbias."""
+    N, LG, E = q3.shape
+    G, bq, bk = info["G"], info["bq"], info["bk"]
+    S = k3.shape[1]
+    acc_t = _acc_dtype(q3.dtype)
+    w = _Work(N, min(bq, LG // G) * G, min(bk, S), q3.dtype, acc_t, q3.device)
+    dq = torch.zeros(q3.shape, dtype=acc_t, device=q3.device)
+    dk = torch.zeros(k3.shape, dtype=acc_t, device=k3.device)
+    dv = torch.zeros(v3.shape, dtype=acc_t, device=v3.device)
+    dbias = torch.zeros_like(info["bias"], dtype=acc_t) if need_bias_grad else None
+    delta = (dout.to(acc_t) * out).sum(-1, keepdim=True)  # (N, L*G, 1)
+    dout = dout.to(q3.dtype)
+    kT, vT = k3.transpose(1, 2), v3.transpose(1, 2)  # (N, E, S), (N, Ev, S)
+    for qs, qe, blocks in _plan(LG // G, S, bq, bk, info["causal"], info["window"], length):
+        rows = slice(qs * G, qe * G)
+        do_b, q_b = dout[:, rows], q3[:, rows]  # (N, bq*G, Ev), (N, bq*G, E)
+        for ks, ke, needs_mask in blocks:
+            p = _scores(w, q3, kT, qs, qe, ks, ke, info, length, needs_mask).sub_(lse[:, rows]).exp2_()
+            p_low = w.to_low(p)  # (N, bq*G, bk) attention weights
+            dv[:, ks:ke] += torch.bmm(p_low.transpose(1, 2), do_b)  # (N, bk, Ev)
+            dp = w.matmul(do_b, vT[:, :, ks:ke], w.d)  # (N, bq*G, bk)
+            ds = dp.sub_(delta[:, rows]).mul_(p)  # dL/dscores
+            if dbias is not None:
+                _accumulate_bias(dbias, ds.view(info["B"], -1, qe - qs, G, ke - ks), qs, qe, ks, ke)
+            ds_low = w.to_low(ds)
+            dq[:, rows] += torch.bmm(ds_low, k3[:, ks:ke])  # (N, bq*G, E)
+            dk[:, ks:ke] += torch.bmm(ds_low.transpose(1, 2), q_b)  # (N, bk, E)
+    return dq, dk.mul_(_LN2), dv, dbias  # q3 carries scale * log2(e); dk needs scale only
+
+
+def _accumulate_bias(dbias, ds, qs, qe, ks, ke) -> None:
+    """Add a block's score gradient (B, H_kv, bq, G, bk) into the arranged bias gradient."""
+    target = _cut(dbias, qs, qe, ks, ke)
+    dims = [d for d in range(5) if target.shape[d] == 1 and ds.shape[d] != 1]
+    target += ds.sum(dims, keepdim=True) if dims else ds
+
+
+class _ChunkedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, bias, mask, lengths, causal, window, scale, bq, bk):
+        B, H, L, E = q.shape
+        H_kv, S, Ev = k.shape[1], k.shape[2], v.shape[-1]
+        G = H // H_kv
+        # Scaled once, in log2 units: (B, H, L, E) -> (B, H_kv, G, L, E) -> (B, H_kv, L, G, E) -> (N, L*G, E)
+        q3 = (q * (scale * _LOG2E)).view(B, H_kv, G, L, E).transpose(2, 3).reshape(B * H_kv, L * G, E)
+        k3, v3 = k.reshape(B * H_kv, S, E), v.reshape(B * H_kv, S, Ev)  # (N, S, E), (N, S, Ev)
+        info = {"bias": _arrange(bias, H_kv, G), "mask": _arrange(mask, H_kv, G), "causal": causal,
+                "window": window, "off": S - L, "bq": bq, "bk": bk, "B": B, "G": G}
+        out, lse = _run_forward(q3, k3, v3, info, lengths)
+        ctx.save_for_backward(q3, k3, v3, out, lse, bias, mask, lengths)
+        ctx.info, ctx.scale, ctx.shapes = info, scale, (q.shape, k.shape, v.shape)
+        # (N, L*G, Ev) -> (B, H_kv, L, G, Ev) -> (B, H_kv, G, L, Ev) -> (B, H, L, Ev)
+        return out.view(B, H_kv, L, G, Ev).transpose(2, 3).reshape(B, H, L, Ev).to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, dout):
+        q3, k3, v3, out, lse, bias, mask, lengths = ctx.saved_tensors
+        (B, H, L, E), k_shape, v_shape = ctx.shapes
+        H_kv, Ev = k_shape[1], v_shape[-1]
+        G = H // H_kv
+        # (B, H, L, Ev) -> (B, H_kv, G, L, Ev) -> (B, H_kv, L, G, Ev) -> (N, L*G, Ev)
+        dout3 = dout.reshape(B, H_kv, G, L, Ev).transpose(2, 3).reshape(B * H_kv, L * G, Ev)
+        need_db = bias is not None and ctx.needs_input_grad[3]
+        dq, dk, dv, db = _run_backward(q3, k3, v3, out, lse, dout3, ctx.info, lengths, need_db)
+        dq = (dq * ctx.scale).view(B, H_kv, L, G, E).transpose(2, 3).reshape(B, H, L, E)  # (B, H, L, E)
+        if db is not None:
+            db = _unarrange(db, bias).to(bias.dtype)
+        return (dq.to(q3.dtype), dk.view(k_shape).to(k3.dtype), dv.view(v_shape).to(v3.dtype), db,
+                None, None, None, None, None, None, None)
+
+
+def _unarrange(db: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Arranged (b, h_kv|1, l, g|1, s) gradient back to the bias's own shape."""
+    b, _, l, _, s = db.shape
+    full = db.transpose(2, 3).reshape(b, -1, l, s)  # (b, H|1, l, s)
+    return full.reshape(bias.shape)
+
+
+def _batch_info(info: dict, b: int) -> dict:
+    """The block context for batch element ``b`` (mask/bias sliced where they have a batch dim)."""
+    sub = dict(info, B=1)
+    for key in ("mask", "bias"):
+        t = info[key]
+        sub[key] = t if t is None or t.shape[0] == 1 else t[b : b + 1]
+    return sub
+
+
+def _run_forward(q3, k3, v3, info, lengths):
+    """One pass, or one per batch element when key lengths are given (exact block skipping)."""
+    if lengths is None:
+        return _forward(q3, k3, v3, info, k3.shape[1])
+    n = q3.shape[0] // info["B"]  # H_kv rows of N per batch element
+    parts = [
+        _forward(q3[b * n : (b + 1) * n], k3[b * n : (b + 1) * n], v3[b * n : (b + 1) * n],
+                 _batch_info(info, b), int(lengths[b]))
+        for b in range(info["B"])
+    ]
+    return torch.cat([o for o, _ in parts]), torch.cat([s for _, s in parts])
+
+
+def _run_backward(q3, k3, v3, out, lse, dout, info, lengths, need_db):
+    if lengths is None:
+        return _backward(q3, k3, v3, out, lse, dout, info, k3.shape[1], need_db)
+    n = q3.shape[0] // info["B"]
+    parts = []
+    for b in range(info["B"]):
+        sl = slice(b * n, (b + 1) * n)
+        parts.append(_backward(q3[sl], k3[sl], v3[sl], out[sl], lse[sl], dout[sl], _batch_info(info, b),
+                               int(lengths[b]), need_db))
+    dq, dk, dv = (torch.cat([p[i] for p in parts]) for i in range(3))
+    db = None
+    if need_db:
+        dbs = [p[3] for p in parts]
+        db = torch.stack(dbs).sum(0) if info["bias"].shape[0] == 1 else torch.cat(dbs)
+    return dq, dk, dv, db
+
+
+def _check(q, k, v, mask, bias, lengths, window, block_q, block_k) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (B, H, L, E) / (B, H_kv, S, E), got shape {tuple(t.shape)}")
+    B, H, L, E = q.shape
+    if k.shape[0] != B or k.shape[:3] != v.shape[:3] or k.shape[3] != E:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} do not match q {tuple(q.shape)}")
+    if k.shape[1] == 0 or H % k.shape[1]:
+        raise ValueError(f"query heads H={H} must be a multiple of key/value heads H_kv={k.shape[1]}")
+    target = (B, H, L, k.shape[2])
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask must be torch.bool (True = may attend), got {mask.dtype}")
+        check_broadcast("mask", mask, target)
+    if bias is not None:
+        if not bias.is_floating_point():
+            raise ValueError(f"bias must be a floating tensor, got {bias.dtype}")
+        check_broadcast("bias", bias, target)
+    if lengths is not None and (lengths.shape != (B,) or lengths.is_floating_point()):
+        raise ValueError(f"lengths must be an integer tensor of shape (B,) = ({B},), got "
+                         f"{lengths.dtype} {tuple(lengths.shape)}")
+    if window is not None and (not isinstance(window, int) or window < 1):
+        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    for name, val in (("block_q", block_q), ("block_k", block_k)):
+        if val is not None and (not isinstance(val, int) or val < 1):
+            raise ValueError(f"{name} must be an int >= 1, got {val!r}")
+
+
+def default_blocks(batch: int, heads: int, L: int, S: int) -> tuple[int, int]:
+    """Block sizes ``(bq, bk)`` keeping about ``2**20`` scores per block across batch and heads."""
+    bk = min(S, 512) or 1
+    bq = max(16, min(1024, _BLOCK_ELEMS // max(1, batch * heads * bk)))
+    return min(bq, L) or 1, bk
+
+
+def chunked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    causal: bool = False,
+    window: int | None = None,
+    lengths: torch.Tensor | None = None,
+    scale: float | None = None,
+    block_q: int | None = None,
+    block_k: int | None = None,
+) -> torch.Tensor:
+    """Exact softmax attention in ``O(L)`` extra memory, differentiable (backward by recomputation).
+
+    Args:
+        q: queries ``(B, H, L, E)``.
+        k: keys ``(B, H_kv, S, E)``; H a multiple of H_kv.
+        v: values ``(B, H_kv, S, Ev)``.
+        mask: bool broadcastable to ``(B, H, L, S)``, True = may attend (sliced per block).
+        bias: float broadcastable to ``(B, H, L, S)``, added to the scores (gets a gradient).
+        causal: lower-right aligned causal masking, computed per block (never ``L x S``).
+        window: sliding window: query at position ``p`` sees keys ``p - window < j <= p`` when
+            causal, ``|j - p| < window`` otherwise (as :func:`qkv.functional.masks.sliding_window_mask`).
+        lengths: ``(B,)`` integer key lengths: keys ``j >= lengths[b]`` are padding.
+        scale: score scale, default ``1 / sqrt(E)``.
+        block_q: query rows per block (default from :func:`default_blocks`).
+        block_k: keys per block.
+
+    Returns:
+        ``(B, H, L, Ev)`` in q's dtype; query rows with no visible key are zeros.
+    """
+    _check(q, k, v, mask, bias, lengths, window, block_q, block_k)
+    B, H, L, E = q.shape
+    S = k.shape[2]
+    scale = 1.0 / math.sqrt(E) if scale is None else float(scale)
+    bq, bk = default_blocks(1 if lengths is not None else B, H, L, S)
+    bq, bk = block_q or bq, block_k or bk
+    if L == 0 or S == 0:
+        return q.new_zeros(B, H, L, v.shape[-1])
+    return _ChunkedAttention.apply(q, k, v, bias, mask, lengths, bool(causal), window, scale, bq, bk)
