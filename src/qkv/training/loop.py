@@ -12,6 +12,7 @@ and gradient norms stay on the device.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import random
 import signal
@@ -268,8 +269,12 @@ class Trainer:
         self.step, self.epoch, self.best, self.bad_evals = st["step"], st["epoch"], st["best"], st["bad_evals"]
         self._iter, self.batch_in_epoch = None, 0
         skip = st["batch_in_epoch"]
-        for _ in range(skip):  # replay the data order up to where the checkpoint was taken
-            self._next_batch()
+        if skip and _accepts_skip(self.train_data):  # qkv loaders start mid-epoch without reading
+            self.train_data.set_epoch(self.epoch, skip=skip)
+            self._iter, self.batch_in_epoch = iter(self.train_data), skip
+        else:
+            for _ in range(skip):  # replay the data order up to where the checkpoint was taken
+                self._next_batch()
         ckpt.load_checkpoint(loaded.path, restore_rng=True)  # after the replay, which may draw numbers
 
     # ------------------------------------------------------------------------------------ fit
@@ -380,6 +385,16 @@ class Trainer:
             yield bar
         finally:
             bar.close()
+
+
+def _accepts_skip(data: Any) -> bool:
+    fn = getattr(data, "set_epoch", None)
+    if fn is None:
+        return False
+    try:
+        return "skip" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _device(name: str) -> torch.device:
