@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from qkv.data.labelled import LabelledDataset, infer_label_names, read_labelled
+from qkv.data.labelled import LabelledDataset, infer_label_names, read_labelled, text_batch
 from qkv.data.tokenizers import CharTokenizer
 
 ROWS = [("a fine film", "1"), ("dull , dull", "0"), ("it 's ok", "1")]
@@ -85,3 +85,10 @@ def test_missing_labels(tmp_path, tok):
         read_labelled(tmp_path / "e.txt")
     with pytest.raises(ValueError, match="format must be one of"):
         read_labelled(tmp_path / "x.txt", format="xml")
+
+
+def test_text_batch_matches_training_layout(tok):
+    data = LabelledDataset.from_pairs(ROWS, tok, max_len=6)
+    batch = data.collate([data[i] for i in range(3)])
+    ids, mask = text_batch([t for t, _ in ROWS], tok, max_len=6)
+    assert torch.equal(ids, batch.ids) and torch.equal(mask, batch.mask)

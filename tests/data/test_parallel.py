@@ -5,7 +5,7 @@ import gzip
 import pytest
 import torch
 
-from qkv.data.parallel import ParallelDataset, read_tsv_pairs
+from qkv.data.parallel import ParallelDataset, read_tsv_pairs, source_batch
 from qkv.data.tokenizers import CharTokenizer
 
 
@@ -77,3 +77,13 @@ def test_bad_input(tmp_path, tok):
         ParallelDataset.from_pairs([], tok)
     with pytest.raises(ValueError, match="got 2 source sequences but 1 target sequences"):
         ParallelDataset([[4], [5]], [[6]])
+
+
+def test_source_batch_matches_training_layout(tok):
+    texts = ["abc", "a", "zz"]
+    data = ParallelDataset.from_pairs([(t, "x") for t in texts], tok)
+    batch = data.collate([data[i] for i in range(3)])
+    src, mask = source_batch(texts, tok)
+    assert torch.equal(src, batch.src) and torch.equal(mask, batch.src_mask)
+    with pytest.raises(ValueError, match="no source texts"):
+        source_batch([], tok)

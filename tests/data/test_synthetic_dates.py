@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from qkv.data.synthetic import DATE_FORMATS, DATE_LANGUAGES, date_pairs, date_splits, format_date
+from qkv.data.synthetic import DATE_FORMATS, DATE_LANGUAGES, date_pairs, date_splits, date_tokenizer, format_date
 
 MONTH_WORDS = {
     1: "january jan janvier janv januar enero ene",
@@ -165,3 +165,13 @@ def test_splits_disjoint_and_deterministic():
     assert sum(len(s) for s in sources) == 700 and len(set.union(*sources)) == 700
     assert date_splits(500, 100, 100, seed=4) == splits
     assert date_splits(500, 100, 100, seed=5) != splits
+
+
+def test_date_tokenizer_covers_every_generated_character():
+    tok = date_tokenizer()
+    pairs = date_pairs(3000, seed=9, lowercase_p=0.5) + date_pairs(300, seed=9, start_year=1000, end_year=2999)
+    for source, target in pairs:
+        for text in (source, target):
+            ids = tok.encode(text)
+            assert tok.unk_id not in ids and tok.decode(ids) == text
+    assert tok.vocab_size < 100

@@ -26,8 +26,8 @@ from qkv.data.batching import (
     pad_sequences,
 )
 from qkv.data.files import fingerprint, read_aligned, read_lines, read_text
-from qkv.data.labelled import LabelledDataset, infer_label_names, read_labelled
-from qkv.data.parallel import ParallelDataset, read_tsv_pairs
+from qkv.data.labelled import LabelledDataset, infer_label_names, read_labelled, text_batch
+from qkv.data.parallel import ParallelDataset, read_tsv_pairs, source_batch
 from qkv.data.text import PackedTextDataset, encode_files, encode_text
 from qkv.data.tokenizer_pair import (
     TOKENIZER_KINDS,
@@ -83,10 +83,12 @@ __all__ = [
     "make_loader",
     "ParallelDataset",
     "read_tsv_pairs",
+    "source_batch",
     "PackedTextDataset",
     "encode_text",
     "encode_files",
     "LabelledDataset",
     "read_labelled",
     "infer_label_names",
+    "text_batch",
 ]

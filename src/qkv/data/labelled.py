@@ -25,7 +25,7 @@ from qkv.data.batching import ClassificationBatch, Ragged, pad_sequences
 from qkv.data.files import iter_lines
 from qkv.data.tokenizers import Tokenizer
 
-__all__ = ["LabelledExample", "LabelledDataset", "read_labelled", "infer_label_names", "FORMATS"]
+__all__ = ["LabelledExample", "LabelledDataset", "read_labelled", "infer_label_names", "text_batch", "FORMATS"]
 
 FORMATS = ("csv", "tsv", "jsonl", "space")
 
@@ -230,3 +230,20 @@ class LabelledDataset:
             lengths=lengths,
             indices=torch.tensor([e.index for e in examples], dtype=torch.long),
         )
+
+
+def text_batch(
+    texts: Sequence[str], tokenizer: Tokenizer, *, max_len: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode texts for inference as :meth:`LabelledDataset.collate` does (``<bos>`` + ids, truncated).
+
+    Returns:
+        ``ids (B, S)`` long and ``mask (B, S)`` bool, True = real.
+    """
+    if not texts:
+        raise ValueError("no texts given")
+    seqs = tokenizer.encode_batch(list(texts))
+    if max_len is not None:
+        seqs = [s[: max(max_len - 1, 0)] for s in seqs]
+    ids, mask, _ = pad_sequences(seqs, pad_id=tokenizer.pad_id, prefix=tokenizer.bos_id)
+    return ids, mask

@@ -20,7 +20,7 @@ from qkv.data.batching import Ragged, Seq2SeqBatch, pad_sequences
 from qkv.data.files import iter_lines, read_aligned
 from qkv.data.tokenizers import Tokenizer
 
-__all__ = ["Seq2SeqExample", "ParallelDataset", "read_tsv_pairs"]
+__all__ = ["Seq2SeqExample", "ParallelDataset", "read_tsv_pairs", "source_batch"]
 
 
 class Seq2SeqExample(NamedTuple):
@@ -169,3 +169,15 @@ def _check_specials(a: Tokenizer, b: Tokenizer) -> None:
     ids_b = (b.pad_id, b.bos_id, b.eos_id)
     if ids_a != ids_b:
         raise ValueError(f"source and target special ids (pad, bos, eos) differ: {ids_a} vs {ids_b}")
+
+
+def source_batch(texts: Sequence[str], tokenizer: Tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode source sentences for inference exactly as :meth:`ParallelDataset.collate` does for training.
+
+    Returns:
+        ``src (B, S)`` long (ids + ``<eos>``, right-padded) and ``src_mask (B, S)`` bool, True = real.
+    """
+    if not texts:
+        raise ValueError("no source texts given")
+    src, mask, _ = pad_sequences(tokenizer.encode_batch(list(texts)), pad_id=tokenizer.pad_id, suffix=tokenizer.eos_id)
+    return src, mask

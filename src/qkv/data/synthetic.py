@@ -20,6 +20,7 @@ import random
 from collections.abc import Callable, Sequence
 
 from qkv.data.listops import OPERATORS, evaluate_listops, generate_listops, listops_splits, listops_tokenizer
+from qkv.data.tokenizers import CharTokenizer
 
 __all__ = [
     "DATE_LANGUAGES",
@@ -29,6 +30,7 @@ __all__ = [
     "format_date",
     "date_pairs",
     "date_splits",
+    "date_tokenizer",
     "copy_pairs",
     "reverse_pairs",
     "sort_pairs",
@@ -221,6 +223,22 @@ def date_splits(
         ``{"train": [...], "validation": [...], "test": [...]}`` of ``(source, target)`` pairs.
     """
     return _distinct_splits(lambda n, s: date_pairs(n, seed=s, **kwargs), (n_train, n_val, n_test), seed)
+
+
+def date_tokenizer() -> CharTokenizer:
+    """A character tokenizer covering every character any date source or ISO target can contain
+    (all languages, both cases), so no sample of the task ever meets ``<unk>``."""
+    chars = set("0123456789-")
+    for table in (MONTHS, WEEKDAYS):
+        for full, abbreviations in table.values():
+            for name in full + abbreviations:
+                chars.update(name + name.lower())
+    for templates in DATE_FORMATS.values():
+        for template in templates:
+            literal = "".join(part.split("}")[-1] for part in template.split("{"))
+            chars.update(literal + literal.lower())
+    chars.update("stndrhe")  # ordinal suffixes: 1st 2nd 3rd 4th, 1er
+    return CharTokenizer(sorted(chars))
 
 
 def _symbols(n: int, seed: int, min_len: int, max_len: int, alphabet: str) -> list[str]:
