@@ -57,12 +57,14 @@ def _cut(t: torch.Tensor | None, qs: int, qe: int, ks: int, ke: int) -> torch.Te
     return t
 
 
-def _plan(L: int, S: int, bq: int, bk: int, causal: bool, window: int | None, length: int):
+def _plan(L: int, S: int, info: dict, length: int):
     """Yield ``(qs, qe, [(ks, ke, needs_mask), ...])``: the key blocks each query block must visit.
 
     Query ``i`` sits at key position ``p = i + S - L`` (lower-right alignment). Keys at or past
-    ``length`` are padding. Blocks outside every query's visible range are left out.
+    ``length`` are padding. Blocks outside every query's visible range, or False in the block
+    ``layout``, are left out.
     """
+    bq, bk, causal, window, layout = info["bq"], info["bk"], info["causal"], info["window"], info["layout"]
     off = S - L
     for qs in range(0, L, bq):
         qe = min(qs + bq, L)
@@ -76,6 +78,8 @@ def _plan(L: int, S: int, bq: int, bk: int, causal: bool, window: int | None, le
                 hi = min(hi, p_hi + window)
         blocks = []
         for ks in range((max(lo, 0) // bk) * bk, max(hi, 0), bk):
+            if layout is not None and not layout[qs // bq][ks // bk]:
+                continue
             ke = min(ks + bk, S)
             full = ke <= length
             if causal:
@@ -165,7 +169,7 @@ def _forward(q3, k3, v3, info, length):
     out = q3.new_zeros(N, LG, Ev, dtype=acc_t)
     lse = q3.new_full((N, LG, 1), float("inf"), dtype=acc_t)
     kT = k3.transpose(1, 2)  # (N, E, S)
-    for qs, qe, blocks in _plan(LG // G, S, bq, bk, info["causal"], info["window"], length):
+    for qs, qe, blocks in _plan(LG // G, S, info, length):
         if not blocks:
             continue
         rows = slice(qs * G, qe * G)
@@ -200,7 +204,7 @@ def _backward(q3, k3, v3, out, lse, dout, info, length, need_bias_grad):
     delta = (dout.to(acc_t) * out).sum(-1, keepdim=True)  # (N, L*G, 1)
     dout = dout.to(q3.dtype)
     kT, vT = k3.transpose(1, 2), v3.transpose(1, 2)  # (N, E, S), (N, Ev, S)
-    for qs, qe, blocks in _plan(LG // G, S, bq, bk, info["causal"], info["window"], length):
+    for qs, qe, blocks in _plan(LG // G, S, info, length):
         rows = slice(qs * G, qe * G)
         do_b, q_b = dout[:, rows], q3[:, rows]  # (N, bq*G, Ev), (N, bq*G, E)
         for ks, ke, needs_mask in blocks:
@@ -226,7 +230,7 @@ def _accumulate_bias(dbias, ds, qs, qe, ks, ke) -> None:
 
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, bias, mask, lengths, causal, window, scale, bq, bk):
+    def forward(ctx, q, k, v, bias, mask, lengths, causal, window, scale, bq, bk, layout):
         B, H, L, E = q.shape
         H_kv, S, Ev = k.shape[1], k.shape[2], v.shape[-1]
         G = H // H_kv
@@ -234,7 +238,7 @@ class _ChunkedAttention(torch.autograd.Function):
         q3 = (q * (scale * _LOG2E)).view(B, H_kv, G, L, E).transpose(2, 3).reshape(B * H_kv, L * G, E)
         k3, v3 = k.reshape(B * H_kv, S, E), v.reshape(B * H_kv, S, Ev)  # (N, S, E), (N, S, Ev)
         info = {"bias": _arrange(bias, H_kv, G), "mask": _arrange(mask, H_kv, G), "causal": causal,
-                "window": window, "off": S - L, "bq": bq, "bk": bk, "B": B, "G": G}
+                "window": window, "off": S - L, "bq": bq, "bk": bk, "B": B, "G": G, "layout": layout}
         out, lse = _run_forward(q3, k3, v3, info, lengths)
         ctx.save_for_backward(q3, k3, v3, out, lse, bias, mask, lengths)
         ctx.info, ctx.scale, ctx.shapes = info, scale, (q.shape, k.shape, v.shape)
@@ -255,7 +259,7 @@ class _ChunkedAttention(torch.autograd.Function):
         if db is not None:
             db = _unarrange(db, bias).to(bias.dtype)
         return (dq.to(q3.dtype), dk.view(k_shape).to(k3.dtype), dv.view(v_shape).to(v3.dtype), db,
-                None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None)
 
 
 def _unarrange(db: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -352,6 +356,7 @@ def chunked_attention(
     scale: float | None = None,
     block_q: int | None = None,
     block_k: int | None = None,
+    layout: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Exact softmax attention in ``O(L)`` extra memory, differentiable (backward by recomputation).
 
@@ -368,6 +373,9 @@ def chunked_attention(
         scale: score scale, default ``1 / sqrt(E)``.
         block_q: query rows per block (default from :func:`default_blocks`).
         block_k: keys per block.
+        layout: optional block-sparse layout, bool ``(ceil(L / block_q), ceil(S / block_k))``: only
+            blocks marked True are computed (the other entries count as masked). Requires both block
+            sizes. :mod:`qkv.functional.sparse` builds layouts for local, strided and BigBird patterns.
 
     Returns:
         ``(B, H, L, Ev)`` in q's dtype; query rows with no visible key are zeros.
@@ -378,6 +386,13 @@ def chunked_attention(
     scale = 1.0 / math.sqrt(E) if scale is None else float(scale)
     bq, bk = default_blocks(1 if lengths is not None else B, H, L, S)
     bq, bk = block_q or bq, block_k or bk
+    if layout is not None:
+        need = (-(-L // bq), -(-S // bk))
+        if block_q is None or block_k is None or tuple(layout.shape) != need or layout.dtype != torch.bool:
+            raise ValueError(f"layout must be bool of shape (ceil(L/block_q), ceil(S/block_k)) = {need} with "
+                             f"block_q and block_k given, got {layout.dtype} {tuple(layout.shape)}, "
+                             f"block_q={block_q}, block_k={block_k}")
+        layout = layout.tolist()  # nested lists: fast lookups in the block plan
     if L == 0 or S == 0:
         return q.new_zeros(B, H, L, v.shape[-1])
-    return _ChunkedAttention.apply(q, k, v, bias, mask, lengths, bool(causal), window, scale, bq, bk)
+    return _ChunkedAttention.apply(q, k, v, bias, mask, lengths, bool(causal), window, scale, bq, bk, layout)
