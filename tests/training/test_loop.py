@@ -41,8 +41,8 @@ def test_grad_accumulation_equals_one_big_batch():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("grad_accum", [1, 2])
-def test_resume_is_bit_exact(tmp_path, grad_accum):
+@pytest.mark.parametrize(("grad_accum", "until"), [(1, 4), (2, 5)])  # stop at / between evaluations
+def test_resume_is_bit_exact(tmp_path, grad_accum, until):
     """2N steps in one go == N steps, checkpoint, fresh objects, resume, N steps (dropout on)."""
     kw = dict(steps=10, grad_accum=grad_accum, eval_every=4)  # 6 batches per epoch: crosses epochs
     torch.manual_seed(0)
@@ -53,8 +53,8 @@ def test_resume_is_bit_exact(tmp_path, grad_accum):
     torch.manual_seed(0)
     first = Trainer(TinyLM(), lm_loss, ShuffledBatches(), _cfg(tmp_path / "half", **kw),
                     eval_data=ShuffledBatches(seed=1))
-    stopped = first.fit(until=5)
-    assert stopped.step == 5 and not stopped.interrupted
+    stopped = first.fit(until=until)
+    assert stopped.step == until and not stopped.interrupted
 
     torch.manual_seed(123)  # a fresh process: other RNG state, other initial weights
     second = Trainer(TinyLM(), lm_loss, ShuffledBatches(), _cfg(tmp_path / "half", **kw),

@@ -312,27 +312,36 @@ class Trainer:
             loss_acc += loss_sum
             n_acc += n
             bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            stop = self._should_stop() or self.step == until
+            if self.step % cfg.log_every == 0 or stop:
                 t0 = self._log(loss_acc, n_acc, norm, t0, bar)
                 loss_acc.zero_(), n_acc.zero_()
-            if self._should_stop() or (self.step == until < cfg.steps):
-                result.interrupted = self._stop_signal is not None
-                result.last_path = self.save()
+            saved, early = self._evaluate_and_save(result)
+            if early:
+                result.stopped_early = True
                 return
-            evaluate = cfg.eval_every and self.step % cfg.eval_every == 0
-            if evaluate or self.step == cfg.steps:
-                metrics = self.evaluate()
-                if metrics:
-                    result.evals.append(metrics)
-                    self.writer.write("eval", self.step, metrics)
-                    improved = self._improved(metrics)
-                    result.last_path = self.save(best=improved)
-                    if cfg.patience is not None and self.bad_evals >= cfg.patience:
-                        result.stopped_early = True
-                        return
-                    continue
-            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
-                result.last_path = self.save()
+            if stop:
+                result.interrupted = self._stop_signal is not None
+                if not saved:
+                    result.last_path = self.save()
+                return
+
+    def _evaluate_and_save(self, result: TrainResult) -> tuple[bool, bool]:
+        """Evaluate/checkpoint when due; returns ``(saved, patience exhausted)``."""
+        cfg = self.config
+        at_end = self.step == cfg.steps
+        if (cfg.eval_every and self.step % cfg.eval_every == 0) or at_end:
+            metrics = self.evaluate()
+            if metrics:
+                result.evals.append(metrics)
+                self.writer.write("eval", self.step, metrics)
+                improved = self._improved(metrics)
+                result.last_path = self.save(best=improved)
+                return True, cfg.patience is not None and self.bad_evals >= cfg.patience
+        if (cfg.save_every and self.step % cfg.save_every == 0) or at_end:
+            result.last_path = self.save()
+            return True, False
+        return False, False
 
     def _log(self, loss_acc: torch.Tensor, n_acc: torch.Tensor, norm: torch.Tensor | None,
              t0: float, bar: Any) -> float:
