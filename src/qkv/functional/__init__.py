@@ -2,7 +2,26 @@
 
 from qkv.functional.additive import additive_scores, dot_scores
 from qkv.functional.attention import attention_math, attention_weights, masked_softmax, scaled_dot_product_attention
+from qkv.functional.chunked import chunked_attention
+from qkv.functional.linear import (
+    draw_orthogonal_features,
+    elu_feature_map,
+    favor_features,
+    kernel_attention,
+    linear_attention,
+    linear_attention_step,
+)
 from qkv.functional.masks import causal_mask, combine, padding_mask, sliding_window_mask
+from qkv.functional.sparse import (
+    bigbird_attention,
+    bigbird_layout,
+    block_sparse_attention,
+    dilated_layout,
+    local_layout,
+    sliding_window_attention,
+    strided_attention,
+    strided_layout,
+)
 
 __all__ = [
     "scaled_dot_product_attention",
@@ -15,4 +34,19 @@ __all__ = [
     "combine",
     "additive_scores",
     "dot_scores",
+    "chunked_attention",
+    "block_sparse_attention",
+    "sliding_window_attention",
+    "bigbird_attention",
+    "strided_attention",
+    "local_layout",
+    "dilated_layout",
+    "strided_layout",
+    "bigbird_layout",
+    "linear_attention",
+    "kernel_attention",
+    "linear_attention_step",
+    "elu_feature_map",
+    "favor_features",
+    "draw_orthogonal_features",
 ]
