@@ -56,6 +56,7 @@ class KVCache(nn.Module):
         self.length = 0
         self.static = static
         self._rows = batch_size
+        self._shape = shape  # (B_max, H_kv, S_max, E), read on every update
 
     @property
     def max_len(self) -> int:
@@ -83,21 +84,25 @@ class KVCache(nn.Module):
         ``B`` must equal :attr:`batch_size`. A static cache accepts one fill only.
         """
         B, H_kv, L, E = k.shape
-        if (B, H_kv, E) != (self._rows, self.k.shape[1], self.k.shape[3]) or v.shape != k.shape:
+        _, cap_h, cap_s, cap_e = self._shape
+        if B != self._rows or H_kv != cap_h or E != cap_e or v.shape != k.shape:
             raise ValueError(
-                f"k {tuple(k.shape)} / v {tuple(v.shape)} do not fit the cache {tuple(self.k.shape)}"
+                f"k {tuple(k.shape)} / v {tuple(v.shape)} do not fit the cache {self._shape}"
                 f" with {self._rows} active rows (need (B, H_kv, L, E) with B={self._rows},"
-                f" H_kv={self.k.shape[1]}, E={self.k.shape[3]})"
+                f" H_kv={cap_h}, E={cap_e})"
             )
         if self.static and self.length > 0:
             raise ValueError(f"static KVCache is already filled ({self.length} positions); call reset() first")
-        end = self.length + L
-        if end > self.max_len:
-            raise ValueError(f"KVCache overflow: {self.length} cached + {L} new > max_len {self.max_len}")
-        self.k[:B, :, self.length : end] = k
-        self.v[:B, :, self.length : end] = v
+        start, end = self.length, self.length + L
+        if end > cap_s:
+            raise ValueError(f"KVCache overflow: {start} cached + {L} new > max_len {cap_s}")
+        bk, bv = self._buffers["k"], self._buffers["v"]  # (B_max, H_kv, S_max, E); skips Module.__getattr__
+        if B != self._shape[0]:
+            bk, bv = bk[:B], bv[:B]  # (B, H_kv, S_max, E)
+        bk.narrow(2, start, L).copy_(k)
+        bv.narrow(2, start, L).copy_(v)
         self.length = end
-        return self.k[:B, :, :end], self.v[:B, :, :end]
+        return bk.narrow(2, 0, end), bv.narrow(2, 0, end)
 
     def get(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The cached ``(B, H_kv, length, E)`` keys and values of the active rows."""

@@ -1,0 +1,135 @@
+"""Greedy generation: qkv ``generate`` vs Hugging Face ``GPT2LMHeadModel.generate`` with the same weights.
+
+Questions: (1) with a KV cache, is qkv's decoding loop at least 1.5x as fast (tokens/s) as Hugging Face's
+on this CPU, for a small GPT (4 layers, d 128, 4 heads, vocab 65) and the GPT-2-small shape (12 layers,
+d 768, 12 heads, vocab 50257; random init, no download), prompt 16, 200 new tokens, batch 1 and 8?
+(2) does the cost of a token stay flat with position (ms/token at ~1000 <= 1.5x ms/token at ~50)?
+
+Both models are built from one random ``GPT2Config`` (qkv's through ``decoder_from_gpt2``), greedy outputs
+are compared before timing, and qkv/HF runs alternate (``time_interleaved``) so shared-CPU load hits
+both alike. Run: ``python benchmarks/generation.py [--quick] [--threads N]``; writes
+benchmarks/results/generation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import time_interleaved, write_json  # noqa: E402
+
+from qkv.generation import DecoderStepper, generate  # noqa: E402
+from qkv.models.hf_convert import decoder_from_gpt2  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    layers: int
+    d_model: int
+    heads: int
+    vocab: int
+    batch: int
+    prompt: int = 16
+    new_tokens: int = 200
+
+
+SMALL = dict(layers=4, d_model=128, heads=4, vocab=65)
+GPT2_SMALL = dict(layers=12, d_model=768, heads=12, vocab=50257)
+
+
+def build(case: Case, n_positions: int = 1100):
+    """The same random GPT-2 in transformers and in qkv (eval mode)."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        vocab_size=case.vocab, n_positions=n_positions, n_embd=case.d_model, n_layer=case.layers,
+        n_head=case.heads, bos_token_id=None, eos_token_id=None, pad_token_id=0,
+    )
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    return hf, decoder_from_gpt2(hf).eval()
+
+
+def run_case(case: Case, repeats: int) -> dict:
+    hf, ours = build(case)
+    ids = torch.randint(1, case.vocab, (case.batch, case.prompt))
+    mask = torch.ones_like(ids)
+
+    def run_hf():
+        return hf.generate(
+            ids, attention_mask=mask, max_new_tokens=case.new_tokens, do_sample=False, use_cache=True,
+        )[:, case.prompt :]
+
+    def run_qkv():
+        return generate(ours, ids, max_new_tokens=case.new_tokens)
+
+    with torch.no_grad():
+        a, b = run_qkv(), run_hf()
+        agree = (a == b).float().mean().item()
+        times = time_interleaved({"qkv": run_qkv, "hf": run_hf}, repeats=repeats, warmup=0)
+    tokens = case.batch * case.new_tokens
+    row = {**asdict(case), "greedy_agreement": agree,
+           "qkv_tokens_per_s": tokens / times["qkv"], "hf_tokens_per_s": tokens / times["hf"],
+           "speedup": times["hf"] / times["qkv"]}
+    print(f"{case.name:>10} B={case.batch}: qkv {row['qkv_tokens_per_s']:8.1f} tok/s, HF "
+          f"{row['hf_tokens_per_s']:8.1f} tok/s, speed-up {row['speedup']:.2f}x, greedy agreement {agree:.3f}",
+          flush=True)
+    return row
+
+
+def _ms_per_token(model, prompt_len: int, steps: int) -> float:
+    """Median ms of one cached decoding step (batch 1) right after a ``prompt_len`` prompt."""
+    ids = torch.randint(1, model.config.vocab_size, (1, prompt_len))
+    stepper = DecoderStepper(model, ids, max_new_tokens=steps + 1)
+    tok = stepper.start().argmax(-1)
+    samples = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        tok = stepper.step(tok).argmax(-1)
+        samples.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(samples)
+
+
+def position_latency(repeats: int, steps: int = 30) -> dict:
+    """ms/token of the small model at position ~50 and ~1000, measured alternately."""
+    _, ours = build(Case("small", batch=1, **SMALL))
+    near, far = [], []
+    with torch.no_grad():
+        _ms_per_token(ours, 50, 5)  # warm-up
+        for _ in range(repeats):
+            near.append(_ms_per_token(ours, 50, steps))
+            far.append(_ms_per_token(ours, 1000, steps))
+    n, f = statistics.median(near), statistics.median(far)
+    print(f"ms/token small B=1: position ~50 {n:.3f}, ~1000 {f:.3f}, ratio {f / n:.2f} (target <= 1.5)", flush=True)
+    return {"ms_per_token_pos50": n, "ms_per_token_pos1000": f, "ratio": f / n, "target": 1.5}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small model only, one repeat (smoke run)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: the CPU is shared, and both libraries get the same)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    repeats = 1 if args.quick else 3
+    cases = [Case("small", batch=b, **SMALL) for b in (1, 8)]
+    if not args.quick:
+        cases += [Case("gpt2-small", batch=b, **GPT2_SMALL) for b in (1, 8)]
+    rows = [run_case(c, repeats) for c in cases]
+    latency = position_latency(repeats=2 if args.quick else 5)
+    path = write_json("generation", {"threads": args.threads, "target_speedup": 1.5, "cases": rows,
+                                     "latency_vs_position": latency, "seconds": time.perf_counter() - t0})
+    print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
