@@ -168,6 +168,9 @@ def _causal(phi_q, phi_k, v, chunk, eps, H, H_kv, L, S) -> torch.Tensor:
     """Chunk-wise prefix sums; keys before the aligned start (S > L) seed the running sums."""
     B, G = phi_q.shape[0], H // H_kv
     off = S - L
+    if off < 0:  # L > S: the first L - S queries see no key; the rest align with the keys one to one
+        rest = _causal(phi_q[:, :, -off:], phi_k, v, chunk, eps, H, H_kv, S, S)  # (B, H, S, Ev)
+        return torch.cat([rest.new_zeros(B, H, -off, v.shape[-1]), rest], dim=2)
     pq = phi_q.view(B, H_kv, G, L, -1)  # (B, H_kv, G, L, F)
     kv = torch.matmul(phi_k[:, :, :off].transpose(-1, -2), v[:, :, :off]) if off > 0 else \
         v.new_zeros(B, H_kv, phi_k.shape[-1], v.shape[-1])  # (B, H_kv, F, Ev)
