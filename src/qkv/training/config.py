@@ -44,6 +44,8 @@ class TrainConfig:
         device: ``auto`` (GPU if present), ``cpu``, ``cuda``, ``cuda:1`` ...
         strategy: data parallelism under torchrun: ``ddp`` or ``fsdp``.
         progress: show a tqdm progress bar on rank 0.
+        time_limit: stop (with a checkpoint) after this many seconds of training (``None``: no limit);
+            the schedule still runs over ``steps``.
     """
 
     steps: int = 1000
@@ -74,6 +76,7 @@ class TrainConfig:
     device: str = "auto"
     strategy: str = "ddp"
     progress: bool = True
+    time_limit: float | None = None
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # from YAML/JSON lists
@@ -91,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"mode must be 'min' or 'max', got {self.mode!r}")
         if self.strategy not in ("ddp", "fsdp"):
             raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise ValueError(f"time_limit must be > 0 seconds or None, got {self.time_limit}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
 

@@ -143,6 +143,7 @@ class Trainer:
         self.bad_evals = 0
         self._iter: Iterator[Any] | None = None
         self._stop_signal: int | None = None
+        self._deadline: float | None = None
 
     # ------------------------------------------------------------------------------------ data
     def _next_batch(self) -> Any:
@@ -289,6 +290,7 @@ class Trainer:
             What happened, with the paths of the last, best and averaged checkpoints.
         """
         result = TrainResult(step=self.step)
+        self._deadline = None if self.config.time_limit is None else time.perf_counter() + self.config.time_limit
         with self._signals(), self._progress() as bar:
             self._loop(result, bar, self.config.steps if until is None else min(until, self.config.steps))
         result.step, result.best = self.step, self.best
@@ -361,9 +363,10 @@ class Trainer:
         return now
 
     def _should_stop(self) -> bool:
+        out_of_time = self._deadline is not None and time.perf_counter() > self._deadline
         if not self.dist.enabled:
-            return self._stop_signal is not None
-        flag = torch.tensor(float(self._stop_signal is not None), device=self.device)
+            return self._stop_signal is not None or out_of_time
+        flag = torch.tensor(float(self._stop_signal is not None or out_of_time), device=self.device)
         return bool(all_reduce_sum(flag).item())  # any rank signalled: all stop at the same step
 
     @contextlib.contextmanager
