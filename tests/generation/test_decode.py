@@ -252,3 +252,24 @@ def test_translate_batch_equals_solo(strategy):
         real = src[b][src[b] != 0]
         solo = translate(model, real, max_len=9, bos_id=1, eos_id=EOS, pad_id=0, strategy=strategy, num_beams=3)
         assert _until_eos(out[b], EOS) == _until_eos(solo, EOS)
+
+
+def test_beam_slots_keep_children_in_their_parents_rows():
+    """The first child of each parent stays in the parent's slot, so its cache row is not copied."""
+    from qkv.generation.decode import _assign_slots
+
+    parent = torch.tensor([[2, 2, 0, 1], [3, 3, 3, 3], [0, 1, 2, 3], [1, 0, 1, 0]])
+    perm = _assign_slots(parent)
+    assert torch.equal(perm.sort(1).values, torch.arange(4).expand(4, 4))  # a permutation per row
+    slot_parent = parent.gather(1, perm)  # the parent of the child now in each slot
+    for b in range(4):
+        for p in set(parent[b].tolist()):
+            assert slot_parent[b, p] == p, (b, p, slot_parent[b])
+    # copies needed = slots whose child comes from another row = K - number of distinct parents
+    copies = (slot_parent != torch.arange(4)).sum(1).tolist()
+    assert copies == [1, 3, 0, 2]
+
+
+def test_generate_points_encoder_decoders_to_translate():
+    with pytest.raises(ValueError, match="translate"):
+        generate(tiny.seq2seq(), torch.ones(1, 3, dtype=torch.long), max_new_tokens=2)

@@ -113,6 +113,8 @@ def _steps(stepper: Stepper, opts: _Options, T: int, prefix, prefix_mask) -> Ite
 
 
 def _decoder_session(model, input_ids, key_padding, max_new_tokens, opts, use_cache):
+    if hasattr(model, "decode") or hasattr(model, "decode_step"):
+        raise ValueError(f"model is an encoder-decoder ({type(model).__name__}); use translate(model, src, ...)")
     ids = _check_ids("input_ids", input_ids)
     key_padding = _check_mask("key_padding", key_padding, ids)
     _check_count("max_new_tokens", max_new_tokens)

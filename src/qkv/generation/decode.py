@@ -230,12 +230,13 @@ def beam_search(
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     settings = LogitsSettings() if settings is None else settings
     K, T = num_beams, max_new_tokens
+    if T <= 0:
+        B = stepper.batch_size
+        return torch.full((B, 0), pad_id, dtype=torch.long), torch.zeros(B)
     logits = stepper.start().float()  # (B, V)
     B, V = logits.shape
     dev = logits.device
     hyps = [_Hypotheses(K) for _ in range(B)]
-    if T <= 0:
-        return torch.full((B, 0), pad_id, dtype=torch.long, device=dev), torch.zeros(B, device=dev)
     src = torch.arange(B, device=dev)  # (N,) the sources still searching
     expand = torch.arange(B, device=dev).repeat_interleave(K)  # (B K,)
     stepper.select(expand)
