@@ -91,3 +91,12 @@ def test_alibi_module_shapes():
     bias = ALiBi(4)(3, 7)
     assert bias.shape == (1, 4, 3, 7)
     assert bias[0, :, -1, -1].abs().max() == 0
+
+
+def test_input_embedding_offset_reads_contiguous_positions():
+    pos = LearnedPositionalEmbedding(10, 8)
+    emb = InputEmbedding(TokenEmbedding(11, 8, scale=False), pos).eval()
+    ids = torch.randint(0, 11, (2, 3))
+    torch.testing.assert_close(emb(ids, offset=4), emb(ids, positions=torch.arange(4, 7)))
+    with pytest.raises(ValueError, match="3 tokens at offset 8 is too long"):
+        emb(ids, offset=8)

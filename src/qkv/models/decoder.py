@@ -65,12 +65,11 @@ class DecoderModel(nn.Module):
         S = offset + L
         if positions is None:
             parts.check_length(self.config, "ids", L, offset)
-            positions = torch.arange(offset, S, device=ids.device)  # (L,)
         elif positions.shape != (B, L):
             raise ValueError(f"positions must have shape (B, L) = {(B, L)}, got {tuple(positions.shape)}")
         mask = parts.key_padding_mask("key_padding", key_padding, B, S)  # (B, 1, 1, S)
         bias = None if self.alibi is None else self.alibi(L, S)  # (1, H, L, S)
-        x = self.embed(ids, positions)  # (B, L, D)
+        x = self.embed(ids, positions, offset=offset)  # (B, L, D)
         res = self.decoder(x, self_mask=mask, bias=bias, caches=cache, return_weights=return_weights)
         x, weights = res if return_weights else (res, None)
         logits = self.logits(x)

@@ -33,6 +33,7 @@ __all__ = [
     "final_norm",
     "key_padding_mask",
     "check_length",
+    "check_tokens",
 ]
 
 
@@ -118,5 +119,6 @@ def check_length(cfg: TransformerConfig, name: str, L: int, offset: int = 0) -> 
 
 
 def check_tokens(name: str, ids: torch.Tensor) -> None:
+    """Token ids must be a 2-D ``(B, L)`` tensor (the vocabulary range is checked by the embedding)."""
     if ids.dim() != 2:
         raise ValueError(f"{name} must have shape (B, L), got {tuple(ids.shape)}")

@@ -98,7 +98,7 @@ class EncoderDecoderModel(nn.Module):
         parts.check_length(self.config, "tgt", L, offset)
         mem_mask = parts.key_padding_mask("src_mask", src_mask, B, memory.shape[1])  # (B, 1, 1, S)
         bias = None if self.dec_alibi is None else self.dec_alibi(L, offset + L)
-        x = self.tgt_embed(tgt, torch.arange(offset, offset + L, device=tgt.device))  # (B, L, D)
+        x = self.tgt_embed(tgt, offset=offset)  # (B, L, D)
         res = self.decoder(x, memory, memory_mask=mem_mask, bias=bias, caches=cache, return_weights=return_weights)
         x, weights = res if return_weights else (res, None)
         logits = self.logits(x)

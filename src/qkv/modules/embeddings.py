@@ -83,8 +83,22 @@ class _AbsolutePositional(nn.Module):
     def check(self, positions: torch.Tensor) -> None:
         check_ids("positions", positions, self.max_len, what="positional table (max_len)")
 
-    @staticmethod
-    def _batched(out: torch.Tensor) -> torch.Tensor:
+    def span(self, offset: int, L: int, device: torch.device | None = None) -> torch.Tensor:
+        """Embeddings of the contiguous positions ``offset .. offset + L - 1``: ``(1, L, D)``.
+
+        Checked from the sizes alone (no read of tensor values, so no device sync).
+        """
+        if offset < 0 or offset + L > self.max_len:
+            raise ValueError(
+                f"positions {offset}..{offset + L - 1} do not fit the positional table of max_len {self.max_len}"
+                f" (sequence of {L} tokens at offset {offset} is too long)"
+            )
+        return self._lookup(torch.arange(offset, offset + L, device=device)).unsqueeze(0)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions ``(L,)`` or ``(B, L)`` long -> ``(1|B, L, D)``."""
+        self.check(positions)
+        out = self._lookup(positions)
         return out.unsqueeze(0) if out.dim() == 2 else out  # (1|B, L, D)
 
 
@@ -102,10 +116,8 @@ class SinusoidalPositionalEncoding(_AbsolutePositional):
         self.max_len, self.d_model = max_len, d_model
         self.register_buffer("table", sinusoidal_table(max_len, d_model, base=base), persistent=False)
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        """positions ``(L,)`` or ``(B, L)`` long -> ``(1|B, L, D)``."""
-        self.check(positions)
-        return self._batched(self.table[positions])
+    def _lookup(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.table[positions]
 
 
 class LearnedPositionalEmbedding(_AbsolutePositional):
@@ -116,10 +128,8 @@ class LearnedPositionalEmbedding(_AbsolutePositional):
         self.max_len, self.d_model = max_len, d_model
         self.embed = nn.Embedding(max_len, d_model)
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        """positions ``(L,)`` or ``(B, L)`` long -> ``(1|B, L, D)``."""
-        self.check(positions)
-        return self._batched(self.embed(positions))
+    def _lookup(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.embed(positions)
 
 
 class SegmentEmbedding(nn.Module):
@@ -165,13 +175,17 @@ class InputEmbedding(nn.Module):
         ids: torch.Tensor,
         positions: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
+        *,
+        offset: int = 0,
     ) -> torch.Tensor:
         """Embed ``ids (B, L)``.
 
         Args:
             ids: token ids ``(B, L)``.
-            positions: ``(L,)`` or ``(B, L)`` (default ``0 .. L-1``); ignored without a position module.
+            positions: ``(L,)`` or ``(B, L)``; default ``offset .. offset + L - 1``. Ignored without a
+                position module.
             segments: ``(B, L)`` segment ids (default all zero when there is a segment table).
+            offset: first position when ``positions`` is None (the cache length when decoding).
 
         Returns:
             ``(B, L, D)``.
@@ -181,10 +195,11 @@ class InputEmbedding(nn.Module):
         x = self.token(ids)
         if self.position is not None:
             if positions is None:
-                positions = torch.arange(ids.shape[1], device=ids.device)
-            if positions.shape[-1] != ids.shape[1] or (positions.dim() == 2 and positions.shape[0] != ids.shape[0]):
+                x = x + self.position.span(offset, ids.shape[1], ids.device)
+            elif positions.shape[-1] != ids.shape[1] or (positions.dim() == 2 and positions.shape[0] != ids.shape[0]):
                 raise ValueError(f"positions must be (L,) or (B, L) = {tuple(ids.shape)}, got {tuple(positions.shape)}")
-            x = x + self.position(positions)
+            else:
+                x = x + self.position(positions)
         if self.segment is not None:
             if segments is None:
                 segments = torch.zeros_like(ids)
