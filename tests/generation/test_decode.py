@@ -273,3 +273,14 @@ def test_beam_slots_keep_children_in_their_parents_rows():
 def test_generate_points_encoder_decoders_to_translate():
     with pytest.raises(ValueError, match="translate"):
         generate(tiny.seq2seq(), torch.ones(1, 3, dtype=torch.long), max_new_tokens=2)
+
+
+def test_outputs_are_normal_tensors_usable_in_training():
+    """Decoding runs in inference mode, but what it returns can feed a model that is being trained."""
+    model = tiny.decoder()
+    out = generate(model, torch.randint(1, 13, (2, 3)), max_new_tokens=4)
+    streamed = next(stream_generate(model, torch.randint(1, 13, (2, 3)), max_new_tokens=4)).tokens
+    assert not out.is_inference() and not streamed.is_inference()
+    model.train()
+    model(out).sum().backward()
+    assert model.embed.token.embed.weight.grad is not None

