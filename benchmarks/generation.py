@@ -119,7 +119,7 @@ def position_latency(repeats: int, steps: int = 40) -> dict:
     """ms/token of the small model at position ~50 and ~1000, measured alternately."""
     _, ours = build(Case("small", batch=1, **SMALL))
     near, far = [], []
-    with torch.no_grad():
+    with torch.inference_mode():  # as qkv.generation.generate runs
         _step_times(ours, 50, 5)  # warm-up
         for _ in range(repeats):
             near += _step_times(ours, 50, steps)

@@ -284,3 +284,15 @@ def test_outputs_are_normal_tensors_usable_in_training():
     model.train()
     model(out).sum().backward()
     assert model.embed.token.embed.weight.grad is not None
+
+
+def test_beam_search_drops_finished_sources():
+    model = CountingModel(tiny.sharpen(tiny.decoder(vocab=9)))
+    ids = torch.tensor([[1, 2, 3, 5], [6, 7, 7, 8], [8, 1, 2, 2]])
+    eos = _pick_eos(model.model, ids, step=1)
+    model.batches.clear()
+    out = generate(model, ids, max_new_tokens=12, eos_id=eos, strategy="beam", num_beams=2, early_stopping=True,
+                   pad_id=-1)
+    assert model.batches[0] == 3 and model.batches[1] == 6  # prompt prefill, then 3 sources x 2 beams
+    assert min(model.batches[1:]) < 6, model.batches  # a finished source stops costing compute
+    assert out[0].tolist()[-1] in (eos, -1)

@@ -255,17 +255,16 @@ def beam_search(
         top_s, top_i = cand.topk(n_cand, dim=1)  # (N, 2K), best first
         parent, tok = top_i // V, top_i % V
         is_eos = tok == eos_id if eos_id is not None else torch.zeros_like(tok, dtype=torch.bool)
-        closing = is_eos & (torch.arange(n_cand, device=dev) < K) & (top_s > float("-inf"))
-        for n, j in closing.nonzero().tolist():
-            b, p = int(src[n]), int(parent[n, j])
-            lp = gnmt_length_penalty(t + 1, length_penalty)
-            hyps[b].add(float(top_s[n, j]) / lp, history[n, p].tolist() + [eos_id])
+        _close_eos(hyps, src, top_s, parent, is_eos & (torch.arange(n_cand, device=dev) < K), history, eos_id,
+                   gnmt_length_penalty(t + 1, length_penalty))
         live_s, live_j = top_s.masked_fill(is_eos, float("-inf")).topk(K, dim=1)  # (N, K)
         perm = _assign_slots(parent.gather(1, live_j))
         live_j = live_j.gather(1, perm)
         scores, parent, tok = live_s.gather(1, perm), parent.gather(1, live_j), tok.gather(1, live_j)
         history = torch.cat([history.gather(1, parent[:, :, None].expand_as(history)), tok[:, :, None]], dim=2)
-        if t == T - 1:
+        if t == T - 1:  # live beams are complete now; with early stopping, sources with K hypotheses are done
+            keep = torch.tensor([len(hyps[b].items) < K or not early_stopping for b in src.tolist()], device=dev)
+            src, scores, history = src[keep], scores[keep], history[keep]
             break
         keep = (~_done(scores, hyps, src, t, T, length_penalty, early_stopping)).nonzero().squeeze(1)  # (N',)
         src, scores, history, parent, tok = src[keep], scores[keep], history[keep], parent[keep], tok[keep]
@@ -279,6 +278,13 @@ def beam_search(
         logits = stepper.step(tok.reshape(-1)).float()  # (N' K, V)
     _close_live(hyps, src, scores, history, T, length_penalty)  # beams that reached T tokens
     return _best(hyps, B, T, pad_id, dev)
+
+
+def _close_eos(hyps, src, top_s, parent, closing, history, eos_id, lp) -> None:
+    """Candidates ``closing (N, 2K)`` (EOS within the top K ranks) become hypotheses scored ``log P / lp``."""
+    for n, j in (closing & (top_s > float("-inf"))).nonzero().tolist():
+        b, p = int(src[n]), int(parent[n, j])
+        hyps[b].add(float(top_s[n, j]) / lp, history[n, p].tolist() + [eos_id])
 
 
 def _done(scores, hyps, src, t, T, alpha, early_stopping) -> torch.Tensor:

@@ -98,6 +98,8 @@ _CONTEXT_NAMES = ("max_len", "max_seq_len", "block_size", "max_position_embeddin
 
 def context_length(model: nn.Module) -> int | None:
     """The longest sequence ``model`` accepts (its positional table), or None when it has no limit."""
+    if getattr(getattr(model, "config", None), "positional", None) == "none":
+        return None  # no positional table: only the cache size bounds the length
     for holder in (model, getattr(model, "config", None)):
         for name in _CONTEXT_NAMES:
             value = getattr(holder, name, None) if holder is not None else None
