@@ -64,6 +64,12 @@ class TokenEmbedding(nn.Module):
         self.vocab_size, self.d_model = vocab_size, d_model
         self.embed = nn.Embedding(vocab_size, d_model, padding_idx=padding_idx)
         self.scale = math.sqrt(d_model) if scale else 1.0
+        # Scaled lookups start near unit size and a tied output projection gives O(1) logits (fairseq's
+        # init); unscaled tables follow GPT-2/BERT (std 0.02).
+        with torch.no_grad():
+            self.embed.weight.normal_(0.0, d_model**-0.5 if scale else 0.02)
+            if padding_idx is not None:
+                self.embed.weight[padding_idx].zero_()
 
     @property
     def weight(self) -> nn.Parameter:

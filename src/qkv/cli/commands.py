@@ -1,0 +1,198 @@
+"""One thin function per ``qkv`` command: parse nothing, call the library, print results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import TextIO
+
+from qkv.cli.errors import UsageError
+
+
+def _lines(path: str | None) -> list[str]:
+    """Non-empty input lines from a file or stdin; an empty input is a usage error."""
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"input file not found: {path}")
+        text = p.read_text(encoding="utf-8")
+    else:
+        text = sys.stdin.read()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise UsageError(f"no input: {path or 'stdin'} holds no non-empty line")
+    return lines
+
+
+class _Output:
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+
+    def __enter__(self) -> TextIO:
+        self.f = open(self.path, "w", encoding="utf-8") if self.path else sys.stdout  # noqa: SIM115
+        return self.f
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path:
+            self.f.close()
+
+
+def _decode(run, args: argparse.Namespace):
+    from qkv.recipes.config import DecodeConfig
+
+    recipe = _recipe_of(run)
+    dec = recipe.decode if recipe else DecodeConfig()
+    if getattr(args, "beam", 0):
+        dec = replace(dec, strategy="beam", num_beams=args.beam)
+    if getattr(args, "max_len", None):
+        dec = replace(dec, max_len=args.max_len)
+    return dec
+
+
+def _recipe_of(run):
+    from qkv.recipes.config import Recipe
+
+    for folder in (run.path, run.path.parent):
+        f = folder / "recipe.json"
+        if f.is_file():
+            return Recipe.from_dict(json.loads(f.read_text(encoding="utf-8")))
+    return None
+
+
+def demo(args: argparse.Namespace) -> int:
+    if args.attention_only:
+        from qkv.cli.demo import run_attention_demo
+
+        run_attention_demo(seed=args.seed)
+        return 0
+    from qkv.recipes.demo import demo_recipe, run_demo
+
+    recipe = demo_recipe(rnn=args.rnn, out_dir=args.out, steps=args.steps, time_limit=args.time_limit,
+                         n_train=args.n_train, seed=args.seed)
+    run_demo(recipe)
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    from qkv.recipes import load_recipe
+    from qkv.recipes import train as run_training
+
+    recipe = load_recipe(args.config, args.overrides)
+    result, _ = run_training(recipe, resume=args.resume)
+    last = result.evals[-1] if result.evals else {}
+    print(f"trained {result.step} steps; last evaluation: {json.dumps(last)}")
+    print(f"run directory: {recipe.out_dir} (best: {result.best_path})")
+    return 0
+
+
+def translate(args: argparse.Namespace) -> int:
+    from qkv.recipes import load_run
+    from qkv.recipes.translation import translate_texts
+
+    run = load_run(args.run, task="translation")
+    lines = _lines(args.input)
+    with _Output(args.output) as out:
+        for hyp in translate_texts(run.model, run.tokenizer, lines, _decode(run, args)):
+            print(hyp, file=out)
+    return 0
+
+
+def generate(args: argparse.Namespace) -> int:
+    from qkv.recipes import load_run
+    from qkv.recipes.config import DecodeConfig
+    from qkv.recipes.lm import sample_text
+
+    run = load_run(args.run, task="lm")
+    dec = DecodeConfig(strategy="greedy" if args.greedy else "sample", temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p)
+    sys.stdout.write(args.prompt)
+    sample_text(run.model, run.tokenizer, args.prompt, dec, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+    sys.stdout.write("\n")
+    return 0
+
+
+def classify(args: argparse.Namespace) -> int:
+    from qkv.recipes import load_run
+    from qkv.recipes.classify import predict
+
+    run = load_run(args.run, task="classify")
+    names = run.extra.get("labels") or [str(i) for i in range(run.config.num_classes)]
+    lines = _lines(args.input)
+    with _Output(args.output) as out:
+        for text, label in zip(lines, predict(run.model, run.tokenizer, lines), strict=True):
+            print(f"{names[label]}\t{text}", file=out)
+    return 0
+
+
+def _embeddings(args: argparse.Namespace, lines: list[str]):
+    if args.model:
+        try:
+            from qkv.interop import load_pretrained, sentence_embeddings
+        except ImportError as e:
+            raise UsageError(f"--model needs qkv.interop, which this install lacks: {e}") from e
+        model, tokenizer = load_pretrained(args.model)
+        return sentence_embeddings(model, tokenizer, lines)
+    if not args.run:
+        raise UsageError("give a qkv encoder run directory or --model FOLDER")
+    from qkv.recipes import load_run
+    from qkv.recipes.classify import embed
+
+    run = load_run(args.run, task="classify")
+    return embed(run.model, run.tokenizer, lines)
+
+
+def embed(args: argparse.Namespace) -> int:
+    lines = _lines(args.input)
+    vectors = _embeddings(args, lines)
+    if args.output and args.output.endswith(".npy"):
+        import numpy as np
+
+        np.save(args.output, vectors.numpy())
+        return 0
+    with _Output(args.output) as out:
+        for row in vectors.tolist():
+            print(json.dumps([round(x, 6) for x in row]), file=out)
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from qkv.cli import evaluate as ev
+    from qkv.recipes import load_run
+
+    run = load_run(args.run)
+    return {"translation": ev.translation, "lm": ev.lm, "classify": ev.classification}[run.task](run, args)
+
+
+def attention(args: argparse.Namespace) -> int:
+    from qkv.cli.attention import render
+
+    for path in render(args):
+        print(f"wrote {path}")
+    return 0
+
+
+def average(args: argparse.Namespace) -> int:
+    from qkv.training import average_last
+
+    if not Path(args.run).is_dir():
+        raise UsageError(f"run directory not found: {args.run}")
+    print(f"wrote {average_last(args.run, args.last, args.out)}")
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[3] / "benchmarks" / "run_all.py"
+    if not root.is_file():
+        raise UsageError("the benchmarks ship with the source tree (benchmarks/run_all.py), not found here")
+    spec = importlib.util.spec_from_file_location("qkv_bench_run_all", root)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(list(args.names) + (["--quick"] if args.quick else []))
+
+

@@ -1,0 +1,81 @@
+"""``qkv evaluate`` per task: translation (BLEU, chrF, exact match, by length), lm (perplexity), classify."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+from qkv.cli.errors import UsageError
+
+
+def _need(args: argparse.Namespace, *names: str) -> None:
+    missing = [f"--{n}" for n in names if not getattr(args, n)]
+    if missing:
+        raise UsageError(f"evaluating this run needs {' and '.join(missing)}")
+
+
+def translation(run, args: argparse.Namespace) -> int:
+    from qkv.cli.commands import _decode
+    from qkv.data import read_aligned
+    from qkv.evaluation import (
+        bleu_by_length,
+        corpus_bleu,
+        corpus_chrf,
+        exact_match,
+        format_length_table,
+        plot_bleu_by_length,
+        tokenized_bleu,
+    )
+    from qkv.recipes.translation import translate_texts
+
+    _need(args, "src", "ref")
+    src, ref = read_aligned(args.src, args.ref)
+    if args.limit:
+        src, ref = src[: args.limit], ref[: args.limit]
+    hyps = translate_texts(run.model, run.tokenizer, src, _decode(run, args))
+    bleu, chrf = corpus_bleu(hyps, ref), corpus_chrf(hyps, ref)
+    print(f"BLEU  {bleu.score:6.2f}  {bleu.signature}")
+    print(f"chrF  {chrf.score:6.2f}  {chrf.signature}")
+    print(f"BLEU (tokenised, lowercased) {tokenized_bleu(hyps, ref).score:6.2f}")
+    print(f"exact match {exact_match(hyps, ref):.4f}  ({len(ref)} sentences)")
+    if args.by_length:
+        rows = bleu_by_length(src, hyps, ref)
+        print(format_length_table(rows))
+        if args.plot:
+            print(f"wrote {plot_bleu_by_length(rows, args.plot, title='BLEU by source length')}")
+    return 0
+
+
+@torch.no_grad()
+def lm(run, args: argparse.Namespace) -> int:
+    from qkv.data import PackedTextDataset, make_loader, read_text
+
+    _need(args, "data")
+    block = run.config.max_len
+    ds = PackedTextDataset.from_text(read_text(args.data), run.tokenizer, block)
+    total, n = 0.0, 0
+    for i, b in enumerate(make_loader(ds, batch_size=16, shuffle=False)):
+        if args.limit and i >= args.limit:
+            break
+        logits = run.model(b.input)
+        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), b.target.flatten(), reduction="sum").item()
+        n += b.target.numel()
+    if n == 0:
+        raise UsageError(f"{args.data} is shorter than one block of {block + 1} tokens")
+    print(f"loss {total / n:.4f}  perplexity {math.exp(total / n):.3f}  ({n} tokens)")
+    return 0
+
+
+def classification(run, args: argparse.Namespace) -> int:
+    from qkv.data import LabelledDataset, make_loader
+    from qkv.evaluation import accuracy, f1_score
+    from qkv.recipes.classify import predict_batches
+
+    _need(args, "data")
+    names = run.extra.get("labels")
+    ds = LabelledDataset.from_file(args.data, run.tokenizer, label_names=names)
+    preds, labels = predict_batches(run.model, make_loader(ds, batch_size=128, shuffle=False))
+    print(f"accuracy {accuracy(preds, labels):.4f}  macro-F1 {f1_score(preds, labels):.4f}  ({len(labels)} examples)")
+    return 0

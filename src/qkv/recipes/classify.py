@@ -1,0 +1,97 @@
+"""Classification recipes: labelled text, an encoder with a classification head, accuracy and F1."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qkv.data import LabelledDataset, make_loader, read_labelled, synthetic
+from qkv.data.labelled import text_batch
+from qkv.data.tokenizer_pair import train_tokenizer
+from qkv.recipes.config import Recipe, RecipeError
+
+__all__ = ["ClassifyData", "build_data", "loss_fn", "predict", "predict_batches", "embed"]
+
+
+@dataclass
+class ClassifyData:
+    tokenizer: Any
+    label_names: list[str]
+    train: LabelledDataset
+    valid: LabelledDataset | None
+    test: LabelledDataset | None
+
+
+def build_data(recipe: Recipe) -> ClassifyData:
+    d, t = recipe.data, recipe.tokenizer
+    if d.source == "listops":
+        splits = synthetic.listops_splits(d.n_train, d.n_valid, d.n_test, seed=d.seed, max_length=d.max_length)
+        tok = synthetic.listops_tokenizer()
+        names = [str(i) for i in range(10)]
+        make = lambda rows: LabelledDataset.from_pairs(  # noqa: E731
+            [(x, str(y)) for x, y in rows], tok, label_names=names, max_len=d.max_len)
+        return ClassifyData(tok, names, make(splits["train"]), make(splits["validation"]), make(splits["test"]))
+    if d.source != "files" or not isinstance(d.train, str):
+        raise RecipeError(
+            f"the classify task needs data.source=files (or listops) and data.train=<file>, got {d.train!r}"
+        )
+    texts = [text for text, _ in read_labelled(d.train)]
+    tok = train_tokenizer(t.kind, texts, vocab_size=t.vocab_size, min_frequency=t.min_frequency)
+    train = LabelledDataset.from_file(d.train, tok, max_len=d.max_len)
+    names = list(train.label_names)
+    other = {k: LabelledDataset.from_file(p, tok, label_names=names, max_len=d.max_len) if p else None
+             for k, p in (("valid", d.valid), ("test", d.test))}
+    return ClassifyData(tok, names, train, other["valid"], other["test"])
+
+
+def loader(recipe: Recipe, ds: LabelledDataset, *, shuffle: bool = True):
+    d = recipe.data
+    return make_loader(ds, max_tokens=d.max_tokens, batch_size=d.batch_size, shuffle=shuffle, seed=d.seed)
+
+
+def loss_fn(model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
+    logits = model.classify(batch.ids, key_padding=batch.mask)  # (B, C)
+    return F.cross_entropy(logits.float(), batch.labels), batch.labels.numel()
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, batches: Any) -> tuple[list[int], list[int]]:
+    """Predicted and true class ids over a loader of :class:`ClassificationBatch`."""
+    model.eval()
+    device = next(model.parameters()).device
+    preds: list[int] = []
+    labels: list[int] = []
+    for b in batches:
+        preds += model.classify(b.ids.to(device), key_padding=b.mask.to(device)).argmax(-1).tolist()
+        labels += b.labels.tolist()
+    return preds, labels
+
+
+@torch.no_grad()
+def predict(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 128) -> list[int]:
+    """Class ids for ``texts``."""
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[int] = []
+    for i in range(0, len(texts), batch_size):
+        ids, mask = text_batch(list(texts[i : i + batch_size]), tokenizer)
+        out += model.classify(ids.to(device), key_padding=mask.to(device)).argmax(-1).tolist()
+    return out
+
+
+@torch.no_grad()
+def embed(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 128) -> torch.Tensor:
+    """Sentence embeddings ``(N, D)``: the encoder's pooled states, L2-normalised."""
+    model.eval()
+    device = next(model.parameters()).device
+    rows = []
+    for i in range(0, len(texts), batch_size):
+        ids, mask = text_batch(list(texts[i : i + batch_size]), tokenizer)
+        ids, mask = ids.to(device), mask.to(device)
+        rows.append(F.normalize(model.pool(model(ids, key_padding=mask), mask), dim=-1).cpu())
+    return torch.cat(rows)

@@ -1,0 +1,222 @@
+"""Recipe configs: what ``qkv train CONFIG.yaml`` reads. YAML only fills dataclasses (no exec, no globals).
+
+A recipe names a task, a model from :mod:`qkv.models.registry` with overrides, the data, the tokenizer,
+the trainer's settings and the decoding settings. ``--set section.key=value`` overrides any field;
+an unknown key is an error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from qkv.training import TrainConfig
+
+__all__ = ["DataConfig", "TokenizerConfig", "DecodeConfig", "Recipe", "load_recipe", "apply_overrides", "RecipeError"]
+
+TASKS = ("translation", "lm", "classify")
+SOURCES = ("files", "dates", "copy", "reverse", "sort", "listops")
+
+
+class RecipeError(ValueError):
+    """A problem with a recipe file or an override, worded for the command line."""
+
+
+@dataclass
+class DataConfig:
+    """Where examples come from.
+
+    Attributes:
+        source: ``files`` (paths below) or a generated task: ``dates``, ``copy``, ``reverse``, ``sort``, ``listops``.
+        train, valid, test: for ``files``: translation takes ``[src_path, tgt_path]`` or a TSV path; lm a text
+            file (valid/test default to the last ``val_fraction`` of train); classify a labelled file.
+        n_train, n_valid, n_test: sizes of generated splits.
+        max_len: longest sequence kept (tokens).
+        max_length: generated ListOps/copy length bound.
+        batch_size: examples per batch (or use ``max_tokens``).
+        max_tokens: token budget per batch (length-bucketed), instead of ``batch_size``.
+        block_size: LM context length.
+        val_fraction: LM validation split (nanoGPT: 0.1).
+        seed: data seed.
+    """
+
+    source: str = "files"
+    train: list[str] | str | None = None
+    valid: list[str] | str | None = None
+    test: list[str] | str | None = None
+    n_train: int = 20000
+    n_valid: int = 500
+    n_test: int = 1000
+    max_len: int | None = None
+    max_length: int = 64
+    batch_size: int | None = 64
+    max_tokens: int | None = None
+    block_size: int = 64
+    val_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise RecipeError(f"data.source must be one of {SOURCES}, got {self.source!r}")
+        if self.max_tokens is not None:
+            self.batch_size = None
+        if self.batch_size is None and self.max_tokens is None:
+            raise RecipeError("set data.batch_size or data.max_tokens")
+
+
+@dataclass
+class TokenizerConfig:
+    """kind: ``char``, ``word`` or ``bpe``; ``joint``: one vocabulary for source and target."""
+
+    kind: str = "char"
+    vocab_size: int = 8000
+    min_frequency: int = 2
+    joint: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("char", "word", "bpe"):
+            raise RecipeError(f"tokenizer.kind must be 'char', 'word' or 'bpe', got {self.kind!r}")
+
+
+@dataclass
+class DecodeConfig:
+    """How translations and samples are produced at evaluation and by the commands."""
+
+    strategy: str = "greedy"
+    num_beams: int = 4
+    length_penalty: float = 0.6
+    max_len: int = 64
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+
+@dataclass
+class Recipe:
+    """A whole training run. ``time_limit`` (seconds) stops training early, with a checkpoint."""
+
+    task: str = "translation"
+    model: str = "transformer-tiny"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    out_dir: str = "runs/run"
+    time_limit: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise RecipeError(f"task must be one of {TASKS}, got {self.task!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["train"] = self.train.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
+        return _build(cls, d, "")
+
+
+def _check_type(where: str, value: Any, hint: Any) -> Any:
+    """Accept ``value`` if it fits the annotation (ints as floats are fine); else a RecipeError."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(hint):
+            try:
+                return _check_type(where, value, arm)
+            except RecipeError:
+                continue
+        raise RecipeError(f"{where} must be {_name(hint)}, got {value!r} ({type(value).__name__})")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif hint in (str, bool) and isinstance(value, hint):
+        return value
+    elif origin in (list, tuple) and isinstance(value, (list, tuple)):
+        args = typing.get_args(hint)
+        return origin(_check_type(f"{where}[]", v, args[0]) for v in value) if args else origin(value)
+    elif origin is dict and isinstance(value, dict):
+        return value
+    raise RecipeError(f"{where} must be {_name(hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _build(cls: type, d: Any, prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise RecipeError(f"{prefix.rstrip('.') or 'the recipe'} must be a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls) if f.init}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise RecipeError(f"unknown key {prefix}{unknown[0]}; valid keys{' in ' + prefix.rstrip('.') if prefix else ''}"
+                          f" are: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in d.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_type(f"{prefix}{name}", value, hint)
+    try:
+        return cls(**kwargs)
+    except RecipeError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise RecipeError(f"{prefix.rstrip('.') or 'recipe'}: {e}") from e
+
+
+def _parse_value(text: str) -> Any:
+    """``--set`` values are YAML scalars/lists: ``3``, ``1e-3``, ``true``, ``[a, b]``, ``null``."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a recipe dict (nested copies; the input is unchanged)."""
+    d = json.loads(json.dumps(d))
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        *path, last = key.strip().split(".")
+        node = d
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {key}: {part} is not a section")
+        node[last] = _parse_value(text)
+    return d
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe and apply ``--set`` overrides; every error is a :class:`RecipeError`."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"config file not found: {path}")
+    try:
+        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from e
+    return Recipe.from_dict(apply_overrides(d, overrides or []))

@@ -1,0 +1,70 @@
+"""Language-modelling recipes: packed text blocks, a decoder-only model, next-token loss, sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qkv.data import PackedTextDataset, make_loader, read_text
+from qkv.data.tokenizer_pair import train_tokenizer
+from qkv.generation import generate
+from qkv.recipes.config import DecodeConfig, Recipe, RecipeError
+
+__all__ = ["LMData", "build_data", "loss_fn", "sample_text"]
+
+
+@dataclass
+class LMData:
+    tokenizer: Any
+    train: PackedTextDataset
+    valid: PackedTextDataset
+
+
+def build_data(recipe: Recipe) -> LMData:
+    d = recipe.data
+    if d.source != "files" or not isinstance(d.train, str):
+        raise RecipeError(
+            f"the lm task needs data.source=files and data.train=<text file>, got {d.source!r}, {d.train!r}"
+        )
+    text = read_text(d.train)
+    t = recipe.tokenizer
+    tok = train_tokenizer(t.kind, [text], vocab_size=t.vocab_size, min_frequency=t.min_frequency)
+    full = PackedTextDataset.from_text(text, tok, d.block_size)
+    if d.valid:
+        train, valid = full, PackedTextDataset.from_text(read_text(d.valid), tok, d.block_size)
+    else:
+        train, valid = full.split(val_fraction=d.val_fraction)
+    return LMData(tok, train, valid)
+
+
+def loss_fn(model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
+    logits = model(batch.input)  # (B, L, V)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), batch.target.flatten())
+    return loss, batch.target.numel()
+
+
+def loader(recipe: Recipe, ds: PackedTextDataset, *, shuffle: bool = True):
+    return make_loader(ds, batch_size=recipe.data.batch_size or 12, shuffle=shuffle, seed=recipe.data.seed)
+
+
+def sample_text(model: nn.Module, tokenizer: Any, prompt: str, dec: DecodeConfig, *, max_new_tokens: int,
+                seed: int = 0, on_text: Callable[[str], None] | None = None) -> str:
+    """Continue ``prompt``; ``on_text`` receives each new piece of text as it is produced (streaming)."""
+    ids = tokenizer.encode(prompt) or [tokenizer.bos_id]
+    x = torch.tensor([ids], device=next(model.parameters()).device)
+    model.eval()
+    opts: dict[str, Any] = {"strategy": dec.strategy}
+    if dec.strategy == "sample":
+        opts.update(temperature=dec.temperature, top_k=dec.top_k, top_p=dec.top_p,
+                    generator=torch.Generator(device=x.device).manual_seed(seed))
+    callback = None
+    if on_text is not None:
+        def callback(step: Any) -> None:
+            on_text(tokenizer.decode([int(step.tokens[0])]))
+    out = generate(model, x, max_new_tokens=max_new_tokens, on_token=callback, **opts)
+    return prompt + tokenizer.decode(out[0].tolist())

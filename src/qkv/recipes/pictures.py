@@ -1,0 +1,40 @@
+"""Pictures of a trained run: training curves, attention heatmaps per head, the HTML explorer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qkv.viz import AttentionView, attention_heads_grid, save_figure, training_curves, write_attention_explorer
+
+__all__ = ["curve_png", "translation_attention_pictures", "translation_views"]
+
+
+def curve_png(run_dir: str | Path, path: str | Path) -> Path | None:
+    """``metrics.jsonl`` of a run as a training-curve PNG (None when there are no metrics yet)."""
+    metrics = Path(run_dir) / "metrics.jsonl"
+    if not metrics.is_file():
+        return None
+    return save_figure(training_curves(metrics), path)
+
+
+def translation_views(maps: dict[str, Any]) -> list[AttentionView]:
+    """Explorer views of :func:`qkv.recipes.translation.attention_maps` output."""
+    src, out = maps["source_tokens"], maps["output_tokens"]
+    views = [AttentionView("encoder-decoder attention", maps["cross"], out, src)]
+    if "encoder" in maps:
+        views.append(AttentionView("encoder self-attention", maps["encoder"], src))
+    if "self" in maps:
+        views.append(AttentionView("decoder self-attention", maps["self"], out))
+    return views
+
+
+def translation_attention_pictures(maps: dict[str, Any], png: str | Path, *, title: str = "") -> Path:
+    """One panel per head of the last layer's encoder-decoder attention: output (rows) x source (columns)."""
+    fig = attention_heads_grid(maps["cross"][-1], maps["output_tokens"], maps["source_tokens"],
+                               title=title, xlabel="source", ylabel="output")
+    return save_figure(fig, png)
+
+
+def write_explorer(views: list[AttentionView], path: str | Path, *, title: str) -> Path:
+    return write_attention_explorer(path, views, title=title)

@@ -1,0 +1,179 @@
+"""Train a recipe end to end, and load a trained run back for the commands.
+
+A run directory holds the trainer's checkpoints (``step_*/``, ``latest``, ``best``), ``recipe.json`` and
+``metrics.jsonl``. Each checkpoint's ``config.json`` says which task and model family it holds, so
+``load_run`` rebuilds the right model and tokenizer without the recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qkv.data import load_tokenizer
+from qkv.data.tokenizer_pair import TokenizerPair, load_tokenizer_pair
+from qkv.evaluation import accuracy, corpus_bleu, exact_match
+from qkv.models import registry
+from qkv.models.config import DecoderConfig, EncoderConfig, RNNSeq2SeqConfig, Seq2SeqConfig
+from qkv.recipes import classify, lm, translation
+from qkv.recipes.config import Recipe, RecipeError
+from qkv.training import Trainer, TrainResult, load_weights, read_config
+from qkv.training.checkpoint import CheckpointError, resolve
+
+__all__ = ["train", "load_run", "LoadedRun", "CONFIG_TYPES"]
+
+CONFIG_TYPES = {c.__name__: c for c in (Seq2SeqConfig, RNNSeq2SeqConfig, DecoderConfig, EncoderConfig)}
+EXPECTED = {"translation": (Seq2SeqConfig, RNNSeq2SeqConfig), "lm": (DecoderConfig,), "classify": (EncoderConfig,)}
+
+
+@dataclass
+class LoadedRun:
+    task: str
+    model: nn.Module
+    tokenizer: Any  # TokenizerPair for translation
+    config: Any
+    path: Path
+    extra: dict[str, Any]
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(f.name, path)
+
+
+def _model_config(recipe: Recipe, **sizes: int) -> Any:
+    try:
+        cfg = registry.config(recipe.model, **{**sizes, **recipe.model_options})
+    except TypeError as e:
+        raise RecipeError(f"model_options do not fit model {recipe.model!r}: {e}") from e
+    except ValueError as e:
+        raise RecipeError(str(e)) from e
+    if not isinstance(cfg, EXPECTED[recipe.task]):
+        raise RecipeError(f"model {recipe.model!r} ({type(cfg).__name__}) cannot do task {recipe.task!r}")
+    return cfg
+
+
+def _saved_config(task: str, cfg: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    return {"task": task, "family": type(cfg).__name__, "model": cfg.to_dict(), **extra}
+
+
+def _translation_parts(recipe: Recipe) -> dict[str, Any]:
+    data = translation.build_data(recipe)
+    pair = data.tokenizers
+    cfg = _model_config(recipe, src_vocab_size=pair.source.vocab_size, tgt_vocab_size=pair.target.vocab_size,
+                        pad_id=pair.target.pad_id)
+    valid = data.valid[:300]
+
+    def metric_fn(model: nn.Module) -> dict[str, float]:
+        if not valid:
+            return {}
+        hyps = translation.translate_texts(model, pair, [s for s, _ in valid], recipe.decode)
+        refs = [t for _, t in valid]
+        return {"exact_match": exact_match(hyps, refs), "bleu": corpus_bleu(hyps, refs).score}
+
+    eval_ds = None
+    if data.valid:
+        eval_ds = translation.ParallelDataset.from_pairs(data.valid, pair.source, pair.target)
+    return dict(
+        cfg=cfg, tokenizer=pair, train=translation.loader(recipe, data.train),
+        eval=translation.loader(recipe, eval_ds, shuffle=False) if eval_ds else None,
+        loss=translation.loss_fn(0.1, pair.target.pad_id), eval_loss=translation.loss_fn(0.0, pair.target.pad_id),
+        metric=metric_fn, data=data,
+    )
+
+
+def _lm_parts(recipe: Recipe) -> dict[str, Any]:
+    data = lm.build_data(recipe)
+    cfg = _model_config(recipe, vocab_size=data.tokenizer.vocab_size, max_len=recipe.data.block_size)
+    return dict(cfg=cfg, tokenizer=data.tokenizer, train=lm.loader(recipe, data.train),
+                eval=lm.loader(recipe, data.valid, shuffle=False), loss=lm.loss_fn, eval_loss=lm.loss_fn,
+                metric=None, data=data)
+
+
+def _classify_parts(recipe: Recipe) -> dict[str, Any]:
+    data = classify.build_data(recipe)
+    cfg = _model_config(recipe, vocab_size=data.tokenizer.vocab_size, num_classes=len(data.label_names),
+                        pad_id=data.tokenizer.pad_id)
+    valid = classify.loader(recipe, data.valid, shuffle=False) if data.valid else None
+
+    def metric_fn(model: nn.Module) -> dict[str, float]:
+        if valid is None:
+            return {}
+        return {"accuracy": accuracy(*classify.predict_batches(model, valid))}
+
+    return dict(cfg=cfg, tokenizer=data.tokenizer, train=classify.loader(recipe, data.train),
+                eval=valid, loss=classify.loss_fn,
+                eval_loss=classify.loss_fn, metric=metric_fn, data=data, extra={"labels": data.label_names})
+
+
+PARTS: dict[str, Callable[[Recipe], dict[str, Any]]] = {
+    "translation": _translation_parts, "lm": _lm_parts, "classify": _classify_parts,
+}
+
+
+def train(recipe: Recipe, *, resume: bool = False) -> tuple[TrainResult, dict[str, Any]]:
+    """Build data, tokenizer and model for ``recipe`` and train; returns the result and the parts built."""
+    parts = PARTS[recipe.task](recipe)
+    torch.manual_seed(recipe.train.seed)
+    model = registry.build_from_config(parts["cfg"])
+    out = Path(recipe.out_dir)
+    tcfg = replace(recipe.train, out_dir=str(out))
+    if tcfg.schedule == "inverse_sqrt" and not tcfg.d_model:
+        tcfg = replace(tcfg, d_model=getattr(parts["cfg"], "d_model", None) or parts["cfg"].hidden_size)
+    _write_json(out / "recipe.json", recipe.to_dict())
+    trainer = Trainer(
+        model, parts["loss"], parts["train"], tcfg, eval_data=parts["eval"], eval_loss_fn=parts["eval_loss"],
+        metric_fn=parts["metric"], model_config=_saved_config(recipe.task, parts["cfg"], parts.get("extra", {})),
+        tokenizer=parts["tokenizer"],
+    )
+    if resume and (out / "latest").exists():
+        trainer.resume(out / "latest")
+    result = trainer.fit()
+    parts["model"], parts["trainer"] = trainer.model, trainer
+    return result, parts
+
+
+def _checkpoint_dir(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    for name in ("averaged", "best"):
+        if (path / name / "checkpoint.json").is_file():
+            return (path / name).resolve()
+    try:
+        return resolve(path)
+    except CheckpointError as e:
+        raise RecipeError(str(e)) from e
+
+
+def load_run(path: str | os.PathLike, *, task: str | None = None, device: str = "cpu") -> LoadedRun:
+    """A trained model and its tokenizer(s) from a run or checkpoint directory (best, else latest)."""
+    ckpt = _checkpoint_dir(path)
+    saved = read_config(ckpt)
+    if not saved or "task" not in saved or saved.get("family") not in CONFIG_TYPES:
+        raise RecipeError(f"{ckpt} holds no qkv run config (config.json with task and family)")
+    if task is not None and saved["task"] != task:
+        raise RecipeError(f"{path} holds a {saved['task']} model, not a {task} model")
+    cfg = CONFIG_TYPES[saved["family"]].from_dict(saved["model"])
+    model = registry.build_from_config(cfg).to(device)
+    try:
+        load_weights(model, ckpt)
+    except CheckpointError as e:
+        raise RecipeError(str(e)) from e
+    model.eval()
+    if saved["task"] == "translation":
+        tok: Any = load_tokenizer_pair(ckpt)
+        if not isinstance(tok, TokenizerPair):
+            tok = TokenizerPair(tok, tok)
+    else:
+        tok = load_tokenizer(ckpt)
+    extra = {k: v for k, v in saved.items() if k not in ("task", "family", "model")}
+    return LoadedRun(saved["task"], model, tok, cfg, ckpt, extra)
