@@ -10,11 +10,6 @@ import torch
 from qkv.functional.positional import alibi_bias, alibi_slopes, apply_rotary, rotary_tables, sinusoidal_table
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def test_sinusoidal_table_matches_formula_float64():
     P, D = 50, 12
     table = sinusoidal_table(P, D, dtype=torch.float64)

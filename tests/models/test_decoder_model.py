@@ -12,11 +12,6 @@ POSITIONAL = ["learned", "sinusoidal", "rotary", "alibi", "none"]
 V = 17
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def _model(positional="learned", **kw) -> DecoderModel:
     cfg = dict(vocab_size=V, d_model=16, num_heads=4, num_layers=2, max_len=24, positional=positional,
                norm_first=True, dropout=0.0, pad_id=0)

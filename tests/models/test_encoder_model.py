@@ -11,11 +11,6 @@ from qkv.models.encoder import EncoderModel
 V = 19
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def _model(**kw) -> EncoderModel:
     cfg = dict(vocab_size=V, d_model=16, num_heads=4, num_layers=2, max_len=16, dropout=0.1, num_classes=3)
     return EncoderModel(EncoderConfig(**{**cfg, **kw})).eval()

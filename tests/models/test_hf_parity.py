@@ -10,11 +10,6 @@ from qkv.models.hf_convert import decoder_from_gpt2, encoder_from_bert
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def _randomize(model: torch.nn.Module) -> None:
     """Random LayerNorm affines and biases (HF inits them to 1/0), so a wrong copy cannot pass."""
     with torch.no_grad():

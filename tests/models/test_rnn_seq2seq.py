@@ -11,11 +11,6 @@ from qkv.models.rnn_seq2seq import RNNSeq2Seq
 V = 12
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def _model(**kw) -> RNNSeq2Seq:
     cfg = dict(src_vocab_size=V, embed_dim=8, hidden_size=12, attention_dim=10, dropout=0.2)
     return RNNSeq2Seq(RNNSeq2SeqConfig(**{**cfg, **kw})).eval()

@@ -16,11 +16,6 @@ from qkv.models.seq2seq import EncoderDecoderModel
 D, H, F_, SV, TV = 16, 4, 24, 13, 11
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def _model(**kw) -> EncoderDecoderModel:
     cfg = dict(src_vocab_size=SV, tgt_vocab_size=TV, d_model=D, num_heads=H, d_ff=F_, num_encoder_layers=2,
                num_decoder_layers=2, max_len=20, dropout=0.1, pad_id=0)

@@ -15,11 +15,6 @@ from qkv.modules.kv_cache import KVCache
 D, H, F_, B, L, S = 16, 4, 24, 3, 5, 7
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def _copy_mha(ours: MultiHeadAttention, ref: nn.MultiheadAttention) -> None:
     with torch.no_grad():
         ours.in_proj.weight.copy_(ref.in_proj_weight)

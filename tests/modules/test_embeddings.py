@@ -20,11 +20,6 @@ from qkv.modules.embeddings import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def test_token_embedding_scales_by_sqrt_d():
     emb = TokenEmbedding(10, 16)
     ids = torch.tensor([[1, 2, 9]])

@@ -9,11 +9,6 @@ import torch.nn.functional as F
 from qkv.modules.feed_forward import FeedForward, GatedFeedForward, build_feed_forward
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 @pytest.mark.parametrize(
     "activation, fn",
     [("relu", torch.relu), ("gelu", lambda x: 0.5 * x * (1 + torch.erf(x / 2**0.5))),
