@@ -71,7 +71,7 @@ def demo(args: argparse.Namespace) -> int:
     from qkv.recipes.demo import demo_recipe, run_demo
 
     recipe = demo_recipe(rnn=args.rnn, out_dir=args.out, steps=args.steps, time_limit=args.time_limit,
-                         n_train=args.n_train, seed=args.seed)
+                         n_train=args.n_train, n_test=args.n_test, seed=args.seed)
     run_demo(recipe)
     return 0
 

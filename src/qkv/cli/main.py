@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps (default 1500)")
     p.add_argument("--time-limit", type=float, default=300.0, help="stop training after this many seconds")
     p.add_argument("--n-train", type=int, default=40000, help="generated training pairs")
+    p.add_argument("--n-test", type=int, default=1000, help="held-out test pairs")
     p.add_argument("--out", default=None, help="run directory (default runs/demo or runs/demo-rnn)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attention-only", action="store_true", help="only print the attention core on a toy example")

@@ -141,6 +141,8 @@ def _check_type(where: str, value: Any, hint: Any) -> Any:
             return None
     elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    elif hint is float and isinstance(value, str) and _is_float(value):  # YAML 1.1 reads 1e-3 as a string
+        return float(value)
     elif hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     elif hint in (str, bool) and isinstance(value, hint):
@@ -151,6 +153,14 @@ def _check_type(where: str, value: Any, hint: Any) -> Any:
     elif origin is dict and isinstance(value, dict):
         return value
     raise RecipeError(f"{where} must be {_name(hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _name(hint: Any) -> str:

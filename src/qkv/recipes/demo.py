@@ -31,7 +31,8 @@ class DemoResult:
 
 
 def demo_recipe(*, rnn: bool = False, out_dir: str | None = None, steps: int | None = None,
-                time_limit: float | None = 300.0, n_train: int = 40000, seed: int = 0) -> Recipe:
+                time_limit: float | None = 300.0, n_train: int = 40000, n_test: int = 1000,
+                seed: int = 0) -> Recipe:
     """The demo's recipe; ``steps``/``n_train`` shrink it for a quick run."""
     if rnn:
         model, options, lr, default_steps = "rnn-attention-small", {"embed_dim": 64, "hidden_size": 128,
@@ -44,7 +45,8 @@ def demo_recipe(*, rnn: bool = False, out_dir: str | None = None, steps: int | N
         task="translation",
         model=model,
         model_options=options,
-        data=DataConfig(source="dates", n_train=n_train, n_valid=200, n_test=1000, batch_size=128, seed=seed),
+        data=DataConfig(source="dates", n_train=n_train, n_valid=min(200, n_test), n_test=n_test, batch_size=128,
+                        seed=seed),
         train=TrainConfig(steps=steps, lr=lr, warmup=min(100, steps // 10), schedule="cosine", min_lr_ratio=0.05,
                           weight_decay=0.01, eval_every=max(steps // 4, 1), log_every=10, seed=seed,
                           keep_last=1, time_limit=time_limit, monitor="exact_match", mode="max"),
