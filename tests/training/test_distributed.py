@@ -1,4 +1,4 @@
-"""Data parallelism: 2 CPU processes under torchrun (gloo) == 1 process with the same global batch."""
+"""Data parallelism: 2 CPU processes under torchrun (gloo), DDP and FSDP, == 1 process with the same global batch."""
 
 import json
 import os
@@ -25,16 +25,19 @@ SCRIPT = textwrap.dedent(
 
     info = init_distributed()
     assert info.world_size == 2, info
-    torch.manual_seed(0)
-    cfg = TrainConfig(steps={STEPS}, lr=3e-2, warmup=1, log_every=1, progress=False, device="cpu",
-                      out_dir=sys.argv[1], fused=False)
-    train = Sharded(ShuffledBatches(), info.rank, info.world_size)
-    evals = Sharded(ShuffledBatches(seed=1), info.rank, info.world_size)
-    trainer = Trainer(TinyLM(dropout=0.0), lm_loss, train, cfg, eval_data=evals, dist=info)
-    result = trainer.fit()
-    if info.is_main:
+    out = {{}}
+    for strategy in ("ddp", "fsdp"):
+        torch.manual_seed(0)
+        cfg = TrainConfig(steps={STEPS}, lr=3e-2, warmup=1, log_every=1, progress=False, device="cpu",
+                          out_dir=sys.argv[1] + "/" + strategy, fused=False, strategy=strategy)
+        train = Sharded(ShuffledBatches(), info.rank, info.world_size)
+        evals = Sharded(ShuffledBatches(seed=1), info.rank, info.world_size)
+        trainer = Trainer(TinyLM(dropout=0.0), lm_loss, train, cfg, eval_data=evals, dist=info)
+        result = trainer.fit()
         train_losses = [r["loss"] for r in trainer.writer.records if r["split"] == "train"]
-        print(json.dumps({{"eval": result.evals[-1]["loss"], "train": train_losses}}), flush=True)
+        out[strategy] = {{"eval": result.evals[-1]["loss"], "train": train_losses}}
+    if info.is_main:
+        print(json.dumps(out), flush=True)
     cleanup()
     """
 )
@@ -52,7 +55,7 @@ def test_sharded_drops_incomplete_round_and_forwards_epoch():
         Sharded(data, 2, 2)
 
 
-def test_two_processes_match_one_process(tmp_path):
+def test_two_processes_ddp_and_fsdp_match_one_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -68,10 +71,11 @@ def test_two_processes_match_one_process(tmp_path):
     result = single.fit()
     train_losses = [r["loss"] for r in single.writer.records if r["split"] == "train"]
 
-    ddp_model = TinyLM(dropout=0.0)
-    load_weights(ddp_model, tmp_path / "ddp")
-    worst = max((a - b).abs().max().item() for a, b in zip(single.model.parameters(), ddp_model.parameters(),
-                                                          strict=True))
-    assert worst <= 1e-5, worst
-    assert ddp["eval"] == pytest.approx(result.evals[-1]["loss"], abs=1e-5)
-    assert ddp["train"] == pytest.approx(train_losses, abs=1e-5)
+    for strategy in ("ddp", "fsdp"):
+        parallel = TinyLM(dropout=0.0)
+        load_weights(parallel, tmp_path / "ddp" / strategy)
+        worst = max((a - b).abs().max().item()
+                    for a, b in zip(single.model.parameters(), parallel.parameters(), strict=True))
+        assert worst <= 1e-5, (strategy, worst)
+        assert ddp[strategy]["eval"] == pytest.approx(result.evals[-1]["loss"], abs=1e-5), strategy
+        assert ddp[strategy]["train"] == pytest.approx(train_losses, abs=1e-5), strategy

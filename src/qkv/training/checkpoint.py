@@ -142,6 +142,7 @@ def save_checkpoint(
     model_config: Any = None,
     tokenizer: Any = None,
     save_rng: bool = True,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (temporary directory, then ``os.replace``).
 
@@ -154,6 +155,7 @@ def save_checkpoint(
         model_config: a config with ``to_dict()`` or a dict, written to ``config.json``.
         tokenizer: an object with ``save(folder)``, called on the checkpoint directory.
         save_rng: also save torch, numpy and Python RNG states.
+        weights: save these tensors instead of ``model``'s (e.g. a state dict gathered from FSDP shards).
 
     Returns:
         The checkpoint directory.
@@ -163,7 +165,10 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         meta: dict[str, Any] = {"format": FORMAT, "version": VERSION, "trainer": trainer_state or {}}
-        save_model(unwrap(model), str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        if weights is None:
+            save_model(unwrap(model), str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        else:
+            save_file(_dedup(weights), str(tmp / WEIGHTS), metadata={"format": FORMAT})
         if optimizer is not None:
             tensors, meta["optimizer"] = _optimizer_state(optimizer)
             save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"format": FORMAT})
@@ -184,6 +189,18 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _dedup(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies, one per storage (tied weights are kept under their first name)."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if key not in seen:
+            seen.add(key)
+            out[name] = t.detach().cpu().contiguous()
+    return out
 
 
 def point(run_dir: str | os.PathLike, name: str, target: str | os.PathLike) -> None:

@@ -154,3 +154,14 @@ def wrap_model(module: nn.Module, info: DistInfo, strategy: str = "ddp") -> nn.M
 
         return fully_shard(module)
     raise ValueError(f"unknown strategy {strategy!r}; expected 'ddp' or 'fsdp'")
+
+
+def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Gather an FSDP-sharded module's full state dict onto rank 0's CPU (a collective: call on all ranks).
+
+    Returns:
+        The unsharded tensors on rank 0; an empty dict on the other ranks.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

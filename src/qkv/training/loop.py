@@ -30,7 +30,14 @@ from torch import nn
 from qkv.training import checkpoint as ckpt
 from qkv.training.average import average_last, prune_checkpoints
 from qkv.training.config import TrainConfig
-from qkv.training.distributed import DistInfo, all_reduce_sum, barrier, default_device, wrap_model
+from qkv.training.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    default_device,
+    full_state_dict,
+    wrap_model,
+)
 from qkv.training.metrics import MetricsWriter, perplexity
 from qkv.training.optim import build_optimizer, build_scheduler, schedule_fn
 
@@ -206,6 +213,23 @@ class Trainer:
         """Mean loss and perplexity over ``eval_data`` (summed over ranks) plus ``metric_fn``'s values."""
         if self.eval_data is None and self.metric_fn is None:
             return {}
+        with self._unsharded():
+            return self._evaluate()
+
+    @contextlib.contextmanager
+    def _unsharded(self) -> Iterator[None]:
+        """Under FSDP, gather the full parameters so ``self.model`` can be called directly."""
+        root = getattr(self.step_module, "_orig_mod", self.step_module)
+        if not hasattr(root, "unshard"):
+            yield
+            return
+        root.unshard()
+        try:
+            yield
+        finally:
+            root.reshard()
+
+    def _evaluate(self) -> dict[str, float]:
         was_training = self.model.training
         self.model.eval()
         out: dict[str, float] = {}
@@ -251,10 +275,13 @@ class Trainer:
         if self.out_dir is None:
             return None
         path = self.out_dir / (name or f"step_{self.step:08d}")
+        fsdp = self.dist.enabled and self.config.strategy == "fsdp"
+        weights = full_state_dict(self.model) if fsdp else None  # a collective: every rank takes part
         if self.dist.is_main:
             ckpt.save_checkpoint(
-                path, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                path, self.model, optimizer=None if fsdp else self.optimizer, scheduler=self.scheduler,
                 trainer_state=self.state(), model_config=self.model_config, tokenizer=self.tokenizer,
+                weights=weights,
             )
             ckpt.point(self.out_dir, "latest", path)
             if best:
@@ -265,6 +292,11 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         """Continue from a checkpoint: weights, optimiser, schedule, data position and RNG states."""
+        if self.dist.enabled and self.config.strategy == "fsdp":
+            raise NotImplementedError(
+                "resuming FSDP training is not supported yet: FSDP checkpoints hold the gathered weights "
+                "but no optimizer state; load them with load_weights() and start a new run"
+            )
         loaded = ckpt.load_checkpoint(path, self.model, optimizer=self.optimizer, scheduler=self.scheduler)
         st = loaded.trainer_state
         self.step, self.epoch, self.best, self.bad_evals = st["step"], st["epoch"], st["best"], st["bad_evals"]
