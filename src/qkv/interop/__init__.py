@@ -1,0 +1,20 @@
+"""Hugging Face checkpoints in and out of qkv, sentence embeddings, and ONNX / torch.export export."""
+
+from qkv.interop.bart import OffsetLearnedPositional, PretrainedSeq2Seq, SplitSinusoidalPositional
+from qkv.interop.embeddings import sentence_embeddings
+from qkv.interop.hub import FAMILIES, family_of, load_model, load_pretrained, save_pretrained
+from qkv.interop.tokenizer import PretrainedTokenizer, TokenBatch
+
+__all__ = [
+    "load_pretrained",
+    "load_model",
+    "save_pretrained",
+    "family_of",
+    "FAMILIES",
+    "sentence_embeddings",
+    "PretrainedTokenizer",
+    "TokenBatch",
+    "PretrainedSeq2Seq",
+    "OffsetLearnedPositional",
+    "SplitSinusoidalPositional",
+]

@@ -1,0 +1,186 @@
+"""Hugging Face checkpoint folders: read/write ``config.json`` and weights, and map tensors explicitly.
+
+A family (BERT, GPT-2, BART, Marian) describes its tensors as a list of :class:`Link` s, one per qkv
+state-dict entry. A link is invertible, so the same table converts both ways and also tells which
+Hugging Face tensors (names and shapes) a qkv model of a given config expects: :func:`check_tensors`
+compares those with a checkpoint and names every missing, unexpected or misshapen tensor.
+
+Weights are read from ``model.safetensors`` (or a sharded ``model.safetensors.index.json``); a legacy
+``pytorch_model.bin`` is read with ``torch.load(..., weights_only=True)``, never by unpickling
+arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+__all__ = [
+    "Link",
+    "to_qkv",
+    "to_hf",
+    "check_tensors",
+    "read_config",
+    "read_weights",
+    "write_weights",
+    "strip_prefix",
+    "drop_ignored",
+]
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+LEGACY_BIN = "pytorch_model.bin"
+
+
+class Link(NamedTuple):
+    """One qkv tensor and the Hugging Face tensor(s) it is made of.
+
+    Attributes:
+        ours: qkv state-dict name.
+        theirs: Hugging Face names; several are concatenated along dim 0 (BERT/BART query, key, value
+            -> qkv's fused ``in_proj``) and split back in equal parts.
+        transpose: the Hugging Face tensor is stored transposed (GPT-2's ``Conv1D`` ``(in, out)``).
+    """
+
+    ours: str
+    theirs: tuple[str, ...]
+    transpose: bool = False
+
+
+def link(ours: str, *theirs: str, transpose: bool = False) -> Link:
+    """Shorthand: ``link("a.weight", "b.weight")``."""
+    return Link(ours, tuple(theirs), transpose)
+
+
+def to_qkv(links: Iterable[Link], theirs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Hugging Face tensors -> qkv state dict (names checked beforehand by :func:`check_tensors`)."""
+    out = {}
+    for lk in links:
+        parts = [theirs[n] for n in lk.theirs]
+        t = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)  # [W^Q; W^K; W^V]
+        out[lk.ours] = t.t() if lk.transpose else t
+    return out
+
+
+def to_hf(links: Iterable[Link], ours: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """qkv state dict -> Hugging Face tensors (the inverse of :func:`to_qkv`)."""
+    out = {}
+    for lk in links:
+        t = ours[lk.ours]
+        t = t.t() if lk.transpose else t
+        pieces = t.chunk(len(lk.theirs), dim=0) if len(lk.theirs) > 1 else (t,)
+        for name, piece in zip(lk.theirs, pieces, strict=True):
+            out[name] = piece
+    return out
+
+
+def _shape(t: Any) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def check_tensors(expected: Mapping[str, Any], found: Mapping[str, Any], *, source: str) -> None:
+    """Raise ValueError naming every missing, unexpected and misshapen tensor (with both shapes).
+
+    Args:
+        expected: Hugging Face name -> tensor (or anything with ``.shape``) the qkv model needs.
+        found: name -> tensor in the checkpoint (after prefixes and ignored tensors are removed).
+        source: the checkpoint's path, for the message.
+    """
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    misshapen = sorted(n for n in set(expected) & set(found) if _shape(expected[n]) != _shape(found[n]))
+    if not (missing or unexpected or misshapen):
+        return
+    lines = [f"checkpoint {source} does not fit the model built from its config.json:"]
+    lines += [f"  missing tensor {n} (expected shape {_shape(expected[n])})" for n in missing]
+    lines += [f"  unexpected tensor {n} (shape {_shape(found[n])})" for n in unexpected]
+    lines += [f"  misshapen tensor {n}: checkpoint has {_shape(found[n])}, model expects {_shape(expected[n])}"
+              for n in misshapen]
+    raise ValueError("\n".join(lines))
+
+
+def strip_prefix(state: Mapping[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Drop the first of ``prefixes`` that some keys carry ("transformer.", "bert.", "model.").
+
+    Keys without it (``final_logits_bias``, ``lm_head.weight``) are kept as they are.
+    """
+    for prefix in prefixes:
+        if any(k.startswith(prefix) for k in state):
+            return {k.removeprefix(prefix): v for k, v in state.items()}
+    return dict(state)
+
+
+def drop_ignored(state: Mapping[str, torch.Tensor], patterns: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Remove tensors qkv reads but does not use (regexes matched in full: pooler, buffers, heads)."""
+    regexes = [re.compile(p) for p in patterns]
+    return {k: v for k, v in state.items() if not any(r.fullmatch(k) for r in regexes)}
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """``folder/config.json`` as a dict; FileNotFoundError / ValueError say what is wrong."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint folder not found: {folder}")
+    path = folder / "config.json"
+    if not path.is_file():
+        present = sorted(p.name for p in folder.iterdir())[:20]
+        raise FileNotFoundError(
+            f"{folder} has no config.json, so it is not a Hugging Face checkpoint folder (it holds {present})"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        size = path.stat().st_size
+        raise ValueError(f"cannot read {path} ({size} bytes): {e}; the file is truncated or corrupt") from e
+
+
+def read_weights(folder: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """All tensors of a checkpoint folder and the file they came from.
+
+    Looks for ``model.safetensors``, then a sharded ``model.safetensors.index.json``, then a legacy
+    ``pytorch_model.bin`` (loaded with ``weights_only=True``: plain tensors only, no code runs).
+    """
+    folder = Path(folder)
+    if (folder / SAFETENSORS).is_file():
+        return _read_safetensors(folder / SAFETENSORS), folder / SAFETENSORS
+    if (folder / SAFETENSORS_INDEX).is_file():
+        index = json.loads((folder / SAFETENSORS_INDEX).read_text())
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(index["weight_map"].values())):
+            state.update(_read_safetensors(folder / shard))
+        return state, folder / SAFETENSORS_INDEX
+    if (folder / LEGACY_BIN).is_file():
+        path = folder / LEGACY_BIN
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises several types for a bad or unsafe file
+            raise ValueError(f"cannot read {path} as plain tensors (weights_only=True): {e}") from e
+        return dict(state), path
+    raise FileNotFoundError(f"{folder} has no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX} or {LEGACY_BIN}")
+
+
+def write_weights(state: Mapping[str, torch.Tensor], folder: str | Path) -> Path:
+    """Write ``folder/model.safetensors`` (contiguous copies: tied tensors are written once each)."""
+    from safetensors.torch import save_file
+
+    path = Path(folder) / SAFETENSORS
+    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+    return path
