@@ -2,6 +2,14 @@
 
 ``generate`` continues prompts with a ``DecoderModel``; ``translate`` decodes an ``EncoderDecoderModel``
 or an ``RNNSeq2Seq``. Both drive the model through the step protocol of :mod:`qkv.generation.steps`.
+
+Example::
+
+    new = generate(lm, ids, max_new_tokens=100, strategy="sample", top_p=0.9, temperature=0.8, seed=0,
+                   eos_id=eos)                                      # (B, T') new tokens, pad after EOS
+    for st in stream_generate(lm, ids, max_new_tokens=100, eos_id=eos):  # st.step, st.rows, st.tokens
+        print(tokenizer.decode(st.tokens.tolist()), end="", flush=True)
+    hyp = translate(mt, src, max_len=40, strategy="beam", num_beams=4, bos_id=bos, eos_id=eos, pad_id=pad)
 """
 
 from qkv.generation.api import STRATEGIES, generate, stream_generate, stream_translate, translate
