@@ -38,11 +38,21 @@ class CountingModel(torch.nn.Module):
         return self.model.new_cache(*a)
 
 
-def _pick_eos(model, ids, kp=None, step: int = 2) -> int:
-    """A token greedy decoding emits at ``step`` in row 0 but not before: used as EOS so rows end early."""
-    out = generate(model, ids, key_padding=kp, max_new_tokens=step + 1)[0].tolist()
-    assert out[step] not in out[:step], out
-    return out[step]
+def _pick_eos(model, ids, kp=None, T: int = 12) -> int:
+    """A token to use as EOS so that rows end early and at different steps (robust to the model's init).
+
+    Among the tokens greedy decoding (without EOS) emits, take the one that ends the most rows after
+    step 0, with the most distinct end steps.
+    """
+    out = generate(model, ids, key_padding=kp, max_new_tokens=T).tolist()
+
+    def score(c: int) -> tuple[int, int]:
+        ends = [row.index(c) for row in out if c in row]
+        return sum(e >= 1 for e in ends), len(set(ends))
+
+    best = max({t for row in out for t in row}, key=score)
+    assert score(best)[0] >= 1, out
+    return best
 
 
 def _until_eos(row: torch.Tensor, eos: int) -> list[int]:
@@ -286,13 +296,32 @@ def test_outputs_are_normal_tensors_usable_in_training():
     assert model.embed.token.embed.weight.grad is not None
 
 
+class _SourceStepper:
+    """A stepper whose rows know their source: source 0 wants EOS (id 4) at once, the others never emit it."""
+
+    def __init__(self, B: int):
+        self.src, self.batches = torch.arange(B), []
+
+    @property
+    def batch_size(self):
+        return self.src.shape[0]
+
+    def start(self):
+        logp = torch.tensor([0.3, 0.2, 0.2, 0.1, 0.2]).log().expand(self.batch_size, -1).clone()
+        logp[self.src == 0, 4] = 5.0
+        logp[self.src != 0, 4] = float("-inf")
+        return logp
+
+    def step(self, tokens):
+        self.batches.append(tokens.shape[0])
+        return self.start()
+
+    def select(self, index):
+        self.src = self.src[index]
+
+
 def test_beam_search_drops_finished_sources():
-    model = CountingModel(tiny.sharpen(tiny.decoder(vocab=9)))
-    ids = torch.tensor([[1, 2, 3, 5], [6, 7, 7, 8], [8, 1, 2, 2]])
-    eos = _pick_eos(model.model, ids, step=1)
-    model.batches.clear()
-    out = generate(model, ids, max_new_tokens=12, eos_id=eos, strategy="beam", num_beams=2, early_stopping=True,
-                   pad_id=-1)
-    assert model.batches[0] == 3 and model.batches[1] == 6  # prompt prefill, then 3 sources x 2 beams
-    assert min(model.batches[1:]) < 6, model.batches  # a finished source stops costing compute
-    assert out[0].tolist()[-1] in (eos, -1)
+    stepper = _SourceStepper(3)
+    tokens, _ = beam_search(stepper, num_beams=2, max_new_tokens=6, eos_id=4, early_stopping=True, pad_id=-1)
+    assert stepper.batches[0] == 6 and stepper.batches[-1] == 4, stepper.batches  # source 0 left the batch
+    assert tokens[0].tolist()[0] == 4 and 4 not in tokens[1:].tolist()
