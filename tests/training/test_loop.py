@@ -155,3 +155,19 @@ def test_config_validation_prints_values():
 def test_empty_training_data_is_an_error():
     with pytest.raises(ValueError, match="no batches"):
         Trainer(TinyLM(), lm_loss, [], _cfg(steps=1)).fit()
+
+
+def test_attention_backend_is_applied_during_steps_and_restored():
+    seen = []
+
+    def loss(model, batch):
+        seen.append((torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()))
+        return lm_loss(model, batch)
+
+    before = torch.backends.cuda.flash_sdp_enabled()
+    Trainer(TinyLM(), loss, ShuffledBatches(), _cfg(steps=2, attention_backend="math"),
+            eval_data=ShuffledBatches(n_batches=1)).fit()
+    assert seen and set(seen) == {(False, True)}  # training and evaluation steps
+    assert torch.backends.cuda.flash_sdp_enabled() == before
+    with pytest.raises(ValueError, match="'fast'"):
+        TrainConfig(attention_backend="fast")

@@ -8,6 +8,7 @@ from typing import Any
 from qkv.training.optim import SCHEDULES
 
 PRECISIONS = ("fp32", "bf16")
+ATTENTION_BACKENDS = ("math", "flash", "efficient", "cudnn")
 
 
 @dataclass
@@ -30,6 +31,9 @@ class TrainConfig:
         grad_accum: micro-batches per update (the loss is averaged over all their tokens).
         precision: ``fp32`` or ``bf16`` (autocast on CPU and GPU; weights and optimiser stay fp32).
         compile: run the forward and loss through ``torch.compile``.
+        attention_backend: restrict ``scaled_dot_product_attention`` to one backend during training and
+            evaluation (``math``, ``flash``, ``efficient``, ``cudnn``); ``None`` lets torch choose. On CPU
+            with bf16 and short blocks, ``math`` (plain matmuls) beats the fused flash kernel's backward.
         eval_every: evaluate (and checkpoint) every this many updates; 0 only at the end.
         eval_batches: cap on evaluation batches (``None``: all).
         monitor: evaluation metric that picks the best checkpoint (``loss`` or a task metric key).
@@ -62,6 +66,7 @@ class TrainConfig:
     grad_accum: int = 1
     precision: str = "fp32"
     compile: bool = False
+    attention_backend: str | None = None
     eval_every: int = 0
     eval_batches: int | None = None
     monitor: str = "loss"
@@ -90,6 +95,8 @@ class TrainConfig:
             raise ValueError("schedule 'inverse_sqrt' needs d_model")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
+        if self.attention_backend is not None and self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend {self.attention_backend!r} is not one of {ATTENTION_BACKENDS}")
         if self.mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {self.mode!r}")
         if self.strategy not in ("ddp", "fsdp"):

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qkv.training import checkpoint as ckpt
 from qkv.training.average import average_last, prune_checkpoints
@@ -40,6 +41,13 @@ from qkv.training.distributed import (
 )
 from qkv.training.metrics import MetricsWriter, perplexity
 from qkv.training.optim import build_optimizer, build_scheduler, schedule_fn
+
+_SDPA_BACKENDS = {
+    "math": SDPBackend.MATH,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, "torch.Tensor | int"]]
 MetricFn = Callable[[nn.Module], dict[str, float]]
@@ -168,9 +176,15 @@ class Trainer:
                 self.epoch += 1
         raise ValueError(f"train_data yielded no batches in epoch {self.epoch - 1}")
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        """bf16 autocast (if configured) and the configured attention backend, around forward passes."""
         enabled = self.config.precision == "bf16"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled))
+            if self.config.attention_backend is not None:
+                stack.enter_context(sdpa_kernel([_SDPA_BACKENDS[self.config.attention_backend]]))
+            yield
 
     # ------------------------------------------------------------------------------------ step
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
