@@ -48,8 +48,9 @@ def test_decoder_cached_equals_uncached(positional, kv_heads):
         _compare_sessions(make(True), make(False), tokens)
 
 
-def test_decoder_left_padding_cached_equals_uncached_and_unpadded():
-    model = tiny.decoder(positional="learned")
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal", "rotary", "alibi"])
+def test_decoder_left_padding_cached_equals_uncached_and_unpadded(positional):
+    model = tiny.decoder(positional=positional, kv_heads=2)
     prompts = [[5, 6, 7, 8, 9, 10], [3, 4], [11, 2, 12, 4]]
     ids, kp = tiny.left_pad(prompts)
     tokens = torch.randint(1, 13, (8, 3))
