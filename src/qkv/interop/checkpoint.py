@@ -173,6 +173,11 @@ def read_weights(folder: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises several types for a bad or unsafe file
             raise ValueError(f"cannot read {path} as plain tensors (weights_only=True): {e}") from e
+        if not isinstance(state, dict):
+            raise ValueError(f"{path} must hold a dict of tensors, got {type(state).__name__}")
+        odd = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
+        if odd:
+            raise ValueError(f"{path} holds entries that are not tensors: {odd[:10]}")
         return dict(state), path
     raise FileNotFoundError(f"{folder} has no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX} or {LEGACY_BIN}")
 

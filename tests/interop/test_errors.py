@@ -1,0 +1,95 @@
+"""Bad checkpoint folders give errors that say what is wrong, with names and shapes."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from qkv.interop import load_pretrained
+from tests.interop import hf_builders
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture()
+def gpt2_folder(tmp_path):
+    folder, _ = hf_builders.gpt2(transformers, tmp_path / "gpt2")
+    return folder
+
+
+def _edit_weights(folder, edit):
+    path = folder / "model.safetensors"
+    state = load_file(str(path))
+    edit(state)
+    save_file(state, str(path))
+
+
+def test_missing_folder_and_missing_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_pretrained(tmp_path / "nowhere")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"no config\.json.*model\.safetensors"):
+        load_pretrained(tmp_path)
+
+
+def test_unsupported_model_type_lists_supported(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match=r"'llama'.*\['bart', 'bert', 'gpt2', 'marian'\]"):
+        load_pretrained(tmp_path)
+
+
+def test_truncated_safetensors(gpt2_folder):
+    path = gpt2_folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_pretrained(gpt2_folder)
+
+
+def test_no_weights_file(gpt2_folder):
+    (gpt2_folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        load_pretrained(gpt2_folder)
+
+
+def test_missing_unexpected_and_misshapen_tensors_are_named(gpt2_folder):
+    def edit(state):
+        del state["transformer.h.1.ln_2.bias"]
+        state["transformer.h.0.extra.weight"] = torch.zeros(3)
+        state["transformer.h.0.mlp.c_fc.weight"] = torch.zeros(32, 100)
+
+    _edit_weights(gpt2_folder, edit)
+    with pytest.raises(ValueError) as info:
+        load_pretrained(gpt2_folder)
+    msg = str(info.value)
+    assert "missing tensor h.1.ln_2.bias (expected shape (32,))" in msg
+    assert "unexpected tensor h.0.extra.weight (shape (3,))" in msg
+    assert "misshapen tensor h.0.mlp.c_fc.weight: checkpoint has (32, 100), model expects (32, 128)" in msg
+
+
+def test_unsupported_config_option(gpt2_folder):
+    cfg = json.loads((gpt2_folder / "config.json").read_text())
+    cfg["scale_attn_by_inverse_layer_idx"] = True
+    (gpt2_folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"scale_attn_by_inverse_layer_idx=True \(needs False\)"):
+        load_pretrained(gpt2_folder)
+
+
+def test_legacy_bin_loads_plain_tensors_only(gpt2_folder):
+    state = load_file(str(gpt2_folder / "model.safetensors"))
+    (gpt2_folder / "model.safetensors").unlink()
+    torch.save(state, gpt2_folder / "pytorch_model.bin")
+    model, _ = load_pretrained(gpt2_folder)
+    assert torch.equal(model.embed.token.weight, state["transformer.wte.weight"])
+    # An arbitrary class (argparse.Namespace): weights_only refuses to unpickle it.
+    torch.save({"wte.weight": argparse.Namespace(a=1)}, gpt2_folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_pretrained(gpt2_folder)
+    # Allowed containers that are still not tensors are named.
+    torch.save({"wte.weight": collections.Counter(a=1)}, gpt2_folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"not tensors: \['wte.weight'\]"):
+        load_pretrained(gpt2_folder)
