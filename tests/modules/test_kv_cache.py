@@ -108,3 +108,28 @@ def test_attention_with_cache_after_select_matches_full_attention():
         got = mha(x[index, 5:], causal=True, cache=c)
         want = mha(x[index], causal=True)[:, 5:]
     assert (got - want).abs().max() <= 1e-6
+
+
+def test_linear_attention_state_decodes_like_the_causal_kernel():
+    """Prefill a padded prompt, then step token by token (with a row reorder): equals causal kernel attention."""
+    from qkv.functional.linear import elu_feature_map, kernel_attention
+    from qkv.modules.kv_cache import LinearAttentionState
+
+    B, H, H_kv, L, E = 3, 4, 2, 9, 8
+    q, k, v = torch.randn(B, H, L, E), torch.randn(B, H_kv, L, E), torch.randn(B, H_kv, L, E)
+    pq, pk = elu_feature_map(q), elu_feature_map(k)
+    kp = torch.ones(B, L, dtype=torch.bool)
+    kp[1, :2] = False  # row 1 is left-padded
+    want = kernel_attention(pq, pk, v, causal=True, key_padding=kp)  # (B, H, L, E)
+    state = LinearAttentionState()
+    P = 5
+    got = [state.prefill(pq[:, :, :P], pk[:, :, :P], v[:, :, :P], key_padding=kp[:, :P])]
+    index = torch.tensor([2, 0, 1])
+    state.select(index)
+    for t in range(P, L):
+        got.append(state.step(pq[index, :, t : t + 1], pk[index, :, t : t + 1], v[index, :, t : t + 1]))
+    assert state.length == L and state.kv.shape == (B, H_kv, E, E)
+    assert (got[0] - want[:, :, :P]).abs().max() <= 1e-5
+    assert (torch.cat(got[1:], 2) - want[index, :, P:]).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="empty state"):
+        state.prefill(pq, pk, v)

@@ -1,6 +1,7 @@
 """Key/value cache for incremental decoding.
 
-Notation: B batch (rows, or rows x beams), H_kv key/value heads, S_max capacity, E head dim.
+Notation: B batch (rows, or rows x beams), H_kv key/value heads, S_max capacity, E head dim,
+F feature size of kernel (linear) attention.
 
 The buffers are allocated once at their capacity ``(B_max, H_kv, S_max, E)``. Decoding fills the time
 axis left to right (:meth:`KVCache.update`) and uses the first ``batch_size`` rows: :meth:`KVCache.select`
@@ -13,7 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["KVCache"]
+from qkv.functional.linear import kernel_attention, linear_attention_step
+
+__all__ = ["KVCache", "LinearAttentionState"]
 
 
 class KVCache(nn.Module):
@@ -142,3 +145,59 @@ class KVCache(nn.Module):
         if index.shape[0] != self._rows:
             raise ValueError(f"reorder keeps the batch size {self._rows}; got {index.shape[0]} rows (use select)")
         self.select(index)
+
+
+class LinearAttentionState:
+    """Decoding state of causal linear attention: running sums, O(1) in the number of tokens.
+
+    ``kv = sum_j phi(k_j) v_j^T`` ``(B, H_kv, F, Ev)`` and ``z = sum_j phi(k_j)`` ``(B, H_kv, F)`` replace the
+    ``(B, H_kv, S, E)`` key/value history of a :class:`KVCache`: a step costs O(F Ev) whatever the position.
+    Like a KVCache it has ``length`` and ``select(index)``, which is all the decoding engines need
+    (:mod:`qkv.generation.steps`). An attention module decoding with it calls :meth:`prefill` on the prompt
+    and :meth:`step` on each new token.
+    """
+
+    def __init__(self) -> None:
+        self.kv: torch.Tensor | None = None
+        self.z: torch.Tensor | None = None
+        self.length = 0
+
+    def prefill(self, phi_q, phi_k, v, *, key_padding: torch.Tensor | None = None, chunk: int = 128):
+        """Causal linear attention over a prompt, keeping its sums.
+
+        Args:
+            phi_q: ``(B, H, L, F)`` query features.
+            phi_k: ``(B, H_kv, L, F)`` key features.
+            v: ``(B, H_kv, L, Ev)`` values.
+            key_padding: ``(B, L)`` bool, True = real token (padding stays out of the sums).
+            chunk: chunk length of the causal prefix sums.
+
+        Returns:
+            ``(B, H, L, Ev)``.
+        """
+        if self.length:
+            raise ValueError(f"prefill needs an empty state, this one holds {self.length} positions")
+        out = kernel_attention(phi_q, phi_k, v, causal=True, key_padding=key_padding, chunk=chunk)
+        if key_padding is not None:
+            phi_k = phi_k * key_padding[:, None, :, None].to(phi_k.dtype)
+        self.kv = torch.matmul(phi_k.transpose(-1, -2), v)  # (B, H_kv, F, Ev)
+        self.z = phi_k.sum(2)  # (B, H_kv, F)
+        self.length = phi_k.shape[2]
+        return out
+
+    def step(self, phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """One new position: ``phi_q (B, H, 1, F)``, ``phi_k (B, H_kv, 1, F)``, ``v (B, H_kv, 1, Ev)``.
+
+        Returns:
+            ``(B, H, 1, Ev)``.
+        """
+        state = None if self.kv is None else (self.kv, self.z)
+        out, (self.kv, self.z) = linear_attention_step(phi_q, phi_k, v, state)
+        self.length += 1
+        return out
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep rows ``index (B_new,)`` (reorder for beams, drop finished rows, expand)."""
+        if self.kv is not None:
+            index = index.to(self.kv.device)
+            self.kv, self.z = self.kv[index], self.z[index]
