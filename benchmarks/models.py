@@ -5,7 +5,8 @@ batch 12, vocab 65) and of the paper's base Transformer (6+6, d 512, batch 8 x 3
 how much do bf16 autocast and torch.compile buy on this machine?
 Tokens are target tokens (B x L). Models are in train mode (dropout on), loss is cross-entropy,
 gradients are cleared between steps and no optimizer step is taken.
-Run: ``python benchmarks/models.py [--quick] [--no-compile]``; writes benchmarks/results/models.json.
+Run: ``python benchmarks/models.py [--quick] [--no-compile] [--threads N]``; writes
+benchmarks/results/models.json (the thread count is recorded with the machine).
 """
 
 from __future__ import annotations
@@ -112,7 +113,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--quick", action="store_true", help="small models, for a smoke run")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (needs a C++ compiler on CPU)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--name", default="models", help="results file: benchmarks/results/<name>.json")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's default); 1 avoids spinning on a shared, oversubscribed CPU")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for case in QUICK if args.quick else CASES:
@@ -122,7 +128,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             extra = f"  (compile {row['compile_s']:.0f} s)" if row["compile_s"] else ""
             print(f"{case.model:17} B={case.B:2d} L={case.L:3d} {row['mode']:14} {row['step_s'] * 1e3:9.1f} ms/step "
                   f"{row['tokens_per_s']:10.0f} tok/s{extra}", flush=True)
-    path = write_json("models", {"device": str(device), "cases": rows})
+    path = write_json(args.name, {"device": str(device), "cases": rows})
     print(f"wrote {path}")
     return rows
 
