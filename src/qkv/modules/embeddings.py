@@ -84,6 +84,8 @@ class TokenEmbedding(nn.Module):
 
 
 class _AbsolutePositional(nn.Module):
+    """Base of absolute position tables: subclasses define ``_lookup(positions) -> (..., D)``."""
+
     max_len: int
 
     def check(self, positions: torch.Tensor) -> None:
