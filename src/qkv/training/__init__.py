@@ -10,8 +10,9 @@ from qkv.training.checkpoint import (
     save_checkpoint,
 )
 from qkv.training.config import TrainConfig
-from qkv.training.distributed import DistInfo, Sharded, cleanup, init_distributed
+from qkv.training.distributed import DistInfo, Sharded, cleanup, init_distributed, wrap_model
 from qkv.training.loop import Trainer, TrainResult, seed_everything
+from qkv.training.losses import classification_loss, lm_loss, loss_for, seq2seq_loss
 from qkv.training.optim import (
     build_optimizer,
     build_scheduler,
@@ -28,6 +29,10 @@ __all__ = [
     "Trainer",
     "TrainResult",
     "seed_everything",
+    "loss_for",
+    "lm_loss",
+    "seq2seq_loss",
+    "classification_loss",
     "build_optimizer",
     "build_scheduler",
     "param_groups",
@@ -49,5 +54,6 @@ __all__ = [
     "DistInfo",
     "Sharded",
     "init_distributed",
+    "wrap_model",
     "cleanup",
 ]
