@@ -3,6 +3,12 @@
 from qkv.interop.bart import OffsetLearnedPositional, PretrainedSeq2Seq, SplitSinusoidalPositional
 from qkv.interop.embeddings import sentence_embeddings
 from qkv.interop.hub import FAMILIES, family_of, load_model, load_pretrained, save_pretrained
+from qkv.interop.onnx_export import (
+    export_decoder_step,
+    export_decoder_step_onnx,
+    export_encoder,
+    export_encoder_onnx,
+)
 from qkv.interop.tokenizer import PretrainedTokenizer, TokenBatch
 
 __all__ = [
@@ -17,4 +23,8 @@ __all__ = [
     "PretrainedSeq2Seq",
     "OffsetLearnedPositional",
     "SplitSinusoidalPositional",
+    "export_encoder",
+    "export_decoder_step",
+    "export_encoder_onnx",
+    "export_decoder_step_onnx",
 ]
