@@ -93,3 +93,16 @@ def test_legacy_bin_loads_plain_tensors_only(gpt2_folder):
     torch.save({"wte.weight": collections.Counter(a=1)}, gpt2_folder / "pytorch_model.bin")
     with pytest.raises(ValueError, match=r"not tensors: \['wte.weight'\]"):
         load_pretrained(gpt2_folder)
+
+
+def test_sharded_safetensors_index(gpt2_folder):
+    state = load_file(str(gpt2_folder / "model.safetensors"))
+    (gpt2_folder / "model.safetensors").unlink()
+    names = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        save_file({k: state[k] for k in keys}, str(gpt2_folder / shard))
+    weight_map = {k: shard for shard, keys in shards.items() for k in keys}
+    (gpt2_folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    model, _ = load_pretrained(gpt2_folder)
+    assert torch.equal(model.decoder.norm.bias, state["transformer.ln_f.bias"])

@@ -98,3 +98,26 @@ def test_order_and_batch_size_do_not_change_embeddings(loaded):
     assert sentence_embeddings(model, tokenizer, []).shape == (0, 384)
     with pytest.raises(ValueError, match="list of strings"):
         sentence_embeddings(model, tokenizer, "one string")
+
+
+def test_attention_weights_match_bert_attentions(loaded):
+    folder, model, tokenizer, _ = loaded
+    hf = transformers.BertModel.from_pretrained(str(folder), attn_implementation="eager").eval()
+    batch = tokenizer(SENTENCES[:4])
+    with torch.no_grad():
+        want = hf(batch.ids, attention_mask=batch.mask.long(), token_type_ids=batch.segments,
+                  output_attentions=True).attentions
+        _, got = model(batch.ids, key_padding=batch.mask, segments=batch.segments, return_weights=True)
+    assert len(got) == len(want) == 6
+    rows = batch.mask[:, None, :, None]  # (B, 1, L, 1): queries that are real tokens
+    for ours, theirs in zip(got, want, strict=True):
+        assert ours.shape == theirs.shape
+        assert (ours - theirs).masked_fill(~rows, 0).abs().max() <= 1e-5
+
+
+def test_tokenizer_round_trips_text(loaded):
+    _, _, tokenizer, _ = loaded
+    ids = tokenizer.encode("Attention is all you need.")
+    assert ids[0] == 101 and ids[-1] == 102  # [CLS] ... [SEP] from tokenizer.json's post-processor
+    assert tokenizer.decode(ids) == "attention is all you need."
+    assert tokenizer(["a " * 400]).ids.shape == (1, 256)  # truncated to max_seq_length
