@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="small L only (smoke run)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--only", choices=["dispatch"], default=None, help="run one section only")
+    p.add_argument("--only", choices=["dispatch", "speedups"], default=None, help="run one section only")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -254,10 +254,14 @@ def main(argv: list[str] | None = None) -> dict:
     lengths = [256, 1024] if args.quick else [256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
     print(f"threads={torch.get_num_threads()} torch={torch.__version__}", flush=True)
     res = {"threads": torch.get_num_threads(), "torch": torch.__version__}
-    if args.only == "dispatch":
-        res["dispatch"] = dispatch_cases([256, 512, 1024, 2048], args.repeats)
+    if args.only is not None:
+        if args.only == "dispatch":
+            res["dispatch"] = dispatch_cases([256, 512, 1024, 2048], args.repeats)
+        else:
+            res["bf16"] = bf16_speedup([1024, 2048, 4096], args.repeats)
+            res["masks"] = mask_speedup(2048, args.repeats)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"long_context_dispatch_t{res['threads']}.json").write_text(json.dumps(res, indent=1))
+        (RESULTS / f"long_context_{args.only}_t{res['threads']}.json").write_text(json.dumps(res, indent=1))
         return res
     res["bf16"] = bf16_speedup([1024] if args.quick else [1024, 2048, 4096], args.repeats)
     res["masks"] = mask_speedup(1024 if args.quick else 2048, args.repeats)
