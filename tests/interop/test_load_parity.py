@@ -88,3 +88,27 @@ def test_bart_learned_positions_use_offset_two(tmp_path):
         want = hf(input_ids=src, attention_mask=mask.long(), decoder_input_ids=tgt).logits
         model.src_embed.position.offset = 1
         assert (model(src, tgt, mask) - want).abs().max() > 1e-3
+
+
+def test_bert_with_new_head_fine_tunes(tmp_path):
+    """num_classes adds a fresh head; the loaded encoder trains (loss falls) and its weights move."""
+    folder, hf = hf_builders.bert(transformers, tmp_path)
+    model, _ = load_pretrained(folder, num_classes=2)
+    assert torch.equal(model.embed.token.weight, hf.embeddings.word_embeddings.weight)
+    ids = torch.randint(3, 57, (8, 10))
+    labels = torch.arange(8) % 2
+    ids[:, 1] = 1 + labels  # the label is visible in token 1
+    before = model.encoder.layers[0].self_attn.in_proj.weight.detach().clone()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(15):
+        loss = torch.nn.functional.cross_entropy(model.classify(ids), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert not torch.equal(model.encoder.layers[0].self_attn.in_proj.weight.detach(), before)
+    with pytest.raises(ValueError, match="needs an encoder checkpoint"):
+        load_pretrained(hf_builders.gpt2(transformers, tmp_path / "gpt2")[0], num_classes=2)

@@ -55,8 +55,13 @@ def _sentence_pooling(folder: Path) -> str | None:
     return "cls" if pooling.get("pooling_mode_cls_token") and not pooling.get("pooling_mode_mean_tokens") else "mean"
 
 
-def load_model(folder: str | Path) -> nn.Module:
+def load_model(folder: str | Path, *, num_classes: int = 0) -> nn.Module:
     """The qkv model of a Hugging Face checkpoint folder, in eval mode (float32, CPU).
+
+    Args:
+        folder: the checkpoint folder.
+        num_classes: encoders only: add a freshly initialised classification head of this size (for
+            fine-tuning with ``EncoderModel.classify``); the checkpoint's own task heads are not read.
 
     Raises:
         FileNotFoundError: no folder, no ``config.json`` or no weights file.
@@ -70,6 +75,11 @@ def load_model(folder: str | Path) -> nn.Module:
     pooling = _sentence_pooling(folder)
     if pooling is not None and hasattr(model.config, "pooling"):
         model.config = dataclasses.replace(model.config, pooling=pooling)
+    if num_classes:
+        if not hasattr(model.config, "num_classes"):
+            raise ValueError(f"num_classes={num_classes} needs an encoder checkpoint, got model_type "
+                             f"{family.model_type!r}")
+        model = type(model)(dataclasses.replace(model.config, num_classes=num_classes))
     state, source = read_weights(folder)
     load_hf_state(model, family, state, source=str(source))
     model.hf_config = config  # kept so save_pretrained writes the same special ids and extras back
@@ -92,7 +102,11 @@ def load_hf_state(model: nn.Module, family: Family, state: dict[str, torch.Tenso
         if name not in theirs and name in expected:
             theirs[name] = expected[name]
     check_tensors(expected, theirs, source=source)
-    model.load_state_dict(to_qkv(links, theirs), strict=True)
+    result = model.load_state_dict(to_qkv(links, theirs), strict=False)
+    fresh = [k for k in result.missing_keys if not k.startswith("head.")]  # a new classifier head stays as built
+    if fresh or result.unexpected_keys:
+        raise ValueError(f"tensor map of {family.model_type} is incomplete: qkv tensors {fresh} not mapped, "
+                         f"{result.unexpected_keys} unknown to the model")
 
 
 def _tokenizer(folder: Path, model: nn.Module) -> PretrainedTokenizer | None:
@@ -107,7 +121,7 @@ def _tokenizer(folder: Path, model: nn.Module) -> PretrainedTokenizer | None:
     return PretrainedTokenizer.from_file(path, pad_id=pad, max_length=max_length)
 
 
-def load_pretrained(folder: str | Path) -> tuple[nn.Module, PretrainedTokenizer | None]:
+def load_pretrained(folder: str | Path, *, num_classes: int = 0) -> tuple[nn.Module, PretrainedTokenizer | None]:
     """Load a Hugging Face checkpoint folder as ``(qkv model, tokenizer)``.
 
     Supported ``model_type`` s: "bert" (BERT, MiniLM, sentence-transformers encoders) ->
@@ -115,9 +129,10 @@ def load_pretrained(folder: str | Path) -> tuple[nn.Module, PretrainedTokenizer 
     "marian" -> :class:`~qkv.interop.bart.PretrainedSeq2Seq`. The tokenizer is a
     :class:`PretrainedTokenizer` over ``tokenizer.json`` (None when the folder has none); it truncates
     to sentence-transformers' ``max_seq_length`` when the folder says so, else to the model's ``max_len``.
+    ``num_classes > 0`` adds a new classification head to an encoder (see :func:`load_model`).
     """
     folder = Path(folder)
-    model = load_model(folder)
+    model = load_model(folder, num_classes=num_classes)
     return model, _tokenizer(folder, model)
 
 
