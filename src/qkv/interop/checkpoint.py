@@ -96,12 +96,17 @@ def check_tensors(expected: Mapping[str, Any], found: Mapping[str, Any], *, sour
     misshapen = sorted(n for n in set(expected) & set(found) if _shape(expected[n]) != _shape(found[n]))
     if not (missing or unexpected or misshapen):
         return
-    lines = [f"checkpoint {source} does not fit the model built from its config.json:"]
-    lines += [f"  missing tensor {n} (expected shape {_shape(expected[n])})" for n in missing]
-    lines += [f"  unexpected tensor {n} (shape {_shape(found[n])})" for n in unexpected]
-    lines += [f"  misshapen tensor {n}: checkpoint has {_shape(found[n])}, model expects {_shape(expected[n])}"
-              for n in misshapen]
+    lines = [f"checkpoint {source} does not fit the model built from its config.json "
+             f"({len(missing)} missing, {len(unexpected)} unexpected, {len(misshapen)} misshapen):"]
+    lines += _capped([f"  missing tensor {n} (expected shape {_shape(expected[n])})" for n in missing])
+    lines += _capped([f"  unexpected tensor {n} (shape {_shape(found[n])})" for n in unexpected])
+    lines += _capped([f"  misshapen tensor {n}: checkpoint has {_shape(found[n])}, model expects "
+                      f"{_shape(expected[n])}" for n in misshapen])
     raise ValueError("\n".join(lines))
+
+
+def _capped(lines: list[str], limit: int = 20) -> list[str]:
+    return lines if len(lines) <= limit else lines[:limit] + [f"  ... and {len(lines) - limit} more"]
 
 
 def strip_prefix(state: Mapping[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, torch.Tensor]:

@@ -171,7 +171,8 @@ def save_pretrained(
     """
     family = family_of(model, model_type)
     hf = {**getattr(model, "hf_config", {}), **family.hf_config(model)}
-    hf.setdefault("torch_dtype", str(next(model.parameters()).dtype).removeprefix("torch."))
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    hf |= {key: dtype for key in ("torch_dtype", "dtype") if key in hf or key == "torch_dtype"}  # what is written
     theirs = to_hf(family.links(model), model.state_dict())
     out = {(k if k in family.top_level else family.save_prefix + k): v for k, v in theirs.items()}
     folder = Path(folder)
