@@ -138,7 +138,10 @@ def decode_tokens(
     out = torch.full((batch_size, max(max_new_tokens, 0)), pad_id, dtype=torch.long, device=device)
     taken = 0
     for st in steps:
-        out[st.rows.to(out.device), st.step] = st.tokens.to(out.device)
+        if st.rows.shape[0] == batch_size:  # no row has finished: a plain column write
+            out[:, st.step] = st.tokens.to(out.device)
+        else:
+            out[st.rows.to(out.device), st.step] = st.tokens.to(out.device)
         taken = st.step + 1
         if on_token is not None:
             on_token(st)

@@ -168,6 +168,8 @@ class DecoderStepper:
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.length += 1
+        if self.use_cache and not self.padded:  # the model counts positions from its cache
+            return self._run(tokens[:, None], None)
         nxt = self.positions[:, -1:] + 1  # (B, 1)
         if self.use_cache:
             self.positions = nxt
