@@ -7,7 +7,7 @@ import torch
 
 from qkv.functional.positional import sinusoidal_table
 from qkv.generation import generate, translate
-from qkv.interop import PretrainedSeq2Seq, load_pretrained
+from qkv.interop import PretrainedSeq2Seq, from_transformers, load_pretrained
 from qkv.models import DecoderModel, EncoderModel
 from tests.interop import hf_builders
 
@@ -112,3 +112,12 @@ def test_bert_with_new_head_fine_tunes(tmp_path):
     assert not torch.equal(model.encoder.layers[0].self_attn.in_proj.weight.detach(), before)
     with pytest.raises(ValueError, match="needs an encoder checkpoint"):
         load_pretrained(hf_builders.gpt2(transformers, tmp_path / "gpt2")[0], num_classes=2)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bert", "bart", "marian"])
+def test_from_transformers_equals_loading_the_saved_folder(tmp_path, kind):
+    folder, hf = getattr(hf_builders, kind)(transformers, tmp_path)
+    from_memory, from_disk = from_transformers(hf), load_pretrained(folder)[0]
+    assert type(from_memory) is type(from_disk)
+    for (name, a), b in zip(from_memory.state_dict().items(), from_disk.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -2,7 +2,7 @@
 
 from qkv.interop.bart import OffsetLearnedPositional, PretrainedSeq2Seq, SplitSinusoidalPositional
 from qkv.interop.embeddings import sentence_embeddings
-from qkv.interop.hub import FAMILIES, family_of, load_model, load_pretrained, save_pretrained
+from qkv.interop.hub import FAMILIES, family_of, from_transformers, load_model, load_pretrained, save_pretrained
 from qkv.interop.onnx_export import (
     export_decoder_step,
     export_decoder_step_onnx,
@@ -14,6 +14,7 @@ from qkv.interop.tokenizer import PretrainedTokenizer, TokenBatch
 __all__ = [
     "load_pretrained",
     "load_model",
+    "from_transformers",
     "save_pretrained",
     "family_of",
     "FAMILIES",

@@ -9,6 +9,10 @@ They differ in their inputs:
 * Marian: fixed sinusoids laid out as all sines then all cosines (not interleaved), token embeddings
   scaled by ``sqrt(D)``, SiLU ("swish"), no embedding LayerNorm. The sinusoids are rebuilt, not read.
 
+Inference is exact; for training note that qkv applies ``dropout`` inside the FFN where Hugging Face
+applies ``activation_dropout`` (0 by default). Separate encoder/decoder vocabularies (Marian's
+``share_encoder_decoder_embeddings=False``) and different encoder/decoder widths are refused.
+
 Notation: B batch, L target length, D d_model, V target vocabulary, P positional table length.
 """
 
@@ -95,10 +99,11 @@ def _config(hf: Mapping[str, Any], kind: str) -> Seq2SeqConfig:
     }
     checks["tie_word_embeddings"] = (get(hf, "tie_word_embeddings", True), True)
     checks["normalize_before"] = (get(hf, "normalize_before", False), False)
+    vocab = hf["vocab_size"]
     if kind == "marian":
         checks["share_encoder_decoder_embeddings"] = (get(hf, "share_encoder_decoder_embeddings", True), True)
+        checks["decoder_vocab_size (= vocab_size)"] = (get(hf, "decoder_vocab_size", vocab), vocab)
     require(f"this {kind} config.json", checks)
-    vocab = hf["vocab_size"]
     return Seq2SeqConfig(
         src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=get(hf, "d_model", 1024),
         num_heads=heads, d_ff=ffn,

@@ -31,7 +31,7 @@ from qkv.interop.checkpoint import (
 from qkv.interop.family import Family
 from qkv.interop.tokenizer import PretrainedTokenizer
 
-__all__ = ["FAMILIES", "load_pretrained", "load_model", "save_pretrained", "family_of"]
+__all__ = ["FAMILIES", "load_pretrained", "load_model", "from_transformers", "save_pretrained", "family_of"]
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (bert.BERT, gpt2.GPT2, bart.BART, bart.MARIAN)}
 
@@ -40,7 +40,7 @@ def _family(config: dict[str, Any], folder: Path) -> Family:
     model_type = config.get("model_type")
     if model_type not in FAMILIES:
         raise ValueError(
-            f"{folder}/config.json has model_type {model_type!r}, which qkv cannot load; "
+            f"{folder}: config model_type {model_type!r} cannot be loaded by qkv; "
             f"supported model types: {sorted(FAMILIES)}"
         )
     return FAMILIES[model_type]
@@ -107,6 +107,19 @@ def load_hf_state(model: nn.Module, family: Family, state: dict[str, torch.Tenso
     if fresh or result.unexpected_keys:
         raise ValueError(f"tensor map of {family.model_type} is incomplete: qkv tensors {fresh} not mapped, "
                          f"{result.unexpected_keys} unknown to the model")
+
+
+def from_transformers(hf_model: nn.Module) -> nn.Module:
+    """The qkv model of an in-memory ``transformers`` model (its ``config`` and ``state_dict``), in eval mode.
+
+    Same families, tensor maps and checks as :func:`load_model`; ``transformers`` itself is not imported.
+    """
+    config = hf_model.config.to_dict()
+    family = _family(config, Path(type(hf_model).__name__))
+    model = family.build(config)
+    load_hf_state(model, family, hf_model.state_dict(), source=type(hf_model).__name__)
+    model.hf_config = config
+    return model.eval()
 
 
 def _tokenizer(folder: Path, model: nn.Module) -> PretrainedTokenizer | None:
