@@ -12,9 +12,7 @@ and gradient norms stay on the device.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
-import random
 import signal
 import threading
 import time
@@ -23,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 
 from qkv.training import checkpoint as ckpt
 from qkv.training.average import average_last, prune_checkpoints
@@ -35,56 +32,22 @@ from qkv.training.distributed import (
     DistInfo,
     all_reduce_sum,
     barrier,
-    default_device,
     full_state_dict,
     wrap_model,
 )
 from qkv.training.metrics import MetricsWriter, perplexity
 from qkv.training.optim import build_optimizer, build_scheduler, schedule_fn
+from qkv.training.runtime import (
+    SDPA_BACKENDS,
+    LossFn,
+    LossModule,
+    accepts_skip,
+    resolve_device,
+    seed_everything,
+    to_device,
+)
 
-_SDPA_BACKENDS = {
-    "math": SDPBackend.MATH,
-    "flash": SDPBackend.FLASH_ATTENTION,
-    "efficient": SDPBackend.EFFICIENT_ATTENTION,
-    "cudnn": SDPBackend.CUDNN_ATTENTION,
-}
-
-LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, "torch.Tensor | int"]]
 MetricFn = Callable[[nn.Module], dict[str, float]]
-
-
-class _LossModule(nn.Module):
-    """``model`` + ``loss_fn`` as one module, so DDP and ``torch.compile`` see the whole step."""
-
-    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
-        super().__init__()
-        self.model = model
-        self.loss_fn = loss_fn
-
-    def forward(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | int]:
-        return self.loss_fn(self.model, batch)
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Move tensors inside tuples, lists, dicts and objects with ``.to()`` to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
-        return type(batch)(to_device(v, device) for v in batch)
-    if isinstance(batch, tuple):  # namedtuple
-        return type(batch)(*(to_device(v, device) for v in batch))
-    if hasattr(batch, "to") and callable(batch.to):
-        return batch.to(device)
-    return batch
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy and Python ``random``."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -134,14 +97,14 @@ class Trainer:
         dist: DistInfo | None = None,
     ) -> None:
         self.config = config
-        self.dist = dist or DistInfo(device=_device(config.device))
+        self.dist = dist or DistInfo(device=resolve_device(config.device))
         self.device = self.dist.device
         seed_everything(config.seed)
         self.model = model.to(self.device)
         self.loss_fn, self.eval_loss_fn = loss_fn, eval_loss_fn or loss_fn
         self.train_data, self.eval_data, self.metric_fn = train_data, eval_data, metric_fn
         self.model_config, self.tokenizer = model_config, tokenizer
-        self.step_module = wrap_model(_LossModule(self.model, loss_fn), self.dist, config.strategy)
+        self.step_module = wrap_model(LossModule(self.model, loss_fn), self.dist, config.strategy)
         if config.compile:
             self.step_module = torch.compile(self.step_module)
         self.optimizer = build_optimizer(
@@ -183,7 +146,7 @@ class Trainer:
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled))
             if self.config.attention_backend is not None:
-                stack.enter_context(sdpa_kernel([_SDPA_BACKENDS[self.config.attention_backend]]))
+                stack.enter_context(sdpa_kernel([SDPA_BACKENDS[self.config.attention_backend]]))
             yield
 
     # ------------------------------------------------------------------------------------ step
@@ -316,7 +279,7 @@ class Trainer:
         self.step, self.epoch, self.best, self.bad_evals = st["step"], st["epoch"], st["best"], st["bad_evals"]
         self._iter, self.batch_in_epoch = None, 0
         skip = st["batch_in_epoch"]
-        if skip and _accepts_skip(self.train_data):  # qkv loaders start mid-epoch without reading
+        if skip and accepts_skip(self.train_data):  # qkv loaders start mid-epoch without reading
             self.train_data.set_epoch(self.epoch, skip=skip)
             self._iter, self.batch_in_epoch = iter(self.train_data), skip
         else:
@@ -443,17 +406,3 @@ class Trainer:
             yield bar
         finally:
             bar.close()
-
-
-def _accepts_skip(data: Any) -> bool:
-    fn = getattr(data, "set_epoch", None)
-    if fn is None:
-        return False
-    try:
-        return "skip" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _device(name: str) -> torch.device:
-    return default_device() if name == "auto" else torch.device(name)
