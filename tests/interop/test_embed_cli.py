@@ -36,3 +36,13 @@ def test_embed_bad_model_folder_is_a_usage_error(tmp_path, capsys):
     src.write_text("hello\n")
     assert main(["embed", "--model", str(tmp_path), "--input", str(src)]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_embeddings_need_an_encoder(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from tests.interop import hf_builders
+
+    folder, _ = hf_builders.gpt2(transformers, tmp_path / "gpt2")
+    model, _ = load_pretrained(folder)
+    with pytest.raises(ValueError, match="need an encoder.*DecoderModel"):
+        sentence_embeddings(model, None, ["hello"])

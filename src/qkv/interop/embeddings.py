@@ -44,6 +44,8 @@ def sentence_embeddings(
         raise ValueError("texts must be a list of strings, got one str; wrap it in a list")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not hasattr(model, "pool"):
+        raise ValueError(f"sentence embeddings need an encoder (a BERT-family checkpoint), got {type(model).__name__}")
     if tokenizer is None:
         raise ValueError("sentence_embeddings needs a tokenizer; the checkpoint folder has no tokenizer.json")
     device = next(model.parameters()).device
