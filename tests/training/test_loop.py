@@ -171,3 +171,14 @@ def test_attention_backend_is_applied_during_steps_and_restored():
     assert torch.backends.cuda.flash_sdp_enabled() == before
     with pytest.raises(ValueError, match="'fast'"):
         TrainConfig(attention_backend="fast")
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager():
+    losses = []
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        trainer = Trainer(TinyLM(dropout=0.0), lm_loss, ShuffledBatches(), _cfg(steps=4, compile=compile_))
+        trainer.fit()
+        losses.append(_train_losses(trainer))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
