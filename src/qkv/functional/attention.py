@@ -212,7 +212,8 @@ def scaled_dot_product_attention(
     ``nn.MultiheadAttention(need_weights=True)`` takes; under ``no_grad`` (or with dropout) the math
     path is cheaper and is used.
     """
-    _, _, H_kv, _, _ = _validate(q, k, v, mask, bias, dropout_p)
+    _, _, H_kv, L, _ = _validate(q, k, v, mask, bias, dropout_p)
+    causal = causal and L > 1  # one query sits after every key (lower-right): nothing to hide, no mask to build
     if not return_weights:
         return _fused(q, k, v, mask, bias, causal, dropout_p, scale, H_kv)
     recording = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
