@@ -37,7 +37,7 @@ __all__ = [
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     """``phi(x) = elu(x) + 1`` (positive), any shape ``(..., E)`` -> ``(..., E)``."""
-    return F.elu(x) + 1.0
+    return F.elu(x).add_(1.0)  # in place: elu's backward reads its input, not its output
 
 
 def draw_orthogonal_features(
@@ -107,9 +107,8 @@ def _ungroup(out: torch.Tensor, H: int) -> torch.Tensor:
 
 
 def _divide(num: torch.Tensor, den: torch.Tensor, eps: float) -> torch.Tensor:
-    """``num / den`` with rows whose denominator is 0 (no visible key) set to zeros, not NaN."""
-    ok = den > 0
-    return torch.where(ok, num / (den + eps).where(ok, torch.ones_like(den)), torch.zeros_like(num))
+    """``num / (den + eps)``: a row with no visible key has ``num == den == 0`` and gives zeros, not NaN."""
+    return num / (den + eps)  # den is (..., 1): one pass over num
 
 
 def _check(phi_q, phi_k, v, key_padding, chunk) -> None:
