@@ -22,6 +22,7 @@ import torch
 
 __all__ = [
     "Link",
+    "link",
     "to_qkv",
     "to_hf",
     "check_tensors",

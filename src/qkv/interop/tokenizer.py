@@ -35,7 +35,7 @@ class PretrainedTokenizer:
     """Encode text for a pretrained model.
 
     Args:
-        tokenizer: a ``tokenizers.Tokenizer``.
+        tokenizer: a ``tokenizers.Tokenizer`` (its padding is switched off and its truncation set here).
         pad_id: the id padding fills rows with.
         max_length: truncate longer encodings (special tokens included), or None.
     """
