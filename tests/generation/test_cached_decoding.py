@@ -123,7 +123,7 @@ def test_rnn_stepper_equals_teacher_forcing():
     tgt = torch.randint(1, 13, (3, 5))
     tgt[:, 0] = 1
     with torch.no_grad():
-        want = model(src, None, tgt)  # (B, L, V)
+        want = model(src, tgt)  # (B, L, V)
         stepper = RNNStepper(model, src, src != 0, bos_id=1)
         got = [stepper.start()] + [stepper.step(tgt[:, t]) for t in range(1, 5)]
     assert _max_diff(torch.stack(got, 1), want) <= TOL

@@ -90,4 +90,4 @@ def test_rnn_seq2seq_fits_reverse(attention):
     tgt = _reverse_target(seqs)
     model = RNNSeq2Seq(RNNSeq2SeqConfig(src_vocab_size=V, embed_dim=16, hidden_size=32, attention=attention,
                                         dropout=0.0))
-    assert _fit(model, lambda: (model(seqs, None, tgt[:, :-1]), tgt[:, 1:]), steps=250, lr=1e-2) < 0.05
+    assert _fit(model, lambda: (model(seqs, tgt[:, :-1]), tgt[:, 1:]), steps=250, lr=1e-2) < 0.05

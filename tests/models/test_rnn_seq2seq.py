@@ -22,7 +22,7 @@ def test_decode_steps_equal_teacher_forcing(cell, attention):
     model = _model(cell=cell, attention=attention, num_layers=2)
     src, tgt = torch.randint(1, V, (3, 6)), torch.randint(1, V, (3, 4))
     src[1, 4:] = 0
-    full = model(src, None, tgt)
+    full = model(src, tgt)
     state = model.encode(src)
     steps = []
     for t in range(4):
@@ -36,7 +36,7 @@ def test_attention_weights_are_a_distribution_over_real_tokens():
     model = _model()
     src, tgt = torch.randint(1, V, (2, 6)), torch.randint(1, V, (2, 3))
     src[0, 3:] = 0
-    _, w = model(src, None, tgt, return_weights=True)
+    _, w = model(src, tgt, return_weights=True)
     assert w.shape == (2, 3, 6)
     torch.testing.assert_close(w.sum(-1), torch.ones(2, 3))
     assert torch.all(w[0, :, 3:] == 0)
@@ -48,8 +48,8 @@ def test_source_padding_leaves_outputs_unchanged(attention):
     src, tgt = torch.randint(1, V, (1, 5)), torch.randint(1, V, (1, 4))
     padded = torch.cat([src, torch.zeros(1, 3, dtype=torch.long)], dim=1)
     batch = torch.cat([padded, torch.randint(1, V, (1, 8))])  # a longer neighbour in the batch
-    out = model(batch, None, torch.cat([tgt, tgt]))
-    assert (out[:1] - model(src, None, tgt)).abs().max() <= 1e-5
+    out = model(batch, torch.cat([tgt, tgt]))
+    assert (out[:1] - model(src, tgt)).abs().max() <= 1e-5
 
 
 def test_baseline_sees_only_the_final_state():
@@ -75,9 +75,9 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match="at least one real token"):
         model.encode(torch.tensor([[0, 0], [1, 2]]))
     with pytest.raises(ValueError, match="tgt_in must be"):
-        model(torch.ones(2, 3, dtype=torch.long), None, torch.ones(3, 2, dtype=torch.long))
+        model(torch.ones(2, 3, dtype=torch.long), torch.ones(3, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="cell must be"):
         _model(cell="rnn")
     with pytest.raises(ValueError, match="needs a model built with attention"):
-        _model(attention=False)(torch.ones(1, 3, dtype=torch.long), None, torch.ones(1, 2, dtype=torch.long),
+        _model(attention=False)(torch.ones(1, 3, dtype=torch.long), torch.ones(1, 2, dtype=torch.long),
                                 return_weights=True)

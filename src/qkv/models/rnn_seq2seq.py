@@ -147,8 +147,8 @@ class RNNSeq2Seq(nn.Module):
     def forward(
         self,
         src: torch.Tensor,
-        src_mask: torch.Tensor | None,
         tgt_in: torch.Tensor,
+        src_mask: torch.Tensor | None = None,
         *,
         return_weights: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -156,8 +156,9 @@ class RNNSeq2Seq(nn.Module):
 
         Args:
             src: ``(B, S)`` source ids.
-            src_mask: ``(B, S)`` bool, True = real (None: ``src != pad_id``).
             tgt_in: ``(B, L)`` target ids shifted right (BOS first).
+            src_mask: ``(B, S)`` bool, True = real (None: ``src != pad_id``). The argument order is
+                :class:`~qkv.models.EncoderDecoderModel`'s, so either family is called the same way.
             return_weights: also return the alignment ``(B, L, S)`` (needs attention).
 
         Returns:

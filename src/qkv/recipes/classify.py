@@ -14,6 +14,7 @@ from qkv.data import LabelledDataset, make_loader, read_labelled, synthetic
 from qkv.data.labelled import text_batch
 from qkv.data.tokenizer_pair import train_tokenizer
 from qkv.recipes.config import Recipe, RecipeError
+from qkv.training.losses import classification_loss
 
 __all__ = ["ClassifyData", "build_data", "loss_fn", "predict", "predict_batches", "embed"]
 
@@ -54,9 +55,7 @@ def loader(recipe: Recipe, ds: LabelledDataset, *, shuffle: bool = True):
     return make_loader(ds, max_tokens=d.max_tokens, batch_size=d.batch_size, shuffle=shuffle, seed=d.seed)
 
 
-def loss_fn(model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
-    logits = model.classify(batch.ids, key_padding=batch.mask)  # (B, C)
-    return F.cross_entropy(logits.float(), batch.labels), batch.labels.numel()
+loss_fn = classification_loss
 
 
 @torch.no_grad()

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from qkv.data import PackedTextDataset, make_loader, read_text
 from qkv.data.tokenizer_pair import train_tokenizer
 from qkv.generation import generate
 from qkv.recipes.config import DecodeConfig, Recipe, RecipeError
+from qkv.training.losses import lm_loss
 
 __all__ = ["LMData", "build_data", "loss_fn", "sample_text"]
 
@@ -42,10 +42,7 @@ def build_data(recipe: Recipe) -> LMData:
     return LMData(tok, train, valid)
 
 
-def loss_fn(model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
-    logits = model(batch.input)  # (B, L, V)
-    loss = F.cross_entropy(logits.float().flatten(0, 1), batch.target.flatten())
-    return loss, batch.target.numel()
+loss_fn = lm_loss
 
 
 def loader(recipe: Recipe, ds: PackedTextDataset, *, shuffle: bool = True):

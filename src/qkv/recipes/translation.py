@@ -3,6 +3,7 @@ encoder-decoder, label-smoothed training, greedy/beam translation, exact match a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,9 +17,9 @@ from qkv.data.tokenizer_pair import TokenizerPair, train_tokenizer_pair
 from qkv.generation import translate
 from qkv.models.rnn_seq2seq import RNNSeq2Seq
 from qkv.recipes.config import DecodeConfig, Recipe, RecipeError
-from qkv.training import label_smoothed_cross_entropy
+from qkv.training.losses import seq2seq_loss
 
-__all__ = ["TranslationData", "build_data", "loss_fn", "translate_texts", "attention_maps", "teacher_forced"]
+__all__ = ["TranslationData", "build_data", "loss_fn", "translate_texts", "attention_maps"]
 
 Pairs = list[tuple[str, str]]
 
@@ -77,23 +78,9 @@ def loader(recipe: Recipe, ds: ParallelDataset, *, shuffle: bool = True):
     return make_loader(ds, max_tokens=d.max_tokens, batch_size=d.batch_size, shuffle=shuffle, seed=d.seed)
 
 
-def teacher_forced(model: nn.Module, batch: Any, *, return_weights: bool = False):
-    """Logits ``(B, L, V)`` of the target given the source, for either encoder-decoder family."""
-    if isinstance(model, RNNSeq2Seq):
-        return model(batch.src, batch.src_mask, batch.tgt_in, return_weights=return_weights)
-    return model(batch.src, batch.tgt_in, batch.src_mask, return_weights=return_weights)
-
-
 def loss_fn(smoothing: float, pad_id: int):
     """``(model, batch) -> (mean label-smoothed loss over real target tokens, number of them)``."""
-
-    def fn(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = teacher_forced(model, batch)
-        n = (batch.tgt_out != pad_id).sum()
-        loss = label_smoothed_cross_entropy(logits.float(), batch.tgt_out, smoothing=smoothing, ignore_index=pad_id)
-        return loss, n
-
-    return fn
+    return functools.partial(seq2seq_loss, smoothing=smoothing, pad_id=pad_id)
 
 
 def _decode_options(dec: DecodeConfig) -> dict[str, Any]:
@@ -141,7 +128,7 @@ def attention_maps(model: nn.Module, tokenizers: TokenizerPair, source: str, out
     tgt_in = torch.tensor([[tgt_tok.bos_id] + tgt_ids], device=device)
     batch = _OneBatch(src.to(device), mask.to(device), tgt_in)
     model.eval()
-    _, weights = teacher_forced(model, batch, return_weights=True)
+    _, weights = model(batch.src, batch.tgt_in, batch.src_mask, return_weights=True)
     labels = {
         "source_tokens": [_piece(src_tok, i) for i in src[0].tolist()],
         "output_tokens": [_piece(tgt_tok, i) for i in tgt_ids] + ["</s>"],

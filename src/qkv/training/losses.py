@@ -57,10 +57,7 @@ def seq2seq_loss(
     Returns:
         ``(mean loss over real target tokens, n_tokens)``.
     """
-    if isinstance(model, RNNSeq2Seq):
-        logits = model(batch.src, batch.src_mask, batch.tgt_in)  # (B, L, V)
-    else:
-        logits = model(batch.src, batch.tgt_in, batch.src_mask)  # (B, L, V)
+    logits = model(batch.src, batch.tgt_in, batch.src_mask)  # (B, L, V), either family
     return _mean(*label_smoothed_nll(logits, batch.tgt_out, smoothing=smoothing, ignore_index=pad_id))
 
 
