@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from qkv.generation import generate
 from qkv.interop.onnx_export import (
+    export_decoder_prefill_onnx,
     export_decoder_step,
     export_decoder_step_onnx,
     export_encoder,
@@ -86,27 +88,28 @@ def test_onnx_encoder_matches_pytorch(ort, tmp_path):
     assert (torch.from_numpy(got) - want)[mask].abs().max() <= 1e-4
 
 
-def test_onnx_decoder_steps_generate_the_same_greedy_ids(ort, tmp_path):
+def test_onnx_prefill_and_steps_generate_the_same_greedy_ids(ort, tmp_path):
+    """Generation on ONNX alone (prefill graph, then one step graph per token) == qkv generate; logits <= 1e-4."""
     model = _decoder()
-    session = ort.InferenceSession(str(export_decoder_step_onnx(model, tmp_path / "step.onnx")))
-    names = [i.name for i in session.get_inputs()]
+    prefill = ort.InferenceSession(str(export_decoder_prefill_onnx(model, tmp_path / "prefill.onnx")))
+    step = ort.InferenceSession(str(export_decoder_step_onnx(model, tmp_path / "step.onnx")))
+    names = [i.name for i in step.get_inputs()]
     assert names[0] == "ids" and len(names) == 1 + 2 * model.config.num_layers
     prompt = torch.randint(0, 41, (2, 5))
     want = generate(model, prompt, max_new_tokens=10)
-    logits, past = _prefill(model, prompt, 5)
-    past = [p.numpy() for p in past]
-    nxt = logits[:, -1].argmax(-1, keepdim=True).numpy()  # (B, 1)
-    got, worst = [nxt], 0.0
     ref_cache = model.new_cache(2, 24)
     with torch.no_grad():
-        model(prompt, cache=ref_cache)
+        ref = model(prompt, cache=ref_cache)
+    logits, *past = prefill.run(None, {"ids": prompt.numpy()})
+    worst = float(np.abs(logits - ref.numpy()).max())
+    nxt = logits[:, -1].argmax(-1)[:, None]  # (B, 1)
+    got = [nxt]
     for _ in range(9):
-        out = session.run(None, {"ids": nxt, **dict(zip(names[1:], past, strict=True))})
+        logits, *past = step.run(None, {"ids": nxt, **dict(zip(names[1:], past, strict=True))})
         with torch.no_grad():
             ref = model(torch.from_numpy(nxt), cache=ref_cache)
-        worst = max(worst, float(abs(out[0] - ref.numpy()).max()))
-        past = out[1:]
-        nxt = out[0][:, -1].argmax(-1)[:, None]
+        worst = max(worst, float(np.abs(logits - ref.numpy()).max()))
+        nxt = logits[:, -1].argmax(-1)[:, None]
         got.append(nxt)
     assert worst <= 1e-4
-    assert torch.equal(torch.from_numpy(__import__("numpy").concatenate(got, axis=1)), want)
+    assert torch.equal(torch.from_numpy(np.concatenate(got, axis=1)), want)

@@ -4,6 +4,7 @@ from qkv.interop.bart import OffsetLearnedPositional, PretrainedSeq2Seq, SplitSi
 from qkv.interop.embeddings import sentence_embeddings
 from qkv.interop.hub import FAMILIES, family_of, from_transformers, load_model, load_pretrained, save_pretrained
 from qkv.interop.onnx_export import (
+    export_decoder_prefill_onnx,
     export_decoder_step,
     export_decoder_step_onnx,
     export_encoder,
@@ -28,4 +29,5 @@ __all__ = [
     "export_decoder_step",
     "export_encoder_onnx",
     "export_decoder_step_onnx",
+    "export_decoder_prefill_onnx",
 ]

@@ -5,7 +5,8 @@ Notation: B batch, L length, P cached positions, H_kv key/value heads, E head di
 qkv's :class:`~qkv.modules.KVCache` is a preallocated buffer with a Python-int fill level: state that a
 graph cannot hold. For export, the cache becomes graph inputs and outputs: :class:`ConcatCache` holds
 the past keys/values ``(B, H_kv, P, E)`` of one layer and appends this step's, so one exported step maps
-``(ids (B, 1), past k/v per layer)`` to ``(logits (B, 1, V), present k/v (B, H_kv, P + 1, E) per layer)``.
+``(ids (B, 1), past k/v per layer)`` to ``(logits (B, 1, V), present k/v (B, H_kv, P + 1, E) per layer)``;
+a prefill graph turns the prompt into the first past, so generation can run on ONNX alone.
 The ONNX graphs are written by ``torch.onnx.export(..., dynamo=True)`` (needs ``onnx`` and ``onnxscript``).
 """
 
@@ -23,10 +24,12 @@ __all__ = [
     "ConcatCache",
     "EncoderGraph",
     "DecoderStepGraph",
+    "DecoderPrefillGraph",
     "export_encoder",
     "export_decoder_step",
     "export_encoder_onnx",
     "export_decoder_step_onnx",
+    "export_decoder_prefill_onnx",
 ]
 
 
@@ -88,6 +91,22 @@ class DecoderStepGraph(nn.Module):
         return (logits, *present)
 
 
+class DecoderPrefillGraph(nn.Module):
+    """The first call of a ``DecoderModel``: ``ids (B, L)`` -> ``(logits (B, L, V), present k_0, v_0, ...)``
+    with caches ``(B, H_kv, L, E)`` that :class:`DecoderStepGraph` continues from."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        cfg, p = self.model.config, self.model.embed.token.weight
+        empty = ids.new_zeros(ids.shape[0], cfg.num_kv_heads, 0, cfg.head_dim, dtype=p.dtype)  # (B, H_kv, 0, E)
+        caches = [ConcatCache(empty, empty) for _ in range(cfg.num_layers)]
+        logits = self.model(ids, cache=caches)  # (B, L, V)
+        return (logits, *(t for c in caches for t in (c.k, c.v)))
+
+
 def _encoder_inputs(model: nn.Module, batch: int, length: int):
     ids = torch.randint(0, model.config.vocab_size, (batch, length))
     mask = torch.ones(batch, length, dtype=torch.bool)
@@ -128,6 +147,20 @@ def _names(model: nn.Module, kind: str) -> list[str]:
     return [f"{kind}_{t}_{i}" for i in range(model.config.num_layers) for t in ("k", "v")]
 
 
+def export_decoder_prefill_onnx(model: nn.Module, path: str | Path, *, opset: int = 18) -> Path:
+    """Write the prompt pass as ONNX: input ``ids (B, L)``, outputs ``logits (B, L, V)`` and
+    ``present_k_i, present_v_i (B, H_kv, L, E)``: the past of :func:`export_decoder_step_onnx`."""
+    path = Path(path)
+    graph = DecoderPrefillGraph(model.eval()).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 5))
+    dims = ({0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("length", min=1, max=model.config.max_len)},)
+    with _quiet():
+        torch.onnx.export(graph, (ids,), str(path), dynamo=True, opset_version=opset, input_names=["ids"],
+                          output_names=["logits", *_names(model, "present")], dynamic_shapes=dims, optimize=True,
+                          verbose=False)
+    return path
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence the exporter's notes that dynamic axes shared by several inputs keep one name (expected)."""
@@ -153,8 +186,8 @@ def export_encoder_onnx(model: nn.Module, path: str | Path, *, opset: int = 18) 
 def export_decoder_step_onnx(model: nn.Module, path: str | Path, *, opset: int = 18) -> Path:
     """Write one cached decoder step as ONNX.
 
-    Inputs ``ids (B, 1)``, ``past_k_i, past_v_i (B, H_kv, P, E)`` per layer (``P >= 1``: prefill the
-    prompt with PyTorch or with this graph fed one token at a time); outputs ``logits (B, 1, V)`` and
+    Inputs ``ids (B, 1)``, ``past_k_i, past_v_i (B, H_kv, P, E)`` per layer (``P >= 1``: the first
+    past comes from :func:`export_decoder_prefill_onnx`'s graph, or from PyTorch); outputs ``logits (B, 1, V)`` and
     ``present_k_i, present_v_i (B, H_kv, P + 1, E)``.
     """
     path = Path(path)
