@@ -7,14 +7,17 @@ import pytest
 import torch
 
 from qkv.generation import generate
+from qkv.interop import load_pretrained
 from qkv.interop.onnx_export import (
     export_decoder_prefill_onnx,
     export_decoder_step,
     export_decoder_step_onnx,
     export_encoder,
     export_encoder_onnx,
+    export_seq2seq_onnx,
 )
 from qkv.models import DecoderConfig, DecoderModel, EncoderConfig, EncoderModel
+from tests.interop import hf_builders
 
 
 def _encoder() -> EncoderModel:
@@ -113,3 +116,36 @@ def test_onnx_prefill_and_steps_generate_the_same_greedy_ids(ort, tmp_path):
         got.append(nxt)
     assert worst <= 1e-4
     assert torch.equal(torch.from_numpy(np.concatenate(got, axis=1)), want)
+
+
+def test_onnx_seq2seq_greedy_equals_uncached_pytorch(ort, tmp_path):
+    """BART's encoder + first + step graphs on onnxruntime == qkv's uncached decode (ids equal, logits <= 1e-4).
+
+    (BART: offset learned positions and embedding LayerNorm; Marian exports the same way, ~10 s more.)
+    """
+    transformers = pytest.importorskip("transformers")
+    folder, _ = hf_builders.bart(transformers, tmp_path / "hf")
+    model, _ = load_pretrained(folder)
+    sessions = {k: ort.InferenceSession(str(p)) for k, p in export_seq2seq_onnx(model, tmp_path / "onnx").items()}
+    src = torch.randint(3, 59, (3, 9))
+    src_mask = torch.ones(3, 9, dtype=torch.bool)
+    src_mask[1, 5:] = False
+    (memory,) = sessions["encoder"].run(None, {"src": src.numpy(), "src_mask": src_mask.numpy()})
+    with torch.no_grad():
+        ref_memory = model.encode(src, src_mask)
+    assert np.abs(memory - ref_memory.numpy()).max() <= 1e-4
+    tgt = torch.full((3, 1), model.bos_id)
+    feeds = {"ids": tgt.numpy(), "memory": memory, "src_mask": src_mask.numpy()}
+    logits, *past = sessions["decoder_first"].run(None, feeds)
+    step_names = [i.name for i in sessions["decoder_step"].get_inputs()][3:]
+    worst = 0.0
+    for _ in range(8):
+        with torch.no_grad():
+            ref = model.decode(tgt, ref_memory, src_mask)[:, -1]  # uncached reference
+        worst = max(worst, float(np.abs(logits[:, -1] - ref.numpy()).max()))
+        nxt = logits[:, -1].argmax(-1)[:, None]
+        assert torch.equal(torch.from_numpy(nxt)[:, 0], ref.argmax(-1))
+        tgt = torch.cat([tgt, torch.from_numpy(nxt)], dim=1)
+        feeds = {"ids": nxt, "memory": memory, "src_mask": src_mask.numpy(), **dict(zip(step_names, past, strict=True))}
+        logits, *past = sessions["decoder_step"].run(None, feeds)
+    assert worst <= 1e-4

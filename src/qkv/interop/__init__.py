@@ -9,6 +9,7 @@ from qkv.interop.onnx_export import (
     export_decoder_step_onnx,
     export_encoder,
     export_encoder_onnx,
+    export_seq2seq_onnx,
 )
 from qkv.interop.tokenizer import PretrainedTokenizer, TokenBatch
 
@@ -30,4 +31,5 @@ __all__ = [
     "export_encoder_onnx",
     "export_decoder_step_onnx",
     "export_decoder_prefill_onnx",
+    "export_seq2seq_onnx",
 ]

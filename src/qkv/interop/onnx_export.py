@@ -20,11 +20,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qkv.modules.blocks import LayerCache
+
 __all__ = [
     "ConcatCache",
     "EncoderGraph",
     "DecoderStepGraph",
     "DecoderPrefillGraph",
+    "Seq2SeqEncoderGraph",
+    "Seq2SeqDecodeGraph",
+    "export_seq2seq_onnx",
     "export_encoder",
     "export_decoder_step",
     "export_encoder_onnx",
@@ -107,6 +112,39 @@ class DecoderPrefillGraph(nn.Module):
         return (logits, *(t for c in caches for t in (c.k, c.v)))
 
 
+class Seq2SeqEncoderGraph(nn.Module):
+    """``(src (B, S), src_mask (B, S) bool) -> memory (B, S, D)`` of an ``EncoderDecoderModel``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, src: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(src, src_mask)
+
+
+class Seq2SeqDecodeGraph(nn.Module):
+    """Decoder calls of an ``EncoderDecoderModel`` with the self-attention cache as tensors.
+
+    ``(ids (B, L), memory (B, S, D), src_mask (B, S), *past)`` -> ``(logits (B, L, V), *present)``, with
+    past/present ``(B, H_kv, P, E)`` per layer (k, v). ``first=True`` takes no past (the BOS call).
+    Cross-attention keys/values are recomputed from ``memory`` at each call (a graph input, not state).
+    """
+
+    def __init__(self, model: nn.Module, *, first: bool) -> None:
+        super().__init__()
+        self.model, self.first = model, first
+
+    def forward(self, ids, memory, src_mask, *past):
+        cfg = self.model.config
+        if self.first:
+            empty = memory.new_zeros(ids.shape[0], cfg.num_kv_heads, 0, cfg.head_dim)  # (B, H_kv, 0, E)
+            past = (empty,) * (2 * cfg.num_decoder_layers)
+        caches = [LayerCache(ConcatCache(past[2 * i], past[2 * i + 1])) for i in range(cfg.num_decoder_layers)]
+        logits = self.model.decode(ids, memory, src_mask, cache=caches)  # (B, L, V)
+        return (logits, *(t for c in caches for t in (c.self_attn.k, c.self_attn.v)))
+
+
 def _encoder_inputs(model: nn.Module, batch: int, length: int):
     ids = torch.randint(0, model.config.vocab_size, (batch, length))
     mask = torch.ones(batch, length, dtype=torch.bool)
@@ -159,6 +197,50 @@ def export_decoder_prefill_onnx(model: nn.Module, path: str | Path, *, opset: in
                           output_names=["logits", *_names(model, "present")], dynamic_shapes=dims, optimize=True,
                           verbose=False)
     return path
+
+
+def export_seq2seq_onnx(model: nn.Module, folder: str | Path, *, opset: int = 18) -> dict[str, Path]:
+    """Write an ``EncoderDecoderModel`` as three ONNX graphs in ``folder``.
+
+    ``encoder.onnx``: ``src, src_mask (B, S)`` -> ``memory (B, S, D)``; ``decoder_first.onnx``:
+    ``ids (B, L), memory, src_mask`` -> ``logits (B, L, V)``, ``present_k_i, present_v_i``;
+    ``decoder_step.onnx``: the same plus ``past_k_i, past_v_i (B, H_kv, P, E)``, ``P >= 1``.
+
+    Returns:
+        ``{"encoder": path, "decoder_first": path, "decoder_step": path}``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model, cfg = model.eval(), model.config
+    B, S = torch.export.Dim("batch", min=1), torch.export.Dim("src_len", min=2, max=cfg.max_len)
+    L, P = torch.export.Dim("length", min=1, max=cfg.max_len), torch.export.Dim("past", min=1, max=cfg.max_len - 1)
+    src = torch.randint(0, cfg.src_vocab_size, (2, 7))
+    src_mask = torch.ones(2, 7, dtype=torch.bool)
+    src_mask[1, 4:] = False
+    with torch.no_grad():
+        memory = model.encode(src, src_mask)
+    past = [torch.randn(2, cfg.num_kv_heads, 3, cfg.head_dim) for _ in range(2 * cfg.num_decoder_layers)]
+    names = [f"{t}_{i}" for i in range(cfg.num_decoder_layers) for t in ("k", "v")]
+    shared = ({0: B, 1: S}, {0: B, 1: S})  # memory, src_mask
+    jobs = {
+        "encoder": (Seq2SeqEncoderGraph(model), (src, src_mask), ({0: B, 1: S}, {0: B, 1: S}),
+                    ["src", "src_mask"], ["memory"]),
+        "decoder_first": (Seq2SeqDecodeGraph(model, first=True), (src[:, :2], memory, src_mask),
+                          ({0: B, 1: L}, *shared), ["ids", "memory", "src_mask"],
+                          ["logits", *(f"present_{n}" for n in names)]),
+        "decoder_step": (Seq2SeqDecodeGraph(model, first=False), (src[:, :1], memory, src_mask, *past),
+                         ({0: B}, *shared, tuple({0: B, 2: P} for _ in past)),
+                         ["ids", "memory", "src_mask", *(f"past_{n}" for n in names)],
+                         ["logits", *(f"present_{n}" for n in names)]),
+    }
+    paths = {}
+    for name, (graph, args, dims, inputs, outputs) in jobs.items():
+        paths[name] = folder / f"{name}.onnx"
+        with _quiet():
+            torch.onnx.export(graph.eval(), args, str(paths[name]), dynamo=True, opset_version=opset,
+                              input_names=inputs, output_names=list(outputs), dynamic_shapes=dims, optimize=True,
+                              verbose=False)
+    return paths
 
 
 @contextlib.contextmanager
