@@ -149,3 +149,22 @@ def test_bad_input_names_argument_and_value():
         chunked_attention(q, torch.randn(2, 3, 53, 8), torch.randn(2, 3, 53, 8))
     with pytest.raises(ValueError, match=r"layout must be bool of shape"):
         chunked_attention(q, k, v, block_q=8, block_k=8, layout=torch.ones(2, 2, dtype=torch.bool))
+
+
+def test_dispatcher_takes_the_chunked_path_for_long_bf16(monkeypatch):
+    """scaled_dot_product_attention routes bf16 at L, S >= 1024 (measured faster) to chunked_attention."""
+    import qkv.functional.attention as attention
+
+    calls = []
+    real = attention.chunked_attention
+    monkeypatch.setattr(attention, "chunked_attention", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    q, k, v = (torch.randn(1, 2, 1024, 16, dtype=torch.bfloat16) for _ in range(3))
+    mask = torch.rand(1, 1, 1024, 1024) > 0.1
+    out = attention.scaled_dot_product_attention(q, k, v, mask=mask, causal=True)
+    assert len(calls) == 1 and calls[0]["causal"] and calls[0]["mask"] is mask
+    torch.testing.assert_close(out.float(), fused(q.float(), k.float(), v.float(), mask & causal_mask(1024)),
+                               atol=2e-2, rtol=2e-2)
+    attention.scaled_dot_product_attention(q[:, :, :512], k, v)  # short queries: torch's kernel
+    attention.scaled_dot_product_attention(q.float(), k.float(), v.float())  # fp32: torch's kernel
+    attention.scaled_dot_product_attention(q, k, v, dropout_p=0.1)  # dropout: torch's kernel
+    assert len(calls) == 1

@@ -21,6 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from qkv.functional.chunked import chunked_attention
 from qkv.functional.masks import causal_mask, check_broadcast
 
 __all__ = ["scaled_dot_product_attention", "attention_math", "masked_softmax", "attention_weights"]
@@ -148,8 +149,23 @@ def attention_math(
     return _weighted_values(p.to(v.dtype), v), w
 
 
+# Where qkv's memory-efficient kernel (functional.chunked) beats torch's fused one on CPU, measured by
+# benchmarks/long_context.py (--only dispatch / speedups; torch 2.13, 2-core AVX512-BF16 EPYC): bfloat16
+# with L, S >= 1024 (its bf16 matmuls; torch's bf16 kernel is slow here): forward x1.4-1.9, fwd+bwd x1.1-2.2
+# on one core. Not taken: float32 with a bias or a mask (chunked x0.6-1.0: torch's fp32 kernel is fast),
+# bf16 below 1024 (x0.6-0.7), dropout (chunked has none), other devices (not measured).
+_CHUNKED_MIN_LEN = 1024
+
+
+def _chunked_is_faster(q: torch.Tensor, k: torch.Tensor, dropout_p: float) -> bool:
+    return (dropout_p == 0.0 and q.device.type == "cpu" and q.dtype == torch.bfloat16
+            and min(q.shape[2], k.shape[2]) >= _CHUNKED_MIN_LEN)
+
+
 def _fused(q, k, v, mask, bias, causal, dropout_p, scale, H_kv) -> torch.Tensor:
     """torch's fused kernel, with fully masked rows forced to zero whatever the backend does."""
+    if _chunked_is_faster(q, k, dropout_p):
+        return chunked_attention(q, k, v, mask=mask, bias=bias, causal=causal, scale=scale)
     B, H, L, _ = q.shape
     S = k.shape[2]
     if causal and L == S and mask is None and bias is None:
@@ -206,7 +222,9 @@ def scaled_dot_product_attention(
     Returns:
         ``out (B, H, L, Ev)``, or ``(out, weights)`` when ``return_weights``.
 
-    Without weights the output always comes from torch's fused kernel. With weights and autograd
+    Without weights the output comes from torch's fused kernel, except for CPU bfloat16 with
+    L, S >= 1024 and no dropout, where :func:`qkv.functional.chunked.chunked_attention` was measured
+    faster and is used instead (see ``_chunked_is_faster``). With weights and autograd
     recording, the output still comes from the fused kernel (its backward is the fast one) and the
     weights from one extra ``Q K^T`` + softmax, which measured faster than the all-math path that
     ``nn.MultiheadAttention(need_weights=True)`` takes; under ``no_grad`` (or with dropout) the math
