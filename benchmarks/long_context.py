@@ -235,7 +235,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
     ax_t.legend(fontsize=8)
-    fig.suptitle("B=1, H=8, E=64, fp32, CPU (2 shared cores)")
+    fig.suptitle(f"B=1, H=8, E=64, fp32, forward; {torch.get_num_threads()} torch thread(s) on a shared 2-core CPU")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
