@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: learn dates -> ISO dates, show accuracy and attention")
     p.add_argument("--rnn", action="store_true", help="the RNN encoder-decoder with additive attention instead")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 1500)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 1000)")
     p.add_argument("--time-limit", type=float, default=300.0, help="stop training after this many seconds")
     p.add_argument("--n-train", type=int, default=40000, help="generated training pairs")
     p.add_argument("--n-test", type=int, default=1000, help="held-out test pairs")

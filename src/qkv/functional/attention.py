@@ -185,10 +185,10 @@ def _fused(q, k, v, mask, bias, causal, dropout_p, scale, H_kv) -> torch.Tensor:
 
 
 def _sdpa(q, k, v, attn, is_causal, dropout_p, scale, H_kv) -> torch.Tensor:
-    if H_kv != q.shape[1]:
-        g = q.shape[1] // H_kv
-        k = k.repeat_interleave(g, dim=1)  # (B, H, S, E)
-        v = v.repeat_interleave(g, dim=1)  # (B, H, S, Ev)
+    B, H = q.shape[:2]
+    if H_kv != H:  # each kv head serves H / H_kv query heads (expand + reshape: exportable, unlike repeat_interleave)
+        k = k[:, :, None].expand(B, H_kv, H // H_kv, *k.shape[2:]).reshape(B, H, *k.shape[2:])  # (B, H, S, E)
+        v = v[:, :, None].expand(B, H_kv, H // H_kv, *v.shape[2:]).reshape(B, H, *v.shape[2:])  # (B, H, S, Ev)
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=attn, dropout_p=dropout_p, is_causal=is_causal, scale=scale
     )

@@ -135,6 +135,7 @@ class LearnedPositionalEmbedding(_AbsolutePositional):
         super().__init__()
         self.max_len, self.d_model = max_len, d_model
         self.embed = nn.Embedding(max_len, d_model)
+        nn.init.normal_(self.embed.weight, 0.0, 0.02)  # GPT-2/BERT init; N(0, 1) drowns the token embeddings
 
     def _lookup(self, positions: torch.Tensor) -> torch.Tensor:
         return self.embed(positions)

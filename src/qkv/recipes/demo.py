@@ -36,10 +36,10 @@ def demo_recipe(*, rnn: bool = False, out_dir: str | None = None, steps: int | N
     """The demo's recipe; ``steps``/``n_train`` shrink it for a quick run."""
     if rnn:
         model, options, lr, default_steps = "rnn-attention-small", {"embed_dim": 64, "hidden_size": 128,
-                                                                    "dropout": 0.0}, 3e-3, 1500
+                                                                    "dropout": 0.0}, 3e-3, 1000
     else:
         model, options, lr, default_steps = "transformer-tiny", {"d_model": 128, "d_ff": 512, "num_heads": 4,
-                                                                 "share_embeddings": True}, 2e-3, 1500
+                                                                 "share_embeddings": True}, 2e-3, 1000
     steps = default_steps if steps is None else steps
     return Recipe(
         task="translation",
@@ -49,7 +49,8 @@ def demo_recipe(*, rnn: bool = False, out_dir: str | None = None, steps: int | N
                         seed=seed),
         train=TrainConfig(steps=steps, lr=lr, warmup=min(100, steps // 10), schedule="cosine", min_lr_ratio=0.05,
                           weight_decay=0.01, eval_every=max(steps // 4, 1), log_every=10, seed=seed,
-                          keep_last=1, time_limit=time_limit, monitor="exact_match", mode="max"),
+                          keep_last=1, time_limit=time_limit, monitor="exact_match", mode="max",
+                          precision="bf16", attention_backend="math"),
         decode=DecodeConfig(strategy="greedy", max_len=12),
         out_dir=out_dir or ("runs/demo-rnn" if rnn else "runs/demo"),
     )
