@@ -205,6 +205,19 @@ def dispatch_cases(lengths: list[int], repeats: int) -> list[dict]:
     return rows
 
 
+def scaling(repeats: int, short: int = 8192, long: int = 32768) -> list[dict]:
+    """t(32k) / t(8k) for the linear-time methods, both lengths timed interleaved (fp32 forward)."""
+    rows = []
+    inputs = {L: _inputs(Case("scaling", L)) for L in (short, long)}
+    with torch.no_grad():
+        for m in ("sliding_window", "bigbird", "linear", "performer"):
+            t = best_times({L: partial(METHODS[m], *inputs[L]) for L in (short, long)}, repeats)
+            rows.append({"method": m, "t_short": t[short], "t_long": t[long], "ratio": t[long] / t[short],
+                         "short": short, "long": long})
+            print(f"  scaling {m:15s} t({long})/t({short}) = {t[long] / t[short]:.2f} (linear: 4)", flush=True)
+    return rows
+
+
 def crossovers(rows: list[dict]) -> dict[str, int | None]:
     """Smallest L from which each approximate method is faster than the fused exact kernel."""
     fused = {r["L"]: r["seconds"] for r in rows if r["method"] == "fused"}
@@ -246,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="small L only (smoke run)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--only", choices=["dispatch", "speedups"], default=None, help="run one section only")
+    p.add_argument("--only", choices=["dispatch", "speedups", "scaling"], default=None, help="run one section only")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -257,6 +270,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.only is not None:
         if args.only == "dispatch":
             res["dispatch"] = dispatch_cases([256, 512, 1024, 2048], args.repeats)
+        elif args.only == "scaling":
+            res["scaling"] = scaling(args.repeats)
         else:
             res["bf16"] = bf16_speedup([1024, 2048, 4096], args.repeats)
             res["masks"] = mask_speedup(2048, args.repeats)
@@ -267,6 +282,8 @@ def main(argv: list[str] | None = None) -> dict:
     res["masks"] = mask_speedup(1024 if args.quick else 2048, args.repeats)
     res["sweep"] = sweep(lengths, args.repeats)
     res["crossover_L"] = crossovers(res["sweep"])
+    if not args.quick:
+        res["scaling"] = scaling(args.repeats)
     print("  crossover L (approximate faster than fused from here on):", res["crossover_L"], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "long_context.json").write_text(json.dumps(res, indent=1))
