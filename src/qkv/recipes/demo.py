@@ -50,7 +50,7 @@ def demo_recipe(*, rnn: bool = False, out_dir: str | None = None, steps: int | N
         train=TrainConfig(steps=steps, lr=lr, warmup=min(100, steps // 10), schedule="cosine", min_lr_ratio=0.05,
                           weight_decay=0.01, eval_every=max(steps // 4, 1), log_every=10, seed=seed,
                           keep_last=1, time_limit=time_limit, monitor="exact_match", mode="max",
-                          precision="bf16", attention_backend="math"),
+                          precision="fp32" if rnn else "bf16", attention_backend=None if rnn else "math"),
         decode=DecodeConfig(strategy="greedy", max_len=12),
         out_dir=out_dir or ("runs/demo-rnn" if rnn else "runs/demo"),
     )
