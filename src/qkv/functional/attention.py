@@ -151,9 +151,11 @@ def attention_math(
 
 # Where qkv's memory-efficient kernel (functional.chunked) beats torch's fused one on CPU, measured by
 # benchmarks/long_context.py (--only dispatch / speedups; torch 2.13, 2-core AVX512-BF16 EPYC): bfloat16
-# with L, S >= 1024 (its bf16 matmuls; torch's bf16 kernel is slow here): forward x1.4-1.9, fwd+bwd x1.1-2.2
-# on one core. Not taken: float32 with a bias or a mask (chunked x0.6-1.0: torch's fp32 kernel is fast),
-# bf16 below 1024 (x0.6-0.7), dropout (chunked has none), other devices (not measured).
+# with L, S >= 1024 (its bf16 matmuls; torch's bf16 kernel is slow here): forward x1.2-1.9, fwd+bwd x1.1-1.5
+# with 1 thread, and with 2 threads while the machine is quiet; with 2 threads on an oversubscribed machine
+# (load 8+) it lost (x0.3-0.9: its many small parallel regions wait on descheduled threads). Not taken:
+# float32 with a bias or a mask (x0.6-1.0: torch's fp32 kernel is fast), bf16 below 1024 (x0.6-0.7),
+# dropout (chunked has none), other devices (not measured).
 _CHUNKED_MIN_LEN = 1024
 
 
