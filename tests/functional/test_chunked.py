@@ -152,9 +152,12 @@ def test_bad_input_names_argument_and_value():
 
 
 def test_dispatcher_takes_the_chunked_path_for_long_bf16(monkeypatch):
-    """scaled_dot_product_attention routes bf16 at L, S >= 1024 (measured faster) to chunked_attention."""
+    """scaled_dot_product_attention routes single-threaded bf16 at L, S >= 1024 (measured faster) to
+    chunked_attention, and nothing else."""
     import qkv.functional.attention as attention
 
+    threads = [1]
+    monkeypatch.setattr(attention.torch, "get_num_threads", lambda: threads[0])
     calls = []
     real = attention.chunked_attention
     monkeypatch.setattr(attention, "chunked_attention", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
@@ -167,4 +170,6 @@ def test_dispatcher_takes_the_chunked_path_for_long_bf16(monkeypatch):
     attention.scaled_dot_product_attention(q[:, :, :512], k, v)  # short queries: torch's kernel
     attention.scaled_dot_product_attention(q.float(), k.float(), v.float())  # fp32: torch's kernel
     attention.scaled_dot_product_attention(q, k, v, dropout_p=0.1)  # dropout: torch's kernel
+    threads[0] = 2
+    attention.scaled_dot_product_attention(q, k, v)  # several threads: torch's kernel
     assert len(calls) == 1

@@ -151,17 +151,17 @@ def attention_math(
 
 # Where qkv's memory-efficient kernel (functional.chunked) beats torch's fused one on CPU, measured by
 # benchmarks/long_context.py (--only dispatch / speedups; torch 2.13, 2-core AVX512-BF16 EPYC): bfloat16
-# with L, S >= 1024 (its bf16 matmuls; torch's bf16 kernel is slow here): forward x1.2-1.9, fwd+bwd x1.1-1.5
-# with 1 thread, and with 2 threads while the machine is quiet; with 2 threads on an oversubscribed machine
-# (load 8+) it lost (x0.3-0.9: its many small parallel regions wait on descheduled threads). Not taken:
-# float32 with a bias or a mask (x0.6-1.0: torch's fp32 kernel is fast), bf16 below 1024 (x0.6-0.7),
-# dropout (chunked has none), other devices (not measured).
+# with L, S >= 1024 on one thread (its bf16 matmuls; torch's bf16 kernel is slow here): forward x1.2-1.9,
+# fwd+bwd x0.9-1.5 in every run. With 2 threads it ranged x0.2-1.9 from run to run on this shared machine
+# (its many small parallel regions wait on descheduled threads; torch's kernel is one region), so there
+# torch's kernel stays. Not taken either: float32 with a bias or a mask (x0.6-1.0: torch's fp32 kernel is
+# fast), bf16 below 1024 (x0.6-0.7), dropout (chunked has none), other devices (not measured).
 _CHUNKED_MIN_LEN = 1024
 
 
 def _chunked_is_faster(q: torch.Tensor, k: torch.Tensor, dropout_p: float) -> bool:
     return (dropout_p == 0.0 and q.device.type == "cpu" and q.dtype == torch.bfloat16
-            and min(q.shape[2], k.shape[2]) >= _CHUNKED_MIN_LEN)
+            and min(q.shape[2], k.shape[2]) >= _CHUNKED_MIN_LEN and torch.get_num_threads() == 1)
 
 
 def _fused(q, k, v, mask, bias, causal, dropout_p, scale, H_kv) -> torch.Tensor:
@@ -224,8 +224,8 @@ def scaled_dot_product_attention(
     Returns:
         ``out (B, H, L, Ev)``, or ``(out, weights)`` when ``return_weights``.
 
-    Without weights the output comes from torch's fused kernel, except for CPU bfloat16 with
-    L, S >= 1024 and no dropout, where :func:`qkv.functional.chunked.chunked_attention` was measured
+    Without weights the output comes from torch's fused kernel, except for single-threaded CPU
+    bfloat16 with L, S >= 1024 and no dropout, where :func:`qkv.functional.chunked.chunked_attention` was measured
     faster and is used instead (see ``_chunked_is_faster``). With weights and autograd
     recording, the output still comes from the fused kernel (its backward is the fast one) and the
     weights from one extra ``Q K^T`` + softmax, which measured faster than the all-math path that
