@@ -5,7 +5,7 @@ on this CPU, for a small GPT (4 layers, d 128, 4 heads, vocab 65) and the GPT-2-
 d 768, 12 heads, vocab 50257; random init, no download), prompt 16, 200 new tokens, batch 1 and 8?
 (2) does the cost of a token stay flat with position (ms/token at ~1000 <= 1.5x ms/token at ~50)?
 
-Both models are built from one random ``GPT2Config`` (qkv's through ``decoder_from_gpt2``), greedy outputs
+Both models are built from one random ``GPT2Config`` (qkv's through ``qkv.interop.from_transformers``), greedy outputs
 are compared before timing, and qkv/HF runs alternate (``time_interleaved``) so shared-CPU load hits
 both alike; speed-ups are reported on process CPU time (steady under shared load) and wall time. Run: ``python benchmarks/generation.py [--quick] [--threads N]``; writes
 benchmarks/results/generation.json.
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json  # noqa: E402
 
 from qkv.generation import DecoderStepper, generate  # noqa: E402
-from qkv.models.hf_convert import decoder_from_gpt2  # noqa: E402
+from qkv.interop import from_transformers  # noqa: E402
 
 
 def interleaved_samples(fns: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
@@ -71,7 +71,7 @@ def build(case: Case, n_positions: int = 1100):
         n_head=case.heads, bos_token_id=None, eos_token_id=None, pad_token_id=0,
     )
     hf = transformers.GPT2LMHeadModel(cfg).eval()
-    return hf, decoder_from_gpt2(hf).eval()
+    return hf, from_transformers(hf).eval()
 
 
 def run_case(case: Case, repeats: int) -> dict:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qkv.generation import generate
-from qkv.models.hf_convert import decoder_from_gpt2
+from qkv.interop import from_transformers
 
 transformers = pytest.importorskip("transformers")
 
@@ -25,7 +25,7 @@ def pair():
                 p.mul_(0.3)
             elif p.dim() == 2:
                 p.mul_(4.0)
-    return hf, decoder_from_gpt2(hf).eval()
+    return hf, from_transformers(hf).eval()
 
 
 def _hf(hf, ids, n, **kw):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qkv.models.hf_convert import decoder_from_gpt2, encoder_from_bert
+from qkv.interop import from_transformers
 
 transformers = pytest.importorskip("transformers")
 
@@ -38,7 +38,7 @@ def _bert():
 
 def test_decoder_matches_gpt2_logits():
     hf = _gpt2()
-    ours = decoder_from_gpt2(hf).eval()
+    ours = from_transformers(hf).eval()
     ids = torch.randint(0, 53, (3, 24))
     with torch.no_grad():
         want = hf(ids).logits
@@ -49,7 +49,7 @@ def test_decoder_matches_gpt2_logits():
 def test_gpt2_parity_is_sensitive_to_the_activation():
     """The tolerance separates gelu_new (tanh) from exact GELU at these weight scales."""
     hf = _gpt2()
-    ours = decoder_from_gpt2(hf).eval()
+    ours = from_transformers(hf).eval()
     for layer in ours.decoder.layers:
         layer.ff.act = torch.nn.functional.gelu
     ids = torch.randint(0, 53, (3, 24))
@@ -59,7 +59,7 @@ def test_gpt2_parity_is_sensitive_to_the_activation():
 
 def test_decoder_matches_gpt2_with_cache_and_weights():
     hf = _gpt2()
-    ours = decoder_from_gpt2(hf).eval()
+    ours = from_transformers(hf).eval()
     ids = torch.randint(0, 53, (2, 10))
     with torch.no_grad():
         want = hf(ids, output_attentions=True)
@@ -72,7 +72,7 @@ def test_decoder_matches_gpt2_with_cache_and_weights():
 
 def test_encoder_matches_bert_hidden_states():
     hf = _bert()
-    ours = encoder_from_bert(hf).eval()
+    ours = from_transformers(hf).eval()
     ids = torch.randint(1, 57, (3, 20))
     segments = torch.randint(0, 2, (3, 20))
     real = torch.ones(3, 20, dtype=torch.bool)
