@@ -51,17 +51,31 @@ def loader(recipe: Recipe, ds: PackedTextDataset, *, shuffle: bool = True):
 
 def sample_text(model: nn.Module, tokenizer: Any, prompt: str, dec: DecodeConfig, *, max_new_tokens: int,
                 seed: int = 0, on_text: Callable[[str], None] | None = None) -> str:
-    """Continue ``prompt``; ``on_text`` receives each new piece of text as it is produced (streaming)."""
-    ids = tokenizer.encode(prompt) or [tokenizer.bos_id]
-    x = torch.tensor([ids], device=next(model.parameters()).device)
+    """Continue ``prompt``; ``on_text`` receives each new piece of text as it is produced (streaming).
+
+    Past the model's context (``config.max_len``) generation goes on in chunks over a sliding window: the
+    last half context of text is the prompt of the next chunk.
+    """
+    device = next(model.parameters()).device
     model.eval()
     opts: dict[str, Any] = {"strategy": dec.strategy}
     if dec.strategy == "sample":
         opts.update(temperature=dec.temperature, top_k=dec.top_k, top_p=dec.top_p,
-                    generator=torch.Generator(device=x.device).manual_seed(seed))
+                    generator=torch.Generator(device=device).manual_seed(seed))
     callback = None
     if on_text is not None:
         def callback(step: Any) -> None:
             on_text(tokenizer.decode([int(step.tokens[0])]))
-    out = generate(model, x, max_new_tokens=max_new_tokens, on_token=callback, **opts)
-    return prompt + tokenizer.decode(out[0].tolist())
+    context = model.config.max_len
+    ids = tokenizer.encode(prompt) or [tokenizer.bos_id]
+    new: list[int] = []
+    while len(new) < max_new_tokens:
+        history = ids + new
+        window = history[-(context // 2):] if len(history) >= context else history
+        n = min(max_new_tokens - len(new), context - len(window))
+        chunk = generate(model, torch.tensor([window], device=device), max_new_tokens=n, on_token=callback,
+                         **opts)[0].tolist()
+        if not chunk:
+            break
+        new += chunk
+    return prompt + tokenizer.decode(new)
