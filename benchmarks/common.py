@@ -16,18 +16,32 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], *, repeats: int = 5, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, run round-robin so load changes hit all alike."""
+def interleaved_samples(
+    fns: dict[str, Callable[[], object]], repeats: int, *, warmup: int = 0
+) -> dict[str, dict[str, list[float]]]:
+    """Wall and process-CPU seconds per call of each function, ``repeats`` rounds run round-robin.
+
+    Round-robin order makes load from other processes hit every function alike. On a shared CPU the wall
+    clock also counts time spent descheduled; with one torch thread the process CPU time counts only the
+    work done, so its ratio is the steadier one.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
+    samples: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            w0, c0 = time.perf_counter(), time.process_time()
             fn()
-            samples[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(s) for name, s in samples.items()}
+            samples[name]["cpu"].append(time.process_time() - c0)
+            samples[name]["wall"].append(time.perf_counter() - w0)
+    return samples
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], *, repeats: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Median wall seconds per call of each function, run round-robin after ``warmup`` calls each."""
+    samples = interleaved_samples(fns, repeats, warmup=warmup)
+    return {name: statistics.median(s["wall"]) for name, s in samples.items()}
 
 
 def machine() -> dict[str, object]:

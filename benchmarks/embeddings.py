@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_json  # noqa: E402
+from common import interleaved_samples, write_json  # noqa: E402
 
 from qkv.interop import load_pretrained, sentence_embeddings  # noqa: E402
 
@@ -73,22 +73,10 @@ def reference(folder: Path):
 
 
 def interleaved(fns: dict, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Median wall and process-CPU seconds per call, functions run round-robin after one warm-up each.
-
-    On a shared CPU the wall clock also counts time spent descheduled; with one torch thread the
-    process CPU time counts only the work done, so its ratio is the steadier one.
-    """
-    for fn in fns.values():
-        fn()
-    wall: dict[str, list[float]] = {n: [] for n in fns}
-    cpu: dict[str, list[float]] = {n: [] for n in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            w, c = time.perf_counter(), time.process_time()
-            fn()
-            wall[name].append(time.perf_counter() - w)
-            cpu[name].append(time.process_time() - c)
-    return ({n: statistics.median(v) for n, v in wall.items()}, {n: statistics.median(v) for n, v in cpu.items()})
+    """Median wall and process-CPU seconds per call, round-robin after one warm-up each."""
+    samples = interleaved_samples(fns, repeats, warmup=1)
+    return ({n: statistics.median(v["wall"]) for n, v in samples.items()},
+            {n: statistics.median(v["cpu"]) for n, v in samples.items()})
 
 
 def run_case(case: Case, model, tokenizer, ref_name, ref, repeats: int) -> dict:

@@ -23,26 +23,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_json  # noqa: E402
+from common import interleaved_samples, write_json  # noqa: E402
 
 from qkv.generation import DecoderStepper, generate  # noqa: E402
 from qkv.interop import from_transformers  # noqa: E402
-
-
-def interleaved_samples(fns: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
-    """Wall and CPU seconds per call of each function, ``repeats`` rounds run round-robin.
-
-    On a shared CPU the wall clock also counts time spent descheduled; the process CPU time (torch runs
-    one thread here) counts only the work done, so its ratio is the steadier one.
-    """
-    samples = {name: {"wall": [], "cpu": []} for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            w0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            samples[name]["cpu"].append(time.process_time() - c0)
-            samples[name]["wall"].append(time.perf_counter() - w0)
-    return samples
 
 
 @dataclass(frozen=True)
