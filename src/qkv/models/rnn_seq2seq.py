@@ -126,6 +126,22 @@ class RNNSeq2Seq(nn.Module):
         Returns:
             ``(logits (B, V), new state, weights (B, S) or None)``.
         """
+        features, new_state, weights = self._step_features(prev_tokens, state, return_weights=return_weights)
+        return self.out(self.dropout(features)), new_state, weights
+
+    def _step_features(
+        self, prev_tokens: torch.Tensor, state: RNNState, *, return_weights: bool
+    ) -> tuple[torch.Tensor, RNNState, torch.Tensor | None]:
+        """The recurrent part of a decoder step: the output layer's input ``[s_i; c_i; y_{i-1}]``.
+
+        Args:
+            prev_tokens: ``(B,)`` the previous target tokens (BOS at the first step).
+            state: from :meth:`encode` or the previous step.
+            return_weights: return the attention weights (ignored without attention).
+
+        Returns:
+            ``(features (B, Hd + 2 Hd + E), new state, weights (B, S) or None)``.
+        """
         if prev_tokens.dim() != 1 or prev_tokens.shape[0] != state.memory.shape[0]:
             raise ValueError(f"prev_tokens must be (B,) = ({state.memory.shape[0]},), got {tuple(prev_tokens.shape)}")
         check_ids("prev_tokens", prev_tokens, self.config.tgt_vocab_size)
@@ -140,9 +156,9 @@ class RNNSeq2Seq(nn.Module):
         hx = state.hidden if state.cell is None else (state.hidden, state.cell)
         out, hx = self.decoder(rnn_in, hx)  # out (B, 1, Hd)
         hidden, cell = (hx, None) if state.cell is None else hx
-        logits = self.out(self.dropout(torch.cat([out.squeeze(1), context, emb], dim=-1)))  # (B, V)
+        features = torch.cat([out.squeeze(1), context, emb], dim=-1)  # (B, Hd + 2 Hd + E)
         new_state = replace(state, hidden=hidden, cell=cell)
-        return logits, new_state, weights if return_weights else None
+        return features, new_state, weights if return_weights else None
 
     def forward(
         self,
@@ -169,10 +185,11 @@ class RNNSeq2Seq(nn.Module):
         if return_weights and self.attention is None:
             raise ValueError("return_weights needs a model built with attention=True")
         state = self.encode(src, src_mask)
-        logits, weights = [], []
+        features, weights = [], []
         for t in range(tgt_in.shape[1]):
-            step_logits, state, w = self.decode_step(tgt_in[:, t], state, return_weights=return_weights)
-            logits.append(step_logits)
+            step_features, state, w = self._step_features(tgt_in[:, t], state, return_weights=return_weights)
+            features.append(step_features)
             weights.append(w)
-        out = torch.stack(logits, dim=1)  # (B, L, V)
+        # The output layer runs once over all L steps: one large matmul instead of L small ones.
+        out = self.out(self.dropout(torch.stack(features, dim=1)))  # (B, L, V)
         return (out, torch.stack(weights, dim=1)) if return_weights else out
