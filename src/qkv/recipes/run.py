@@ -102,8 +102,13 @@ def _lm_parts(recipe: Recipe) -> dict[str, Any]:
 
 def _classify_parts(recipe: Recipe) -> dict[str, Any]:
     data = classify.build_data(recipe)
-    cfg = _model_config(recipe, vocab_size=data.tokenizer.vocab_size, num_classes=len(data.label_names),
-                        pad_id=data.tokenizer.pad_id)
+    extra: dict[str, Any] = {"labels": data.label_names}
+    if data.model is not None:
+        cfg = data.model.config
+        extra["tokenizer"] = {"kind": "pretrained", "max_length": data.tokenizer.max_length}
+    else:
+        cfg = _model_config(recipe, vocab_size=data.tokenizer.vocab_size, num_classes=len(data.label_names),
+                            pad_id=data.tokenizer.pad_id)
     valid = classify.loader(recipe, data.valid, shuffle=False) if data.valid else None
 
     def metric_fn(model: nn.Module) -> dict[str, float]:
@@ -113,7 +118,7 @@ def _classify_parts(recipe: Recipe) -> dict[str, Any]:
 
     return dict(cfg=cfg, tokenizer=data.tokenizer, train=classify.loader(recipe, data.train),
                 eval=valid, loss=classify.loss_fn,
-                eval_loss=classify.loss_fn, metric=metric_fn, data=data, extra={"labels": data.label_names})
+                eval_loss=classify.loss_fn, metric=metric_fn, data=data, extra=extra, model=data.model)
 
 
 PARTS: dict[str, Callable[[Recipe], dict[str, Any]]] = {
@@ -125,7 +130,9 @@ def train(recipe: Recipe, *, resume: bool = False) -> tuple[TrainResult, dict[st
     """Build data, tokenizer and model for ``recipe`` and train; returns the result and the parts built."""
     parts = PARTS[recipe.task](recipe)
     torch.manual_seed(recipe.train.seed)
-    model = registry.build_from_config(parts["cfg"])
+    model = parts.get("model")
+    if model is None:
+        model = registry.build_from_config(parts["cfg"])
     out = Path(recipe.out_dir)
     tcfg = replace(recipe.train, out_dir=str(out))
     if tcfg.schedule == "inverse_sqrt" and not tcfg.d_model:
@@ -173,6 +180,11 @@ def load_run(path: str | os.PathLike, *, task: str | None = None, device: str = 
         tok: Any = load_tokenizer_pair(ckpt)
         if not isinstance(tok, TokenizerPair):
             tok = TokenizerPair(tok, tok)
+    elif saved.get("tokenizer", {}).get("kind") == "pretrained":  # a fine-tuned checkpoint keeps its own file
+        from qkv.interop import PretrainedTokenizer
+
+        tok = PretrainedTokenizer.from_file(ckpt / "tokenizer.json", pad_id=cfg.pad_id,
+                                            max_length=saved["tokenizer"].get("max_length"))
     else:
         tok = load_tokenizer(ckpt)
     extra = {k: v for k, v in saved.items() if k not in ("task", "family", "model")}
