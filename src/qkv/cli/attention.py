@@ -15,7 +15,7 @@ def _lm_or_encoder_maps(run, text: str) -> tuple[list[torch.Tensor], list[str]]:
     ids = tok.encode(text)
     if not ids:
         raise UsageError("--text is empty after tokenisation")
-    if run.task == "classify":
+    if run.task == "classify" and tok.bos_id is not None:  # as the classifier saw it (pretrained files add [CLS])
         ids = [tok.bos_id] + ids
     x = torch.tensor([ids])
     with torch.no_grad():

@@ -84,7 +84,10 @@ def train(args: argparse.Namespace) -> int:
     result, _ = run_training(recipe, resume=args.resume)
     last = result.evals[-1] if result.evals else {}
     print(f"trained {result.step} steps; last evaluation: {json.dumps(last)}")
-    print(f"run directory: {recipe.out_dir} (best: {result.best_path})")
+    from qkv.recipes import pictures
+
+    curve = pictures.curve_png(recipe.out_dir, Path(recipe.out_dir) / "training_curve.png")
+    print(f"run directory: {recipe.out_dir} (best: {result.best_path})" + (f"; curves: {curve}" if curve else ""))
     return 0
 
 
