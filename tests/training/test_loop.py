@@ -101,6 +101,34 @@ def test_best_checkpoint_and_early_stopping(tmp_path):
     load_weights(fresh, result.best_path)
 
 
+def test_time_limit_ends_like_the_last_step(tmp_path):
+    # Out of time after the first step: a final evaluation picks the best checkpoint; averaging needs two.
+    scores = iter([0.7])
+    result = Trainer(TinyLM(), lm_loss, ShuffledBatches(), _cfg(
+        tmp_path, steps=30, eval_every=10, monitor="acc", mode="max", time_limit=1e-9, average_last=3),
+        metric_fn=lambda model: {"acc": next(scores)}).fit()
+    assert result.step == 1 and not result.interrupted and result.best == 0.7
+    assert result.best_path.name == "step_00000001" and result.averaged_path is None
+    # Resumed with time to spare for two more steps' worth of checkpoints, then out of time again.
+    trainer = Trainer(TinyLM(), lm_loss, ShuffledBatches(), _cfg(
+        tmp_path, steps=30, eval_every=1, monitor="acc", mode="max", time_limit=1e-9, average_last=3),
+        metric_fn=lambda model: {"acc": 0.1})
+    trainer.resume(tmp_path / "latest")
+    result = trainer.fit()
+    assert result.step == 2 and result.averaged_path == tmp_path / "averaged"
+    averaged = json.loads((tmp_path / "averaged" / "checkpoint.json").read_text())["trainer"]["averaged_from"]
+    assert len(averaged) == 2  # the two there are, not the three asked for
+
+
+def test_a_signal_only_saves(tmp_path):
+    trainer = Trainer(TinyLM(), lm_loss, ShuffledBatches(), _cfg(tmp_path, steps=30, eval_every=10),
+                      metric_fn=lambda model: pytest.fail("evaluated after a signal"))
+    trainer._stop_signal = 15  # as the SIGTERM handler sets it
+    result = trainer.fit()
+    assert result.step == 1 and result.interrupted and result.best is None
+    assert (tmp_path / "latest").resolve().name == "step_00000001"
+
+
 def test_monitor_missing_names_the_metrics():
     trainer = Trainer(TinyLM(), lm_loss, ShuffledBatches(), _cfg(steps=2, eval_every=1, monitor="bleu"),
                       eval_data=ShuffledBatches())

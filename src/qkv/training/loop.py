@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.attention import sdpa_kernel
 
 from qkv.training import checkpoint as ckpt
-from qkv.training.average import average_last, prune_checkpoints
+from qkv.training.average import average_last, list_checkpoints, prune_checkpoints
 from qkv.training.config import TrainConfig
 from qkv.training.distributed import (
     DistInfo,
@@ -122,6 +122,7 @@ class Trainer:
         self._iter: Iterator[Any] | None = None
         self._stop_signal: int | None = None
         self._deadline: float | None = None
+        self._timed_out = False
 
     # ------------------------------------------------------------------------------------ data
     def _next_batch(self) -> Any:
@@ -305,10 +306,13 @@ class Trainer:
         result.step, result.best = self.step, self.best
         if self.out_dir is not None and (self.out_dir / "best").exists():
             result.best_path = (self.out_dir / "best").resolve()
-        finished = not result.interrupted and (result.stopped_early or self.step >= self.config.steps)
+        finished = not result.interrupted and (result.stopped_early or self.step >= self.config.steps
+                                               or self._timed_out)
         if self.config.average_last and self.out_dir is not None and finished:
-            if self.dist.is_main:
-                result.averaged_path = average_last(self.out_dir, self.config.average_last)
+            # A run cut short by its time limit may hold fewer checkpoints than asked for: average those.
+            k = min(self.config.average_last, len(list_checkpoints(self.out_dir)))
+            if self.dist.is_main and k >= 2:
+                result.averaged_path = average_last(self.out_dir, k)
             barrier()
         self.writer.close()
         return result
@@ -327,7 +331,9 @@ class Trainer:
             if self.step % cfg.log_every == 0 or stop:
                 t0 = self._log(loss_acc, n_acc, norm, t0, bar)
                 loss_acc.zero_(), n_acc.zero_()
-            saved, early = self._evaluate_and_save(result)
+            # Running out of time ends the run like reaching config.steps: a final evaluation (so the best
+            # checkpoint covers the last model) and checkpoint averaging. A signal only saves.
+            saved, early = self._evaluate_and_save(result, final=stop and self._timed_out)
             if early:
                 result.stopped_early = True
                 return
@@ -337,10 +343,10 @@ class Trainer:
                     result.last_path = self.save()
                 return
 
-    def _evaluate_and_save(self, result: TrainResult) -> tuple[bool, bool]:
-        """Evaluate/checkpoint when due; returns ``(saved, patience exhausted)``."""
+    def _evaluate_and_save(self, result: TrainResult, *, final: bool = False) -> tuple[bool, bool]:
+        """Evaluate/checkpoint when due (or ``final``); returns ``(saved, patience exhausted)``."""
         cfg = self.config
-        at_end = self.step == cfg.steps
+        at_end = self.step == cfg.steps or final
         if (cfg.eval_every and self.step % cfg.eval_every == 0) or at_end:
             metrics = self.evaluate()
             if metrics:
@@ -372,11 +378,14 @@ class Trainer:
         return now
 
     def _should_stop(self) -> bool:
+        """Stop now? Sets ``_timed_out`` when the time limit (and no signal) is the reason, on every rank."""
+        signal = self._stop_signal is not None
         out_of_time = self._deadline is not None and time.perf_counter() > self._deadline
-        if not self.dist.enabled:
-            return self._stop_signal is not None or out_of_time
-        flag = torch.tensor(float(self._stop_signal is not None or out_of_time), device=self.device)
-        return bool(all_reduce_sum(flag).item())  # any rank signalled: all stop at the same step
+        if self.dist.enabled:  # any rank signalled or ran out of time: all stop at the same step
+            flags = all_reduce_sum(torch.tensor([float(signal), float(out_of_time)], device=self.device)).tolist()
+            signal, out_of_time = flags[0] > 0, flags[1] > 0
+        self._timed_out = out_of_time and not signal
+        return signal or out_of_time
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
