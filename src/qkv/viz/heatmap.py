@@ -10,6 +10,7 @@ matplotlib is imported lazily and used without pyplot, on an Agg canvas.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -177,8 +178,9 @@ def attention_heads_grid(
         if h >= H - ncols:
             ax.set_xlabel(xlabel)
     fig.colorbar(image, ax=fig.axes, shrink=0.6)
-    if title:
-        fig.suptitle(title)
+    if title:  # wrapped to the figure's width (about 11 characters per inch at the default font size)
+        width = fig.get_size_inches()[0]
+        fig.suptitle(textwrap.fill(title, width=max(20, int(width * 11))))
     return fig
 
 
