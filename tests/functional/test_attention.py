@@ -130,6 +130,49 @@ def test_math_backend_agrees():
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.fixture
+def causal_matmul_calls(monkeypatch):
+    """Counts calls of the plain-matmul causal path, so the tests below cannot pass without taking it."""
+    import qkv.functional.attention as attention
+
+    calls = []
+    inner = attention._causal_matmul
+    monkeypatch.setattr(attention, "_causal_matmul", lambda *a: calls.append(a) or inner(*a))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2)])
+def test_math_backend_causal_matmul_path(causal_matmul_calls, dtype, heads):
+    # Under sdpa_kernel(MATH) on CPU, causal self-attention runs qkv's own matmul path.
+    H, H_kv = heads
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, H, 33, 16, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(2, H_kv, 33, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    golden = F.scaled_dot_product_attention(q, *(t.repeat_interleave(H // H_kv, 1) for t in (k, v)), is_causal=True)
+    args = [t.to(dtype) for t in (q, k, v)]
+    with sdpa_kernel(SDPBackend.MATH):
+        out = scaled_dot_product_attention(*args, causal=True)
+        reference = F.scaled_dot_product_attention(args[0], *(t.repeat_interleave(H // H_kv, 1) for t in args[1:]),
+                                                   is_causal=True)
+    assert len(causal_matmul_calls) == 1 and out.dtype == dtype
+    assert_close_to_golden(out, reference, golden, factor=4.0 if dtype == torch.float32 else 5.0)
+
+
+def test_math_backend_causal_matmul_gradients(causal_matmul_calls):
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 9, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    with sdpa_kernel(SDPBackend.MATH):
+        assert torch.autograd.gradcheck(lambda a, b, c: scaled_dot_product_attention(a, b, c, causal=True), (q, k, v))
+        out = scaled_dot_product_attention(q, k, v, causal=True, scale=0.3)
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3)
+    torch.testing.assert_close(out, want, atol=1e-12, rtol=0)
+    assert causal_matmul_calls  # the path under test ran
+    causal_matmul_calls.clear()
+    scaled_dot_product_attention(q, k, v, causal=True)  # default backends: torch's fused kernel
+    assert not causal_matmul_calls
+
+
 @pytest.mark.parametrize("case", ["plain", "causal_L_gt_S", "grouped_causal_mask", "bias_mask_causal", "value_dim"])
 def test_weights_match_float64(case):
     q, k, v, kw = build(case)

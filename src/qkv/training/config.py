@@ -33,7 +33,8 @@ class TrainConfig:
         compile: run the forward and loss through ``torch.compile``.
         attention_backend: restrict ``scaled_dot_product_attention`` to one backend during training and
             evaluation (``math``, ``flash``, ``efficient``, ``cudnn``); ``None`` lets torch choose. On CPU
-            with bf16 and short blocks, ``math`` (plain matmuls) beats the fused flash kernel's backward.
+            with bf16 and short blocks, ``math`` (plain matmuls) beats the fused flash kernel's backward;
+            there qkv runs causal self-attention on its own matmul path (see ``qkv.functional.attention``).
         eval_every: evaluate (and checkpoint) every this many updates; 0 only at the end.
         eval_batches: cap on evaluation batches (``None``: all).
         monitor: evaluation metric that picks the best checkpoint (``loss`` or a task metric key).
