@@ -90,6 +90,24 @@ def test_gradcheck_float64():
     )
 
 
+def test_key_padding_by_lengths_runs_the_fused_kernel_per_sequence(monkeypatch):
+    # float32/64 key padding alone: torch's unmasked kernel on each sequence's real keys (no block loop).
+    import qkv.functional.chunked as chunked
+
+    monkeypatch.setattr(chunked._ChunkedAttention, "apply", lambda *a: pytest.fail("took the block loop"))
+    q, k, v = make(B=3, H=4, H_kv=2, L=7, S=9)
+    lengths = torch.tensor([9, 4, 0])
+    out = chunked_attention(q, k, v, lengths=lengths)
+    ref = fused(q, k, v, dense_mask(7, 9, lengths=lengths))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert out[2].abs().max() == 0  # no real key: zeros, not NaN
+    out.square().sum().backward()
+    assert k.grad[1, :, 4:].abs().max() == 0 and k.grad[2].abs().max() == 0  # padding gets no gradient
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in make(B=2, H=2, H_kv=1, L=3, S=5))
+    assert torch.autograd.gradcheck(lambda a, b, c: chunked_attention(a, b, c, lengths=torch.tensor([5, 2])),
+                                     (q64, k64, v64))
+
+
 def test_fully_masked_rows_are_zero_with_zero_gradient():
     q, k, v = make(L=6, S=6)
     mask = torch.ones(2, 1, 6, 6, dtype=torch.bool)
