@@ -161,7 +161,7 @@ def kernel_attention(
         z = phi_k.sum(-2, keepdim=True)  # (B, H_kv, 1, F)
         pq = _group(phi_q, H_kv)  # (B, H_kv, G*L, F)
         num = torch.matmul(pq, kv)  # (B, H_kv, G*L, Ev)
-        den = (pq * z).sum(-1, keepdim=True)  # (B, H_kv, G*L, 1)
+        den = torch.matmul(pq, z.transpose(-1, -2))  # (B, H_kv, G*L, 1), no (G*L, F) temporary
         return _ungroup(_divide(num, den, eps), H)
     return _causal(phi_q, phi_k, v, chunk, eps, H, H_kv, L, S)
 
