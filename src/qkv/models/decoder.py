@@ -6,7 +6,6 @@ Notation: B batch, L new tokens, S keys (cached + new), D d_model, H heads, V vo
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from qkv.models import parts
@@ -36,6 +35,7 @@ class DecoderModel(nn.Module):
         blocks = [parts.decoder_block(cfg, self.rotary, cross=False) for _ in range(cfg.num_layers)]
         self.decoder = DecoderStack(blocks, parts.final_norm(cfg))
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self._tied_output = parts.TiedOutput()  # a plain attribute: not a parameter, not saved
 
     def forward(
         self,
@@ -78,7 +78,7 @@ class DecoderModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project hidden states ``(B, L, D)`` to the vocabulary ``(B, L, V)``."""
         if self.lm_head is None:
-            return F.linear(hidden, self.embed.token.weight)
+            return self._tied_output(hidden, self.embed.token.weight)
         return self.lm_head(hidden)
 
     def new_cache(self, batch_size: int, max_len: int) -> list[KVCache]:

@@ -6,7 +6,6 @@ Notation: B batch, S source length, L target length, D d_model, H heads, V targe
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from qkv.functional.masks import padding_mask
@@ -40,6 +39,7 @@ class EncoderDecoderModel(nn.Module):
         self.encoder = EncoderStack(enc, parts.final_norm(cfg))
         self.decoder = DecoderStack(dec, parts.final_norm(cfg))
         self.generator = None if cfg.tie_output else nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
+        self._tied_output = parts.TiedOutput()  # a plain attribute: not a parameter, not saved
 
     def _src_mask(self, src: torch.Tensor, src_mask: torch.Tensor | None) -> torch.Tensor | None:
         if src_mask is None and self.config.pad_id is not None:
@@ -128,7 +128,7 @@ class EncoderDecoderModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project decoder states ``(B, L, D)`` to target logits ``(B, L, V)``."""
         if self.generator is None:
-            return F.linear(hidden, self.tgt_embed.token.weight)
+            return self._tied_output(hidden, self.tgt_embed.token.weight)
         return self.generator(hidden)
 
     def new_cache(self, batch_size: int, max_len: int, src_len: int | None = None) -> list[LayerCache]:
