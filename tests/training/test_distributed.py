@@ -79,3 +79,59 @@ def test_two_processes_ddp_and_fsdp_match_one_process(tmp_path):
         assert worst <= 1e-5, (strategy, worst)
         assert ddp[strategy]["eval"] == pytest.approx(result.evals[-1]["loss"], abs=1e-5), strategy
         assert ddp[strategy]["train"] == pytest.approx(train_losses, abs=1e-5), strategy
+
+
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from qkv.training import Sharded, TrainConfig, Trainer, cleanup, init_distributed
+    from tests.training.training_fixtures import ShuffledBatches, TinyLM, lm_loss
+
+    info = init_distributed()
+    out = {}
+
+    def trainer(strategy, name):
+        torch.manual_seed(0)
+        cfg = TrainConfig(steps=4, lr=3e-2, warmup=1, log_every=1, progress=False, device="cpu", fused=False,
+                          strategy=strategy, out_dir=sys.argv[1] + "/" + strategy + "-" + name)
+        return Trainer(TinyLM(dropout=0.0), lm_loss, Sharded(ShuffledBatches(), info.rank, info.world_size), cfg,
+                       dist=info)
+
+    def losses(t):
+        return [r["loss"] for r in t.writer.records if r["split"] == "train"]
+
+    for strategy in ("ddp", "fsdp"):
+        straight = trainer(strategy, "straight")
+        straight.fit()
+        first = trainer(strategy, "resumed")
+        first.fit(until=2)
+        second = trainer(strategy, "resumed")
+        second.resume(sys.argv[1] + "/" + strategy + "-resumed/latest")
+        second.fit()
+        out[strategy] = {"straight": losses(straight), "resumed": losses(first) + losses(second)}
+    if info.is_main:
+        print(json.dumps(out), flush=True)
+    cleanup()
+    """
+)
+
+
+def test_two_process_training_resumes_exactly_with_ddp_and_fsdp(tmp_path):
+    # FSDP checkpoints hold the gathered weights and the gathered optimiser state (keyed by parameter name);
+    # resuming shards both back: 2 steps + resume + 2 steps == 4 steps straight.
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--no-python", sys.executable, "-c", RESUME_SCRIPT, str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    for strategy in ("ddp", "fsdp"):
+        straight, resumed = out[strategy]["straight"], out[strategy]["resumed"]
+        assert len(straight) == len(resumed) == 4, (strategy, straight, resumed)
+        assert resumed == straight, strategy  # bit for bit on CPU
+        a, b = TinyLM(dropout=0.0), TinyLM(dropout=0.0)
+        load_weights(a, tmp_path / f"{strategy}-straight")
+        load_weights(b, tmp_path / f"{strategy}-resumed")
+        assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True)), strategy

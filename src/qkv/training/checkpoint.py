@@ -74,16 +74,18 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = optimizer.state_dict()
+def _optimizer_state(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimiser ``state_dict()`` (state keyed by parameter index, or by name as FSDP's full state dict
+    is) as safetensors tensors + JSON; ``keys`` records each state entry's key in order."""
     tensors: dict[str, torch.Tensor] = {}
-    extra: dict[str, Any] = {"state": {}, "param_groups": []}
-    for idx, state in sd["state"].items():
-        for key, value in state.items():
+    keys = list(sd["state"])
+    extra: dict[str, Any] = {"state": {}, "param_groups": [], "keys": keys}
+    for i, key in enumerate(keys):
+        for name, value in sd["state"][key].items():
             if isinstance(value, torch.Tensor):
-                tensors[f"state.{idx}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"state.{i}.{name}"] = value.detach().cpu().contiguous()
             else:
-                extra["state"].setdefault(str(idx), {})[key] = value
+                extra["state"].setdefault(str(i), {})[name] = value
     for i, group in enumerate(sd["param_groups"]):
         plain = {}
         for key, value in group.items():
@@ -143,6 +145,7 @@ def save_checkpoint(
     tokenizer: Any = None,
     save_rng: bool = True,
     weights: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (temporary directory, then ``os.replace``).
 
@@ -156,6 +159,7 @@ def save_checkpoint(
         tokenizer: an object with ``save(folder)``, called on the checkpoint directory.
         save_rng: also save torch, numpy and Python RNG states.
         weights: save these tensors instead of ``model``'s (e.g. a state dict gathered from FSDP shards).
+        optimizer_state: save this optimiser state dict instead of ``optimizer``'s (e.g. FSDP's gathered one).
 
     Returns:
         The checkpoint directory.
@@ -169,8 +173,10 @@ def save_checkpoint(
             save_model(unwrap(model), str(tmp / WEIGHTS), metadata={"format": FORMAT})
         else:
             save_file(_dedup(weights), str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        if optimizer is not None:
-            tensors, meta["optimizer"] = _optimizer_state(optimizer)
+        if optimizer_state is None and optimizer is not None:
+            optimizer_state = optimizer.state_dict()
+        if optimizer_state is not None:
+            tensors, meta["optimizer"] = _optimizer_state(optimizer_state)
             save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"format": FORMAT})
         if scheduler is not None:
             meta["scheduler"] = scheduler.state_dict()
@@ -294,23 +300,34 @@ def _shared_names(model: nn.Module) -> list[list[str]]:
     return [names for names in by_ptr.values() if len(names) > 1]
 
 
-def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path, extra: dict[str, Any]) -> None:
+def read_optimizer_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The optimiser ``state_dict()`` a checkpoint holds, keyed as it was saved (index or parameter name)."""
+    folder = resolve(path)
+    extra = read_meta(folder).get("optimizer")
+    if extra is None:
+        raise CheckpointError(f"{folder}: holds no optimizer state (weights-only checkpoint)")
     tensors = read_tensors(folder / "optimizer.safetensors")
-    state: dict[int, dict[str, Any]] = {}
+    keys = extra.get("keys")
+    key_of = (lambda i: keys[i]) if keys is not None else (lambda i: i)  # older checkpoints: indices
+    state: dict[Any, dict[str, Any]] = {}
     groups = [dict(g) for g in extra["param_groups"]]
-    for key, value in tensors.items():
-        kind, idx, name = key.split(".", 2)
+    for name, value in tensors.items():
+        kind, idx, field = name.split(".", 2)
         if kind == "state":
-            state.setdefault(int(idx), {})[name] = value
+            state.setdefault(key_of(int(idx)), {})[field] = value
         else:
-            groups[int(idx)][name] = value
+            groups[int(idx)][field] = value
     for idx, values in extra.get("state", {}).items():
-        state.setdefault(int(idx), {}).update(values)
+        state.setdefault(key_of(int(idx)), {}).update(values)
     for g in groups:
         if "betas" in g and isinstance(g["betas"], list):
             g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     try:
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        optimizer.load_state_dict(read_optimizer_state(folder))
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{folder}: optimizer state does not fit this optimizer: {e}") from e
 
@@ -343,9 +360,7 @@ def load_checkpoint(
     if model is not None:
         load_weights(model, folder)
     if optimizer is not None:
-        if "optimizer" not in meta:
-            raise CheckpointError(f"{folder}: holds no optimizer state (weights-only checkpoint)")
-        _load_optimizer(optimizer, folder, meta["optimizer"])
+        _load_optimizer(optimizer, folder)
     if scheduler is not None and "scheduler" in meta:
         scheduler.load_state_dict(meta["scheduler"])
     if restore_rng and "rng" in meta:

@@ -32,7 +32,9 @@ from qkv.training.distributed import (
     DistInfo,
     all_reduce_sum,
     barrier,
+    full_optimizer_state,
     full_state_dict,
+    load_full_state,
     wrap_model,
 )
 from qkv.training.metrics import MetricsWriter, perplexity
@@ -254,12 +256,13 @@ class Trainer:
             return None
         path = self.out_dir / (name or f"step_{self.step:08d}")
         fsdp = self.dist.enabled and self.config.strategy == "fsdp"
-        weights = full_state_dict(self.model) if fsdp else None  # a collective: every rank takes part
+        weights = full_state_dict(self.model) if fsdp else None  # collectives: every rank takes part
+        optimizer_state = full_optimizer_state(self.model, self.optimizer) if fsdp else None
         if self.dist.is_main:
             ckpt.save_checkpoint(
-                path, self.model, optimizer=None if fsdp else self.optimizer, scheduler=self.scheduler,
+                path, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                 trainer_state=self.state(), model_config=self.model_config, tokenizer=self.tokenizer,
-                weights=weights,
+                weights=weights, optimizer_state=optimizer_state,
             )
             ckpt.point(self.out_dir, "latest", path)
             if best:
@@ -270,12 +273,13 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         """Continue from a checkpoint: weights, optimiser, schedule, data position and RNG states."""
-        if self.dist.enabled and self.config.strategy == "fsdp":
-            raise NotImplementedError(
-                "resuming FSDP training is not supported yet: FSDP checkpoints hold the gathered weights "
-                "but no optimizer state; load them with load_weights() and start a new run"
-            )
-        loaded = ckpt.load_checkpoint(path, self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        if self.dist.enabled and self.config.strategy == "fsdp":  # full state on every rank, then re-sharded
+            folder = ckpt.resolve(path)
+            load_full_state(self.model, self.optimizer, ckpt.read_tensors(folder / ckpt.WEIGHTS),
+                            ckpt.read_optimizer_state(folder))
+            loaded = ckpt.load_checkpoint(folder, scheduler=self.scheduler)
+        else:
+            loaded = ckpt.load_checkpoint(path, self.model, optimizer=self.optimizer, scheduler=self.scheduler)
         st = loaded.trainer_state
         self.step, self.epoch, self.best, self.bad_evals = st["step"], st["epoch"], st["best"], st["bad_evals"]
         self._iter, self.batch_in_epoch = None, 0
