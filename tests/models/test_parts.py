@@ -11,13 +11,13 @@ def test_tied_output_cached_copy_equals_linear_and_follows_the_weight():
     out = TiedOutput()
     few, many = torch.randn(2, 3, 16, generator=g), torch.randn(5, 20, 16, generator=g)
     with torch.no_grad():
-        torch.testing.assert_close(out(few, weight), torch.nn.functional.linear(few, weight), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(out(few, weight), torch.nn.functional.linear(few, weight), atol=1e-5, rtol=1e-5)
         cached = out._matrix
         assert cached is not None and cached.shape == (16, 101) and cached.is_contiguous()
         out(few, weight)
         assert out._matrix is cached  # reused while the weight is unchanged
         weight.mul_(2.0)  # an in-place update (an optimiser step, load_state_dict) bumps the version
-        torch.testing.assert_close(out(few, weight), torch.nn.functional.linear(few, weight), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(out(few, weight), torch.nn.functional.linear(few, weight), atol=1e-5, rtol=1e-5)
         assert out._matrix is not cached
         rebuilt = out._matrix
         out(many, weight)  # 100 rows: straight F.linear, the cache is left alone
