@@ -210,14 +210,14 @@ def _backward(q3, k3, v3, out, lse, dout, info, length, need_bias_grad):
         for ks, ke, needs_mask in blocks:
             p = _scores(w, q3, kT, qs, qe, ks, ke, info, length, needs_mask).sub_(lse[:, rows]).exp2_()
             p_low = w.to_low(p)  # (N, bq*G, bk) attention weights
-            dv[:, ks:ke] += torch.bmm(p_low.transpose(1, 2), do_b)  # (N, bk, Ev)
+            dv[:, ks:ke].add_(torch.bmm(p_low.transpose(1, 2), do_b))  # (N, bk, Ev); add_: no setitem copy
             dp = w.matmul(do_b, vT[:, :, ks:ke], w.d)  # (N, bq*G, bk)
             ds = dp.sub_(delta[:, rows]).mul_(p)  # dL/dscores
             if dbias is not None:
                 _accumulate_bias(dbias, ds.view(info["B"], -1, qe - qs, G, ke - ks), qs, qe, ks, ke)
             ds_low = w.to_low(ds)
-            dq[:, rows] += torch.bmm(ds_low, k3[:, ks:ke])  # (N, bq*G, E)
-            dk[:, ks:ke] += torch.bmm(ds_low.transpose(1, 2), q_b)  # (N, bk, E)
+            dq[:, rows].add_(torch.bmm(ds_low, k3[:, ks:ke]))  # (N, bq*G, E)
+            dk[:, ks:ke].add_(torch.bmm(ds_low.transpose(1, 2), q_b))  # (N, bk, E)
     return dq, dk.mul_(_LN2), dv, dbias  # q3 carries scale * log2(e); dk needs scale only
 
 
