@@ -168,7 +168,7 @@ def _forward(q3, k3, v3, info, length):
     w = _Work(N, min(bq, LG // G) * G, min(bk, S), q3.dtype, acc_t, q3.device)
     out = q3.new_zeros(N, LG, Ev, dtype=acc_t)
     lse = q3.new_full((N, LG, 1), float("inf"), dtype=acc_t)
-    kT = k3.transpose(1, 2)  # (N, E, S)
+    kT = k3.transpose(1, 2).contiguous()  # (N, E, S): one copy here, not one per block inside bmm
     for qs, qe, blocks in _plan(LG // G, S, info, length):
         if not blocks:
             continue
@@ -203,7 +203,7 @@ def _backward(q3, k3, v3, out, lse, dout, info, length, need_bias_grad):
     dbias = torch.zeros_like(info["bias"], dtype=acc_t) if need_bias_grad else None
     delta = (dout.to(acc_t) * out).sum(-1, keepdim=True)  # (N, L*G, 1)
     dout = dout.to(q3.dtype)
-    kT, vT = k3.transpose(1, 2), v3.transpose(1, 2)  # (N, E, S), (N, Ev, S)
+    kT, vT = k3.transpose(1, 2).contiguous(), v3.transpose(1, 2).contiguous()  # (N, E, S), (N, Ev, S)
     for qs, qe, blocks in _plan(LG // G, S, info, length):
         rows = slice(qs * G, qe * G)
         do_b, q_b = dout[:, rows], q3[:, rows]  # (N, bq*G, Ev), (N, bq*G, E)
