@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-from qkv.cli.commands import _decode
 from qkv.data import read_aligned
+from qkv.data.tokenizers import atomic_write_text
 from qkv.evaluation import bleu_by_length, corpus_bleu, format_length_table, plot_bleu_by_length
 from qkv.recipes import load_run
+from qkv.recipes.run import decode_config
 from qkv.recipes.translation import translate_texts
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multi30k"
@@ -53,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--system expects NAME=RUN, got {item!r}")
         run = load_run(path, task="translation")
         start = time.perf_counter()
-        hyps = translate_texts(run.model, run.tokenizer, src, _decode(run, SimpleNamespace()))
+        hyps = translate_texts(run.model, run.tokenizer, src, decode_config(run))
         seconds = time.perf_counter() - start
         rows[name] = bleu_by_length(src, hyps, ref, edges=edges)
         bleu = corpus_bleu(hyps, ref)
@@ -63,12 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: BLEU {bleu.score:.2f} ({run.path}, decoded in {seconds:.0f} s)", flush=True)
     print(format_length_table(rows))
     print(f"wrote {plot_bleu_by_length(rows, args.plot, title='Multi30k test_2016_flickr: BLEU by source length')}")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, delete=False, suffix=".tmp", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(f.name, out)
-    print(f"wrote {out}")
+    print(f"wrote {atomic_write_text(args.json, json.dumps(summary, indent=2) + chr(10))}")
     return 0
 
 

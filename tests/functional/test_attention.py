@@ -132,19 +132,20 @@ def test_math_backend_agrees():
 
 @pytest.fixture
 def causal_matmul_calls(monkeypatch):
-    """Counts calls of the plain-matmul causal path, so the tests below cannot pass without taking it."""
+    """Counts uses of the cached causal bias (the math path under the math backend), so the tests below
+    cannot pass without taking it."""
     import qkv.functional.attention as attention
 
     calls = []
-    inner = attention._causal_matmul
-    monkeypatch.setattr(attention, "_causal_matmul", lambda *a: calls.append(a) or inner(*a))
+    inner = attention._causal_bias
+    monkeypatch.setattr(attention, "_causal_bias", lambda *a: calls.append(a) or inner(*a))
     return calls
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("heads", [(4, 4), (4, 2)])
-def test_math_backend_causal_matmul_path(causal_matmul_calls, dtype, heads):
-    # Under sdpa_kernel(MATH) on CPU, causal self-attention runs qkv's own matmul path.
+def test_math_backend_causal_path(causal_matmul_calls, dtype, heads):
+    # Under sdpa_kernel(MATH) on CPU, causal self-attention runs qkv's math path with a cached causal bias.
     H, H_kv = heads
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, H, 33, 16, generator=g, dtype=torch.float64)
@@ -159,7 +160,7 @@ def test_math_backend_causal_matmul_path(causal_matmul_calls, dtype, heads):
     assert_close_to_golden(out, reference, golden, factor=4.0 if dtype == torch.float32 else 5.0)
 
 
-def test_math_backend_causal_matmul_gradients(causal_matmul_calls):
+def test_math_backend_causal_gradients(causal_matmul_calls):
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, 3, 9, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
     with sdpa_kernel(SDPBackend.MATH):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -41,25 +40,9 @@ class _Output:
 
 
 def _decode(run, args: argparse.Namespace):
-    from qkv.recipes.config import DecodeConfig
+    from qkv.recipes.run import decode_config
 
-    recipe = _recipe_of(run)
-    dec = recipe.decode if recipe else DecodeConfig()
-    if getattr(args, "beam", 0):
-        dec = replace(dec, strategy="beam", num_beams=args.beam)
-    if getattr(args, "max_len", None):
-        dec = replace(dec, max_len=args.max_len)
-    return dec
-
-
-def _recipe_of(run):
-    from qkv.recipes.config import Recipe
-
-    for folder in (run.path, run.path.parent):
-        f = folder / "recipe.json"
-        if f.is_file():
-            return Recipe.from_dict(json.loads(f.read_text(encoding="utf-8")))
-    return None
+    return decode_config(run, beam=getattr(args, "beam", 0), max_len=getattr(args, "max_len", None))
 
 
 def demo(args: argparse.Namespace) -> int:

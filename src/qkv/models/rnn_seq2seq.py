@@ -132,16 +132,8 @@ class RNNSeq2Seq(nn.Module):
     def _step_features(
         self, prev_tokens: torch.Tensor, state: RNNState, *, return_weights: bool
     ) -> tuple[torch.Tensor, RNNState, torch.Tensor | None]:
-        """The recurrent part of a decoder step: the output layer's input ``[s_i; c_i; y_{i-1}]``.
-
-        Args:
-            prev_tokens: ``(B,)`` the previous target tokens (BOS at the first step).
-            state: from :meth:`encode` or the previous step.
-            return_weights: return the attention weights (ignored without attention).
-
-        Returns:
-            ``(features (B, Hd + 2 Hd + E), new state, weights (B, S) or None)``.
-        """
+        """:meth:`decode_step` without the output layer: ``(features [s_i; c_i; y_{i-1}] (B, Hd + 2 Hd + E),
+        new state, weights (B, S) or None)``, so that teacher forcing can run the output layer once."""
         if prev_tokens.dim() != 1 or prev_tokens.shape[0] != state.memory.shape[0]:
             raise ValueError(f"prev_tokens must be (B,) = ({state.memory.shape[0]},), got {tuple(prev_tokens.shape)}")
         check_ids("prev_tokens", prev_tokens, self.config.tgt_vocab_size)

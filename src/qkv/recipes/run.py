@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,15 +19,16 @@ from torch import nn
 
 from qkv.data import load_tokenizer
 from qkv.data.tokenizer_pair import TokenizerPair, load_tokenizer_pair
+from qkv.data.tokenizers import atomic_write_text
 from qkv.evaluation import accuracy, corpus_bleu, exact_match
 from qkv.models import registry
 from qkv.models.config import DecoderConfig, EncoderConfig, RNNSeq2SeqConfig, Seq2SeqConfig
 from qkv.recipes import classify, lm, translation
-from qkv.recipes.config import Recipe, RecipeError
+from qkv.recipes.config import DecodeConfig, Recipe, RecipeError
 from qkv.training import Trainer, TrainResult, load_weights, read_config
 from qkv.training.checkpoint import CheckpointError, resolve
 
-__all__ = ["train", "load_run", "LoadedRun", "CONFIG_TYPES"]
+__all__ = ["train", "load_run", "LoadedRun", "CONFIG_TYPES", "decode_config"]
 
 CONFIG_TYPES = {c.__name__: c for c in (Seq2SeqConfig, RNNSeq2SeqConfig, DecoderConfig, EncoderConfig)}
 EXPECTED = {"translation": (Seq2SeqConfig, RNNSeq2SeqConfig), "lm": (DecoderConfig,), "classify": (EncoderConfig,)}
@@ -45,10 +45,7 @@ class LoadedRun:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(f.name, path)
+    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def _model_config(recipe: Recipe, **sizes: int) -> Any:
@@ -189,3 +186,19 @@ def load_run(path: str | os.PathLike, *, task: str | None = None, device: str = 
         tok = load_tokenizer(ckpt)
     extra = {k: v for k, v in saved.items() if k not in ("task", "family", "model")}
     return LoadedRun(saved["task"], model, tok, cfg, ckpt, extra)
+
+
+def decode_config(run: LoadedRun, *, beam: int | None = None, max_len: int | None = None) -> DecodeConfig:
+    """How ``run`` decodes: its recipe's ``decode`` section (saved as ``recipe.json`` in the run directory),
+    else the defaults; ``beam`` switches to beam search of that width, ``max_len`` caps output length."""
+    dec = DecodeConfig()
+    for folder in (run.path, run.path.parent):
+        f = folder / "recipe.json"
+        if f.is_file():
+            dec = Recipe.from_dict(json.loads(f.read_text(encoding="utf-8"))).decode
+            break
+    if beam:
+        dec = replace(dec, strategy="beam", num_beams=beam)
+    if max_len:
+        dec = replace(dec, max_len=max_len)
+    return dec

@@ -34,13 +34,14 @@ class TrainConfig:
         attention_backend: restrict ``scaled_dot_product_attention`` to one backend during training and
             evaluation (``math``, ``flash``, ``efficient``, ``cudnn``); ``None`` lets torch choose. On CPU
             with bf16 and short blocks, ``math`` (plain matmuls) beats the fused flash kernel's backward;
-            there qkv runs causal self-attention on its own matmul path (see ``qkv.functional.attention``).
+            there qkv runs causal self-attention on its math path with a cached mask (``qkv.functional.attention``).
         eval_every: evaluate (and checkpoint) every this many updates; 0 only at the end.
         eval_batches: cap on evaluation batches (``None``: all).
         monitor: evaluation metric that picks the best checkpoint (``loss`` or a task metric key).
         mode: ``min`` or ``max`` for ``monitor``.
         patience: stop after this many evaluations without improvement (``None``: never).
-        log_every: print/log training metrics every this many updates (the only host syncs).
+        log_every: print/log training metrics every this many updates (the only host syncs; under torchrun the
+            ranks also agree there whether a signal or the time limit stops the run).
         save_every: also checkpoint every this many updates (0: only at evaluations and the end).
         keep_last: step checkpoints kept in ``out_dir`` (the best one is kept as well).
         average_last: after training, average the last this many checkpoints into ``out_dir/averaged``.

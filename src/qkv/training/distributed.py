@@ -156,35 +156,20 @@ def wrap_model(module: nn.Module, info: DistInfo, strategy: str = "ddp") -> nn.M
     raise ValueError(f"unknown strategy {strategy!r}; expected 'ddp' or 'fsdp'")
 
 
-def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Gather an FSDP-sharded module's full state dict onto rank 0's CPU (a collective: call on all ranks).
+def gather_full_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """An FSDP-sharded module's full weights and optimiser state (keyed by parameter name) on rank 0's CPU.
 
-    Returns:
-        The unsharded tensors on rank 0; an empty dict on the other ranks.
+    A collective: call on all ranks. The other ranks get empty dicts.
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Gather an FSDP-sharded optimiser's full state (keyed by parameter name) onto rank 0's CPU.
-
-    A collective: call on all ranks. Returns an empty dict on the other ranks.
-    """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    return get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_full_state(module: nn.Module, optimizer: torch.optim.Optimizer, weights: dict, optimizer_state: dict) -> None:
-    """Shard full (unsharded) weights and optimiser state, as saved from rank 0, back into FSDP on every rank."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
+    """Shard full weights and optimiser state, as :func:`gather_full_state` saved them, back into FSDP on
+    every rank (each rank passes the full dicts)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    options = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(module, weights, options=options)
-    set_optimizer_state_dict(module, optimizer, optimizer_state, options=options)
+    set_state_dict(module, optimizer, model_state_dict=weights, optim_state_dict=optimizer_state,
+                   options=StateDictOptions(full_state_dict=True))

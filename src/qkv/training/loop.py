@@ -32,8 +32,7 @@ from qkv.training.distributed import (
     DistInfo,
     all_reduce_sum,
     barrier,
-    full_optimizer_state,
-    full_state_dict,
+    gather_full_state,
     load_full_state,
     wrap_model,
 )
@@ -256,8 +255,8 @@ class Trainer:
             return None
         path = self.out_dir / (name or f"step_{self.step:08d}")
         fsdp = self.dist.enabled and self.config.strategy == "fsdp"
-        weights = full_state_dict(self.model) if fsdp else None  # collectives: every rank takes part
-        optimizer_state = full_optimizer_state(self.model, self.optimizer) if fsdp else None
+        # A collective under FSDP: every rank takes part, rank 0 gets the full tensors.
+        weights, optimizer_state = gather_full_state(self.model, self.optimizer) if fsdp else (None, None)
         if self.dist.is_main:
             ckpt.save_checkpoint(
                 path, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
@@ -382,10 +381,16 @@ class Trainer:
         return now
 
     def _should_stop(self) -> bool:
-        """Stop now? Sets ``_timed_out`` when the time limit (and no signal) is the reason, on every rank."""
+        """Stop now? Sets ``_timed_out`` when the time limit (and no signal) is the reason, on every rank.
+
+        Under torchrun the ranks agree through an all-reduce, a host sync, so they only ask at logging steps
+        (every ``log_every`` updates, where ``_log`` syncs anyway) and all stop at the same step.
+        """
         signal = self._stop_signal is not None
         out_of_time = self._deadline is not None and time.perf_counter() > self._deadline
-        if self.dist.enabled:  # any rank signalled or ran out of time: all stop at the same step
+        if self.dist.enabled:
+            if self.step % self.config.log_every:
+                return False
             flags = all_reduce_sum(torch.tensor([float(signal), float(out_of_time)], device=self.device)).tolist()
             signal, out_of_time = flags[0] > 0, flags[1] > 0
         self._timed_out = out_of_time and not signal
