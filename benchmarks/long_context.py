@@ -9,6 +9,11 @@ Questions answered (issue 7), all with B=1, H=8, E=64:
    forward+backward, L >= 1024 (target >= 2x).
 3. masks: structured masks handled per block (causal, sliding window, padding by lengths) vs torch
    SDPA given the equivalent bool mask (target >= 1.5x).
+4. scaling: t(32k) / t(8k) for the linear-time methods (target <= 4.6). On this VM a fresh tensor
+   over 32 MB (glibc hands those out as new mmap pages) pays ~2.2 us per 4 KiB page fault: ~36 ms
+   for a 64 MB output at L 32k, a third of linear attention's time, while at 8k every buffer is
+   reused from the heap. ``THP_MEM_ALLOC_ENABLE=1`` (PyTorch's switch for huge pages on large CPU
+   tensors) removes most of that cost; the JSON records whether it was set.
 
 The machine is shared (2 cores, other jobs running), so each comparison interleaves its
 contenders, repeats, keeps the best time of each, and reports ratios from the same run. L is capped
@@ -26,6 +31,7 @@ import argparse
 import ctypes
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -213,7 +219,8 @@ def scaling(repeats: int, short: int = 8192, long: int = 32768) -> list[dict]:
         for m in ("sliding_window", "bigbird", "linear", "performer"):
             t = best_times({L: partial(METHODS[m], *inputs[L]) for L in (short, long)}, repeats)
             rows.append({"method": m, "t_short": t[short], "t_long": t[long], "ratio": t[long] / t[short],
-                         "short": short, "long": long})
+                         "short": short, "long": long,
+                         "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "0")})
             print(f"  scaling {m:15s} t({long})/t({short}) = {t[long] / t[short]:.2f} (linear: 4)", flush=True)
     return rows
 

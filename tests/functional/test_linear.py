@@ -35,8 +35,18 @@ def test_equals_explicit_quadratic_form(causal, shape, chunk):
     ref = kernel_attention_quadratic(elu_feature_map(q), elu_feature_map(k), v, causal=causal, key_padding=kp)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
     g = torch.randn_like(out)
-    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g), strict=True):
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), ref_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    # the map applied inside, block by block (blocks of 7 rows: several, the last one short)
+    streamed = kernel_attention(q, k, v, causal=causal, key_padding=kp, chunk=chunk, feature_map=elu_feature_map,
+                                block=7)
+    torch.testing.assert_close(streamed, ref, atol=1e-10, rtol=1e-10)
+    for a, b in zip(torch.autograd.grad(streamed, (q, k, v), g), ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    with torch.no_grad():  # writes each block into one preallocated output
+        torch.testing.assert_close(kernel_attention(q, k, v, causal=causal, key_padding=kp, feature_map=elu_feature_map,
+                                                    block=7), ref, atol=1e-10, rtol=1e-10)
 
 
 def test_quadratic_form_is_normalised_kernel_attention():
@@ -104,6 +114,8 @@ def test_bad_input_names_argument_and_value():
         draw_orthogonal_features(0, 8)
     with pytest.raises(ValueError, match=r"chunk must be an int >= 1, got 0"):
         kernel_attention(q, k, v, chunk=0)
+    with pytest.raises(ValueError, match=r"block must be an int >= 1, got 0"):
+        kernel_attention(q, k, v, block=0)
     with pytest.raises(ValueError, match=r"projection must be \(F, E=8\), got \(4, 5\)"):
         favor_features(q, torch.randn(4, 5), is_query=True)
     with pytest.raises(ValueError, match=r"key_padding must be bool \(B, S\) = \(2, 45\)"):

@@ -20,6 +20,7 @@ sums cost ``O(S F Ev)`` once, so attention costs ``O((L + S) F Ev)`` instead of 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +137,8 @@ def kernel_attention(
     key_padding: torch.Tensor | None = None,
     chunk: int = 128,
     eps: float = 1e-6,
+    feature_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    block: int = 1024,
 ) -> torch.Tensor:
     """Linear attention on non-negative features.
 
@@ -147,23 +150,55 @@ def kernel_attention(
         key_padding: ``(B, S)`` bool, True = real key (padding keys are left out of the sums).
         chunk: chunk length C for the causal prefix sums (memory ``O(C^2 + F Ev)`` per head).
         eps: added to non-zero denominators.
+        feature_map: if given, ``phi_q`` and ``phi_k`` are the raw queries and keys ``(..., E)`` and the
+            map (e.g. :func:`elu_feature_map`) is applied here; without a mask of causality it is applied
+            block by block, so no ``L``-sized feature tensor is ever built.
+        block: rows per block of the non-causal sums (``O(block F)`` temporaries, so the time stays
+            linear in ``L`` instead of paying for fresh ``L``-sized buffers).
 
     Returns:
         ``(B, H, L, Ev)``; queries with no visible key give zeros.
     """
     _check(phi_q, phi_k, v, key_padding, chunk)
+    if not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be an int >= 1, got {block!r}")
     H, L = phi_q.shape[1], phi_q.shape[2]
     H_kv, S = phi_k.shape[1], phi_k.shape[2]
+    if not causal:
+        return _noncausal(phi_q, phi_k, v, key_padding, feature_map, block, eps, H, H_kv)
+    if feature_map is not None:
+        phi_q, phi_k = feature_map(phi_q), feature_map(phi_k)
     if key_padding is not None:
         phi_k = phi_k * key_padding[:, None, :, None].to(phi_k.dtype)  # padded keys contribute 0
-    if not causal:
-        kv = torch.matmul(phi_k.transpose(-1, -2), v)  # (B, H_kv, F, Ev)
-        z = phi_k.sum(-2, keepdim=True)  # (B, H_kv, 1, F)
-        pq = _group(phi_q, H_kv)  # (B, H_kv, G*L, F)
-        num = torch.matmul(pq, kv)  # (B, H_kv, G*L, Ev)
-        den = torch.matmul(pq, z.transpose(-1, -2))  # (B, H_kv, G*L, 1), no (G*L, F) temporary
-        return _ungroup(_divide(num, den, eps), H)
     return _causal(phi_q, phi_k, v, chunk, eps, H, H_kv, L, S)
+
+
+def _noncausal(phi_q, phi_k, v, key_padding, feature_map, block, eps, H, H_kv) -> torch.Tensor:
+    """``sum_j phi(k_j) v_j^T`` and ``sum_j phi(k_j)`` over key blocks, then the queries block by block."""
+    kv = z = None
+    for s in range(0, phi_k.shape[2], block):
+        k_b = phi_k[:, :, s : s + block]  # (B, H_kv, C, F or E)
+        k_b = k_b if feature_map is None else feature_map(k_b)
+        if key_padding is not None:
+            k_b = k_b * key_padding[:, None, s : s + block, None].to(k_b.dtype)  # padded keys contribute 0
+        kv_b = torch.matmul(k_b.transpose(-1, -2), v[:, :, s : s + block])  # (B, H_kv, F, Ev)
+        z_b = k_b.sum(-2, keepdim=True)  # (B, H_kv, 1, F)
+        kv, z = (kv_b, z_b) if kv is None else (kv + kv_b, z + z_b)
+    zt = z.transpose(-1, -2)  # (B, H_kv, F, 1)
+    B, L, Ev = phi_q.shape[0], phi_q.shape[2], v.shape[-1]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (phi_q, phi_k, v))
+    out = None if grad else v.new_empty(B, H, L, Ev)
+    outs = []
+    for s in range(0, L, block):
+        q_b = phi_q[:, :, s : s + block]  # (B, H, C, F or E)
+        pq = _group(q_b if feature_map is None else feature_map(q_b), H_kv)  # (B, H_kv, G*C, F)
+        # num / (den + eps); den is (B, H_kv, G*C, 1): no (G*C, F) temporary
+        o = _ungroup(_divide(torch.matmul(pq, kv), torch.matmul(pq, zt), eps), H)  # (B, H, C, Ev)
+        if out is None:
+            outs.append(o)
+        else:
+            out[:, :, s : s + block] = o
+    return torch.cat(outs, dim=2) if out is None else out
 
 
 def _causal(phi_q, phi_k, v, chunk, eps, H, H_kv, L, S) -> torch.Tensor:
@@ -232,9 +267,9 @@ def linear_attention(
     Returns ``(B, H, L, Ev)``; see :func:`kernel_attention` for the other arguments.
     """
     if projection is None:
-        phi_q, phi_k = elu_feature_map(q), elu_feature_map(k)
-    else:
-        phi_q, phi_k = favor_features(q, projection, is_query=True), favor_features(k, projection, is_query=False)
+        return kernel_attention(q, k, v, causal=causal, key_padding=key_padding, chunk=chunk,
+                                feature_map=elu_feature_map)
+    phi_q, phi_k = favor_features(q, projection, is_query=True), favor_features(k, projection, is_query=False)
     return kernel_attention(phi_q, phi_k, v, causal=causal, key_padding=key_padding, chunk=chunk)
 
 

@@ -193,6 +193,8 @@ class LinearAttend(nn.Module):
             raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
         self.chunk = chunk
 
+    streams_features = True  # elu + 1 acts row by row: kernel_attention applies it block by block
+
     def features(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return elu_feature_map(q), elu_feature_map(k)
 
@@ -200,6 +202,9 @@ class LinearAttend(nn.Module):
         if bias is not None:
             raise ValueError("linear attention cannot add a score bias; use a softmax kernel for ALiBi/relative bias")
         kp = _key_padding(mask, q.shape[0], k.shape[2])
+        if self.streams_features and not return_weights:
+            return kernel_attention(q, k, v, causal=causal, key_padding=kp, chunk=self.chunk,
+                                    feature_map=elu_feature_map)
         phi_q, phi_k = self.features(q, k)
         out = kernel_attention(phi_q, phi_k, v, causal=causal, key_padding=kp, chunk=self.chunk)
         if not return_weights:
@@ -217,6 +222,8 @@ class LinearAttend(nn.Module):
 class PerformerAttend(LinearAttend):
     """Performer: FAVOR+ positive orthogonal random features, redrawn every ``redraw_every`` training calls.
 
+    The key features share one stabilising maximum over all keys, so they are built before the sums.
+
     Args:
         num_features: random features F (>= 1).
         head_dim: E; the projection ``(F, E)`` is drawn at the first call when not given.
@@ -224,6 +231,8 @@ class PerformerAttend(LinearAttend):
         chunk: chunk length for causal prefix sums.
         seed: seed of the projection draws.
     """
+
+    streams_features = False
 
     def __init__(self, num_features: int = 256, head_dim: int | None = None, *, redraw_every: int = 1000,
                  chunk: int = 128, seed: int = 0) -> None:
