@@ -67,3 +67,14 @@ def test_shipped_configs_load():
     assert len(configs) >= 5
     for c in configs:
         assert load_recipe(c).task in ("translation", "lm", "classify")
+
+
+def test_listops_recipe_draws_expressions_within_min_and_max_length():
+    from qkv.recipes.classify import build_data
+
+    recipe = Recipe.from_dict({"task": "classify", "model": "encoder-small",
+                               "data": {"source": "listops", "n_train": 30, "n_valid": 5, "n_test": 5,
+                                        "min_length": 40, "max_length": 80, "batch_size": 4}})
+    data = build_data(recipe)
+    lengths = [len(data.train[i].ids) for i in range(len(data.train))]
+    assert len(lengths) == 30 and min(lengths) >= 40 and max(lengths) <= 80

@@ -34,7 +34,8 @@ class ClassifyData:
 def build_data(recipe: Recipe) -> ClassifyData:
     d, t = recipe.data, recipe.tokenizer
     if d.source == "listops":
-        splits = synthetic.listops_splits(d.n_train, d.n_valid, d.n_test, seed=d.seed, max_length=d.max_length)
+        splits = synthetic.listops_splits(d.n_train, d.n_valid, d.n_test, seed=d.seed,
+                                         min_length=d.min_length, max_length=d.max_length)
         tok = synthetic.listops_tokenizer()
         names = [str(i) for i in range(10)]
         make = lambda rows: LabelledDataset.from_pairs(  # noqa: E731

@@ -38,6 +38,7 @@ class DataConfig:
         n_train, n_valid, n_test: sizes of generated splits.
         max_len: longest sequence kept (tokens).
         max_length: generated ListOps/copy length bound.
+        min_length: shortest generated ListOps expression (tokens; LRA draws 500-2000).
         batch_size: examples per batch (or use ``max_tokens``).
         max_tokens: token budget per batch (length-bucketed), instead of ``batch_size``.
         block_size: LM context length.
@@ -54,6 +55,7 @@ class DataConfig:
     n_test: int = 1000
     max_len: int | None = None
     max_length: int = 64
+    min_length: int = 1
     batch_size: int | None = 64
     max_tokens: int | None = None
     block_size: int = 64
