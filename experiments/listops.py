@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row = {**run_variant(name, VARIANTS[name], args), "args": vars(args)}
         atomic_write_text(per_variant / f"{name}.json", json.dumps(row, indent=1))
         print(f"{name}: {row['test_accuracy']:.1f}%", flush=True)
-    rows = [json.loads((per_variant / f"{n}.json").read_text()) for n in VARIANTS if (per_variant / f"{n}.json").exists()]
+    files = [per_variant / f"{n}.json" for n in VARIANTS]
+    rows = [json.loads(f.read_text()) for f in files if f.exists()]
     atomic_write_text(results / "listops.json", json.dumps({"rows": rows}, indent=1))
     print(table(rows))
     return rows
