@@ -8,14 +8,19 @@ loops run interleaved, chunk by chunk, in one process, so load from other proces
 the JSON reports medians of per-chunk tokens/s and their ratio. On a shared machine pass
 ``--threads 1``: with more OpenMP threads than free cores, both loops slow down ten-fold.
 Run: ``python benchmarks/training.py [--quick] [--steps N] [--threads T]``;
-writes benchmarks/results/training.json.
+writes benchmarks/results/training.json. ``--ddp 2`` instead runs qkv's trainer as two one-thread DDP
+processes (torchrun, gloo; each takes half of every global batch of 12) against the plain loop with
+torch's threads: two cores either way (plain loop timed before and after; benchmarks/results/training_ddp.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -136,15 +141,31 @@ def plain_loop(model: torch.nn.Module, case: Case, data: torch.Tensor) -> Callab
     return run
 
 
-def qkv_loop(model: torch.nn.Module, case: Case, data: torch.Tensor) -> tuple[Trainer, Callable[[int], None]]:
-    cfg = TrainConfig(
+class _RankBatches(_LMBatches):
+    """Rank ``rank``'s equal share of each global batch: ``world`` ranks together see the same rows."""
+
+    def __init__(self, stream: Iterator[tuple[torch.Tensor, torch.Tensor]], rank: int, world: int) -> None:
+        super().__init__(stream)
+        self.rank, self.world = rank, world
+
+    def __iter__(self):
+        for x, y in self.stream:
+            n = x.shape[0] // self.world
+            yield _Batch(x[self.rank * n : (self.rank + 1) * n], y[self.rank * n : (self.rank + 1) * n])
+
+
+def trainer_config(case: Case) -> TrainConfig:
+    return TrainConfig(
         steps=case.steps, lr=case.lr, warmup=case.warmup, schedule="cosine", min_lr_ratio=0.1,
         weight_decay=case.weight_decay, betas=(0.9, 0.99), eps=1e-8, grad_clip=1.0,
         precision=case.precision, compile=case.compile, attention_backend=case.attention,
         log_every=case.chunk, progress=False,
         device="cpu", seed=case.seed,
     )
-    trainer = Trainer(model, lm_loss, _LMBatches(batches(data, case, case.seed)), cfg)
+
+
+def qkv_loop(model: torch.nn.Module, case: Case, data: torch.Tensor) -> tuple[Trainer, Callable[[int], None]]:
+    trainer = Trainer(model, lm_loss, _LMBatches(batches(data, case, case.seed)), trainer_config(case))
 
     def run(k: int) -> None:
         trainer.fit(until=trainer.step + k)
@@ -163,18 +184,24 @@ def val_loss(model: torch.nn.Module, data: torch.Tensor, case: Case) -> float:
     return statistics.mean(losses)
 
 
-def run_case(case: Case) -> dict:
-    text, source = load_text()
-    train, val, vocab = encode(text)
+def build_model(case: Case, vocab: int) -> DecoderModel:
+    """The same initial weights on every call (and in every process)."""
     cfg = model_config("gpt-char-small", vocab_size=vocab, num_layers=case.n_layer, d_model=case.d_model,
                        num_heads=case.n_head, max_len=case.block, dropout=0.0)
     torch.manual_seed(case.seed)
-    plain_model = DecoderModel(cfg)
+    model = DecoderModel(cfg)
     # nanoGPT initialises every embedding table N(0, 0.02); qkv's learned position table starts at N(0, 1),
     # 50x the token embeddings, which drowns the token signal and stalls training near the unigram loss.
-    torch.nn.init.normal_(plain_model.embed.position.embed.weight, std=0.02)
-    qkv_model = DecoderModel(cfg)
-    qkv_model.load_state_dict(plain_model.state_dict())  # identical start
+    torch.nn.init.normal_(model.embed.position.embed.weight, std=0.02)
+    return model
+
+
+def run_case(case: Case) -> dict:
+    text, source = load_text()
+    train, val, vocab = encode(text)
+    plain_model = build_model(case, vocab)
+    qkv_model = build_model(case, vocab)
+    assert all(torch.equal(a, b) for a, b in zip(plain_model.parameters(), qkv_model.parameters(), strict=True))
     plain = plain_loop(plain_model, case, train)
     trainer, ours = qkv_loop(qkv_model, case, train)
     warm = {}
@@ -204,6 +231,63 @@ def run_case(case: Case) -> dict:
     }
 
 
+def ddp_worker(case: Case) -> None:
+    """One rank of ``--ddp``: qkv's trainer with DDP (gloo, one thread), its share of every global batch."""
+    from qkv.training import cleanup, init_distributed
+
+    torch.set_num_threads(1)
+    info = init_distributed()
+    text, _ = load_text()
+    train, val, vocab = encode(text)
+    model = build_model(case, vocab)
+    trainer = Trainer(model, lm_loss, _RankBatches(batches(train, case, case.seed), info.rank, info.world_size),
+                      trainer_config(case), dist=info)
+    trainer.fit(until=case.chunk)  # warm-up chunk
+    samples = []
+    for _ in range(case.steps // case.chunk - 1):
+        t0 = time.perf_counter()
+        trainer.fit(until=trainer.step + case.chunk)
+        samples.append(case.chunk * case.batch * case.block / (time.perf_counter() - t0))
+    if info.is_main:
+        print("DDP " + json.dumps({"tokens_per_s": samples, "steps_done": trainer.step,
+                                   "val_loss": val_loss(trainer.model, val, case)}), flush=True)
+    cleanup()
+
+
+def run_ddp_case(case: Case, nproc: int) -> dict:
+    """The plain loop in this process (torch's threads) vs qkv's trainer as ``nproc`` one-thread DDP ranks
+    under torchrun: the same cores, the same global batches and steps. Plain, DDP, plain again."""
+    text, source = load_text()
+    train, val, vocab = encode(text)
+    plain_model = build_model(case, vocab)
+    plain = plain_loop(plain_model, case, train)
+    plain(case.chunk)  # warm-up
+    plain_samples: list[float] = []
+
+    def time_plain(chunks: int) -> None:
+        for _ in range(chunks):
+            t0 = time.perf_counter()
+            plain(case.chunk)
+            plain_samples.append(case.chunk * case.batch * case.block / (time.perf_counter() - t0))
+
+    n_chunks = case.steps // case.chunk - 1
+    time_plain(n_chunks // 2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           str(Path(__file__).resolve()), "--ddp-worker", "--steps", str(case.steps)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"DDP run failed:\n{proc.stderr[-3000:]}")
+    ddp = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("DDP ")][-1][4:])
+    time_plain(n_chunks - n_chunks // 2)
+    tps_plain, tps_ddp = statistics.median(plain_samples), statistics.median(ddp["tokens_per_s"])
+    return {**asdict(case), "data": source, "threads_plain": torch.get_num_threads(), "ddp_processes": nproc,
+            "threads_per_process": 1, "steps_done": ddp["steps_done"],
+            "tokens_per_s_plain": tps_plain, "tokens_per_s_qkv_ddp": tps_ddp, "ratio_qkv_ddp_over_plain": tps_ddp / tps_plain,
+            "val_loss_plain": val_loss(plain_model, val, case), "val_loss_qkv_ddp": ddp["val_loss"]}
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="few steps: a smoke run")
@@ -211,12 +295,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (both loops)")
     p.add_argument("--variants", action="store_true",
                    help="also time bf16 with flash attention, fp32, and bf16 + torch.compile")
+    p.add_argument("--ddp", type=int, default=0, metavar="N",
+                   help="instead: qkv's trainer as N one-thread DDP processes (torchrun, gloo) vs the plain loop "
+                        "with torch's threads in this process")
+    p.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     base = Case(steps=60, chunk=10, eval_batches=5) if args.quick else Case()
     if args.steps:
         base = Case(**{**asdict(base), "steps": args.steps})
+    if args.ddp_worker:
+        ddp_worker(base)
+        return []
+    if args.ddp:
+        row = run_ddp_case(base, args.ddp)
+        print(f"plain ({row['threads_plain']} threads) {row['tokens_per_s_plain']:8.0f} tok/s  qkv DDP "
+              f"({args.ddp} x 1 thread) {row['tokens_per_s_qkv_ddp']:8.0f} tok/s  ratio "
+              f"{row['ratio_qkv_ddp_over_plain']:.2f}  val loss plain {row['val_loss_plain']:.4f} "
+              f"qkv {row['val_loss_qkv_ddp']:.4f}", flush=True)
+        print(f"wrote {write_json('training_ddp', {'cases': [row]})}")
+        return [row]
     cases = [base]
     if args.variants and not args.quick:
         cases += [Case(**{**asdict(base), "attention": None}),  # bf16 with torch's (flash) attention
