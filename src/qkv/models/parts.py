@@ -24,7 +24,6 @@ from qkv.modules.embeddings import (
 from qkv.modules.feed_forward import build_feed_forward
 
 __all__ = [
-    "TiedOutput",
     "attention",
     "encoder_block",
     "decoder_block",
@@ -125,28 +124,3 @@ def check_tokens(name: str, ids: torch.Tensor) -> None:
         raise ValueError(f"{name} must have shape (B, L), got {tuple(ids.shape)}")
 
 
-class TiedOutput:
-    """Logits through a tied embedding matrix ``(V, D)``: ``hidden @ weight^T``.
-
-    Decoding multiplies a few rows by a matrix far larger than the CPU caches (GPT-2: 50257 x 768, 154 MB).
-    MKL reads that matrix about twice as fast laid out ``(D, V)`` as through the transposed view
-    ``F.linear`` passes (13 -> 6.5 ms for one row, 33 -> 22 ms for eight, one thread). So without autograd,
-    on CPU and for at most ``max_rows`` rows, this keeps a contiguous ``(D, V)`` copy of the weight (rebuilt
-    when the weight changes: its storage, version counter, dtype or device), at the cost of that copy's memory.
-    Training and long prompts take ``F.linear`` on the weight itself.
-    """
-
-    max_rows = 64
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._matrix: torch.Tensor | None = None
-
-    def __call__(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        rows = hidden.numel() // max(hidden.shape[-1], 1)
-        if torch.is_grad_enabled() or hidden.device.type != "cpu" or rows > self.max_rows:
-            return torch.nn.functional.linear(hidden, weight)
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(weight.shape))
-        if key != self._key:
-            self._matrix, self._key = weight.detach().t().contiguous(), key  # (D, V)
-        return hidden @ self._matrix  # (..., V)
