@@ -27,8 +27,8 @@ __all__ = ["Linear", "TransposedWeight"]
 
 
 def _exporting() -> bool:
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() or \
-        torch.onnx.is_in_onnx_export()
+    """Tracing (TorchScript, ONNX) or compiling (torch.compile, torch.export): use the weight itself."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 class TransposedWeight:
