@@ -82,3 +82,32 @@ def test_small_block_weights_skip_the_cache_large_ones_use_it():
         assert other._transposed._matrix is None
     finally:
         TransposedWeight.enabled = True
+
+
+def test_decoding_through_cached_block_weights_equals_f_linear():
+    """A model whose block matrices are large enough for the cache decodes as with plain F.linear."""
+    from qkv.generation import DecoderStepper
+    from qkv.models import DecoderModel
+    from qkv.models.registry import config
+    from qkv.modules.projection import TransposedWeight
+
+    torch.manual_seed(0)
+    model = DecoderModel(config("gpt-char-small", vocab_size=50, num_layers=1, d_model=512, num_heads=8,
+                                max_len=32, dropout=0.0)).eval()
+    prompt = torch.randint(0, 50, (1, 5))
+
+    def logits_per_step(enabled: bool) -> torch.Tensor:
+        TransposedWeight.enabled = enabled
+        try:
+            with torch.no_grad():
+                stepper = DecoderStepper(model, prompt, max_new_tokens=6)
+                out = [stepper.start()]
+                for _ in range(6):
+                    out.append(stepper.step(out[-1].argmax(-1)))
+            return torch.stack(out)  # (7, 1, V)
+        finally:
+            TransposedWeight.enabled = True
+
+    cached = logits_per_step(True)
+    assert model.decoder.layers[0].ff.w1._transposed._matrix is not None  # the cache was used
+    torch.testing.assert_close(cached, logits_per_step(False), atol=1e-5, rtol=1e-5)
