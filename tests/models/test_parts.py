@@ -1,15 +1,18 @@
-"""Linear maps that decode through a cached transposed weight (qkv.modules.projection), in the models."""
+"""Linear maps that decode through cached weight copies (qkv.modules.projection), alone and in the models."""
 
+import copy
+
+import pytest
 import torch
 
+from qkv.modules.projection import DecodeWeights, Linear
 
-def test_transposed_weight_cached_copy_equals_linear_and_follows_the_weight():
-    from qkv.modules.projection import TransposedWeight as TiedOutput
 
+def test_transposed_copy_equals_linear_and_follows_the_weight():
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(101, 16, generator=g, requires_grad=True)
-    out = TiedOutput()
-    few, many = torch.randn(2, 3, 16, generator=g), torch.randn(5, 20, 16, generator=g)
+    out = DecodeWeights(min_elements=0)
+    few, many = torch.randn(2, 1, 16, generator=g), torch.randn(5, 60, 16, generator=g)
     with torch.no_grad():
         torch.testing.assert_close(out(few, weight), torch.nn.functional.linear(few, weight), atol=1e-5, rtol=1e-5)
         cached = out._matrix
@@ -20,11 +23,58 @@ def test_transposed_weight_cached_copy_equals_linear_and_follows_the_weight():
         torch.testing.assert_close(out(few, weight), torch.nn.functional.linear(few, weight), atol=1e-5, rtol=1e-5)
         assert out._matrix is not cached
         rebuilt = out._matrix
-        out(many, weight)  # 100 rows: straight F.linear, the cache is left alone
-        assert out._matrix is rebuilt
+        torch.testing.assert_close(out(many, weight), torch.nn.functional.linear(many, weight))  # 300 rows: F.linear
+        assert out._matrix is rebuilt and out._packed is None
     y = out(few, weight)  # autograd on: no copy, gradients reach the weight
     y.sum().backward()
     assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch build")
+def test_onednn_copy_for_more_rows_equals_linear_and_follows_weight_and_bias():
+    torch.manual_seed(0)
+    lin = Linear(512, 640)  # 327,680 weights: over the 2**18 threshold
+    ref = torch.nn.Linear(512, 640)
+    ref.load_state_dict(lin.state_dict())  # the same parameter names and shapes as nn.Linear
+    assert set(lin.state_dict()) == {"weight", "bias"}
+    x = torch.randn(3, 5, 512)  # 15 rows: the oneDNN copy
+    with torch.no_grad():
+        torch.testing.assert_close(lin(x), ref(x), atol=1e-5, rtol=1e-5)
+        packed = lin._decode._packed
+        assert packed is not None and packed[0].is_mkldnn and lin._decode._matrix is None
+        lin(x)
+        assert lin._decode._packed is packed
+        lin.bias.add_(1.0)  # a bias change alone rebuilds the copy
+        torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
+        assert lin._decode._packed is not packed
+        one = torch.randn(1, 1, 512)  # one row: the transposed copy
+        torch.testing.assert_close(lin(one), torch.nn.functional.linear(one, lin.weight, lin.bias), atol=1e-5,
+                                   rtol=1e-5)
+        assert lin._decode._matrix is not None
+        assert copy.deepcopy(lin)._decode._packed is None  # copies do not carry the caches
+        x64 = torch.randn(2, 512, dtype=torch.float64)  # other dtypes: F.linear
+        lin64 = copy.deepcopy(lin).double()
+        torch.testing.assert_close(lin64(x64), torch.nn.functional.linear(x64, lin64.weight, lin64.bias))
+        assert lin64._decode._packed is None and lin64._decode._matrix is None
+    x = torch.randn(4, 512, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda t: lin64(t), (x,))  # with autograd: F.linear on the parameters
+
+
+def test_small_weights_and_the_switch_take_f_linear():
+    small, large = Linear(128, 512), Linear(768, 768)
+    with torch.no_grad():
+        small(torch.randn(1, 128))
+        large(torch.randn(1, 1, 768))
+    assert small._decode._matrix is None and large._decode._matrix is not None
+    other = Linear(768, 768)
+    DecodeWeights.enabled = False  # switched off: no copy, the same result
+    try:
+        with torch.no_grad():
+            x = torch.randn(1, 768)
+            torch.testing.assert_close(other(x), torch.nn.functional.linear(x, other.weight, other.bias))
+        assert other._decode._matrix is None
+    finally:
+        DecodeWeights.enabled = True
 
 
 def test_decoding_logits_use_the_cached_output_matrix():
@@ -40,74 +90,31 @@ def test_decoding_logits_use_the_cached_output_matrix():
     torch.testing.assert_close(got, want.detach(), atol=1e-5, rtol=1e-5)
 
 
-def test_linear_decodes_through_the_cache_and_keeps_nn_linear_state():
-    import copy
-
-    from qkv.modules.projection import Linear
-
-    g = torch.Generator().manual_seed(1)
-    lin = Linear(16, 40, cache_rows=3, cache_min_elements=0)
-    ref = torch.nn.Linear(16, 40)
-    ref.load_state_dict(lin.state_dict())  # same parameter names and shapes as nn.Linear
-    assert set(lin.state_dict()) == {"weight", "bias"}
-    x = torch.randn(3, 1, 16, generator=g, dtype=torch.float64)
-    lin, ref = lin.double(), ref.double()
-    with torch.no_grad():
-        torch.testing.assert_close(lin(x), ref(x), atol=1e-12, rtol=1e-12)  # bias through addmm
-        assert lin._transposed._matrix is not None and lin._transposed._matrix.shape == (16, 40)
-        assert copy.deepcopy(lin)._transposed._matrix is None  # copies do not carry the cache
-        cached = lin._transposed._matrix
-        lin(torch.randn(4, 16, dtype=torch.float64))  # more rows than cache_rows: F.linear, cache untouched
-        assert lin._transposed._matrix is cached
-        lin.weight.add_(1.0)
-        torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias), atol=1e-12, rtol=1e-12)
-    x.requires_grad_(True)
-    torch.autograd.gradcheck(lambda t: lin(t), (x,))  # with autograd: F.linear on the parameters
-
-
-def test_small_block_weights_skip_the_cache_large_ones_use_it():
-    from qkv.modules.projection import Linear, TransposedWeight
-
-    small, large = Linear(128, 512), Linear(768, 768)  # default: at least 2**18 weights, at most 2 rows
-    with torch.no_grad():
-        small(torch.randn(1, 128))
-        large(torch.randn(1, 1, 768))
-    assert small._transposed._matrix is None and large._transposed._matrix is not None
-    other = Linear(768, 768)
-    TransposedWeight.enabled = False  # switched off: no copy, the same result
-    try:
-        with torch.no_grad():
-            x = torch.randn(1, 768)
-            torch.testing.assert_close(other(x), torch.nn.functional.linear(x, other.weight, other.bias))
-        assert other._transposed._matrix is None
-    finally:
-        TransposedWeight.enabled = True
-
-
-def test_decoding_through_cached_block_weights_equals_f_linear():
-    """A model whose block matrices are large enough for the cache decodes as with plain F.linear."""
+@pytest.mark.parametrize("batch", [1, 4])
+def test_decoding_through_cached_block_weights_equals_f_linear(batch):
+    """A model whose block matrices are large enough for the caches decodes as with plain F.linear."""
     from qkv.generation import DecoderStepper
     from qkv.models import DecoderModel
     from qkv.models.registry import config
-    from qkv.modules.projection import TransposedWeight
 
     torch.manual_seed(0)
     model = DecoderModel(config("gpt-char-small", vocab_size=50, num_layers=1, d_model=512, num_heads=8,
                                 max_len=32, dropout=0.0)).eval()
-    prompt = torch.randint(0, 50, (1, 5))
+    prompt = torch.randint(0, 50, (batch, 5))
 
     def logits_per_step(enabled: bool) -> torch.Tensor:
-        TransposedWeight.enabled = enabled
+        DecodeWeights.enabled = enabled
         try:
             with torch.no_grad():
                 stepper = DecoderStepper(model, prompt, max_new_tokens=6)
                 out = [stepper.start()]
                 for _ in range(6):
                     out.append(stepper.step(out[-1].argmax(-1)))
-            return torch.stack(out)  # (7, 1, V)
+            return torch.stack(out)  # (7, B, V)
         finally:
-            TransposedWeight.enabled = True
+            DecodeWeights.enabled = True
 
     cached = logits_per_step(True)
-    assert model.decoder.layers[0].ff.w1._transposed._matrix is not None  # the cache was used
+    w1 = model.decoder.layers[0].ff.w1._decode
+    assert (w1._matrix if batch == 1 else w1._packed) is not None  # the copy for this many rows was used
     torch.testing.assert_close(cached, logits_per_step(False), atol=1e-5, rtol=1e-5)

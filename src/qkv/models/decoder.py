@@ -12,7 +12,7 @@ from qkv.models import parts
 from qkv.models.config import DecoderConfig
 from qkv.modules.blocks import DecoderStack
 from qkv.modules.kv_cache import KVCache
-from qkv.modules.projection import Linear, TransposedWeight
+from qkv.modules.projection import DecodeWeights, Linear
 
 __all__ = ["DecoderModel"]
 
@@ -35,8 +35,8 @@ class DecoderModel(nn.Module):
         self.alibi = parts.alibi(cfg, causal=True)
         blocks = [parts.decoder_block(cfg, self.rotary, cross=False) for _ in range(cfg.num_layers)]
         self.decoder = DecoderStack(blocks, parts.final_norm(cfg))
-        self.lm_head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, bias=False, cache_rows=64)
-        self._tied_output = TransposedWeight()  # logits through a cached (D, V) copy while decoding; not saved
+        self.lm_head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self._tied_output = DecodeWeights(min_elements=0)  # logits through cached copies while decoding; not saved
 
     def forward(
         self,

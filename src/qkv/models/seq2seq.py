@@ -13,7 +13,7 @@ from qkv.models import parts
 from qkv.models.config import Seq2SeqConfig
 from qkv.modules.blocks import DecoderStack, EncoderStack, LayerCache
 from qkv.modules.kv_cache import KVCache
-from qkv.modules.projection import Linear, TransposedWeight
+from qkv.modules.projection import DecodeWeights, Linear
 
 __all__ = ["EncoderDecoderModel"]
 
@@ -39,8 +39,8 @@ class EncoderDecoderModel(nn.Module):
         dec = [parts.decoder_block(cfg, self.rotary, cross=True) for _ in range(cfg.num_decoder_layers)]
         self.encoder = EncoderStack(enc, parts.final_norm(cfg))
         self.decoder = DecoderStack(dec, parts.final_norm(cfg))
-        self.generator = None if cfg.tie_output else Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False, cache_rows=64)
-        self._tied_output = TransposedWeight()  # logits through a cached (D, V) copy while decoding; not saved
+        self.generator = None if cfg.tie_output else Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
+        self._tied_output = DecodeWeights(min_elements=0)  # logits through cached copies while decoding; not saved
 
     def _src_mask(self, src: torch.Tensor, src_mask: torch.Tensor | None) -> torch.Tensor | None:
         if src_mask is None and self.config.pad_id is not None:

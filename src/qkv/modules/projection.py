@@ -1,20 +1,23 @@
-"""Linear maps that decode fast on a CPU: a cached ``(in, out)`` copy of the weight for few-row calls.
+"""Linear maps that decode fast on a CPU: cached copies of the weight in the layout that streams fastest.
 
-Decoding multiplies one row (or a few) per sequence by every weight matrix of the model, so a decoding
-step is bound by how fast the weights stream from memory. ``F.linear`` hands MKL the transposed view of
-the ``(out, in)`` weight, which it reads slower than a contiguous ``(in, out)`` matrix. Measured on this
-project's CPU (one thread, 24 matrices in turn so that caches are cold; ``F.linear`` vs the copy):
+Decoding multiplies a few rows per step by every weight matrix of the model, so a step is bound by how
+fast the weights stream from memory and how well the small-``M`` GEMM kernel runs. Measured on this
+project's CPU (an AMD EPYC; one thread, 12-24 matrices in turn so that caches are cold; ``F.linear``
+vs the copies below; GPT-2-small's matrices):
 
-* GPT-2-small's block matrices, one row: 768x768 146 -> 120 us, 768->2304 457 -> 315 us, 768->3072
-  614 -> 469 us, 3072->768 471 -> 411 us; two rows 1.2-1.5x as well; four or eight rows: no gain.
-* its 50257 x 768 output matrix: one row 13 -> 6.5 ms, eight rows 33 -> 22 ms.
-* small matrices (128 x 512): the Python-side check costs more than the copy saves.
+* one or two rows: ``F.linear`` hands MKL the transposed view of the ``(out, in)`` weight, which it
+  reads slower than a contiguous ``(in, out)`` matrix: 768->2304 457 -> 315 us, 768->3072 614 -> 469 us,
+  3072->768 471 -> 411 us, the 50257 x 768 output matrix 9.5 -> 5.6 ms.
+* three rows and more: oneDNN's inner product on a weight reordered once (``to_mkldnn``) runs about
+  twice as fast as MKL's fp32 GEMM here: 768->3072 at 8 rows 1015 -> 679 us, at 128 rows 7.1 -> 3.3 ms;
+  the output matrix at 8 rows 20.8 -> 11.6 ms.
+* small matrices (128 x 512): the fixed costs outweigh the gain, so they keep ``F.linear``.
 
-So without autograd, on CPU, for a weight of at least ``min_elements`` and at most ``max_rows`` rows,
-:class:`TransposedWeight` multiplies by a contiguous ``(in, out)`` copy of the weight, rebuilt whenever
-the weight changes (its storage, version counter, dtype, device or shape), at the cost of the copy's
-memory (as much again as the weights it serves). Training, long prompts, GPUs and tracing/export take
-``F.linear`` on the weight itself.
+So without autograd, on CPU, in float32, for a weight of at least ``min_elements`` and at most
+``max_rows`` rows, :class:`DecodeWeights` multiplies by such a copy, rebuilt whenever the weight (or bias)
+changes: its storage, version counter, dtype, device or shape. The price is the copies' memory (as much
+again as the weights they serve, per layout used). Training, large batches, GPUs, other dtypes and
+tracing/export take ``F.linear`` on the weight itself.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Linear", "TransposedWeight"]
+__all__ = ["DecodeWeights", "Linear"]
+
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch._C._nn, "mkldnn_linear")
 
 
 def _exporting() -> bool:
@@ -31,50 +36,62 @@ def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
-class TransposedWeight:
-    """``F.linear(x, weight, bias)``, through a cached contiguous ``weight^T`` for few-row CPU inference.
+def _key(t: torch.Tensor | None) -> tuple | None:
+    return None if t is None else (t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
 
-    A plain object (not a module, not a parameter or buffer): nothing of it is saved, moved by ``.to()``
-    or copied by ``copy.deepcopy`` (a copy starts with an empty cache). Set ``TransposedWeight.enabled =
-    False`` to trade the speed for the memory of the copies (every instance then takes ``F.linear``).
+
+class DecodeWeights:
+    """``F.linear(x, weight, bias)`` through cached copies of the weight for few-row float32 CPU inference.
+
+    Up to ``transpose_rows`` rows multiply a contiguous ``weight^T`` ``(in, out)``; more rows (up to
+    ``max_rows``) run oneDNN on a reordered copy. A plain object (not a module, parameter or buffer):
+    nothing of it is saved, moved by ``.to()`` or copied by ``copy.deepcopy`` (a copy starts empty).
+    Set ``DecodeWeights.enabled = False`` to trade the speed for the memory of the copies.
     """
 
     enabled = True
+    transpose_rows = 2
+    onednn_min_elements = 2**18  # smaller weights (a tied output over a tiny vocabulary) stay transposed
 
-    def __init__(self, max_rows: int = 64, min_elements: int = 0) -> None:
+    def __init__(self, max_rows: int = 256, min_elements: int = 2**18) -> None:
         self.max_rows, self.min_elements = max_rows, min_elements
-        self._key: tuple | None = None
-        self._matrix: torch.Tensor | None = None
+        self._matrix: torch.Tensor | None = None  # (in, out)
+        self._matrix_key: tuple | None = None
+        self._packed: tuple[torch.Tensor, torch.Tensor | None] | None = None  # oneDNN weight, bias
+        self._packed_key: tuple | None = None
 
-    def __deepcopy__(self, memo: dict) -> TransposedWeight:
+    def __deepcopy__(self, memo: dict) -> DecodeWeights:
         return type(self)(self.max_rows, self.min_elements)
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        D = x.shape[-1]
         if (not self.enabled or torch.is_grad_enabled() or weight.numel() < self.min_elements
-                or x.device.type != "cpu" or x.numel() > self.max_rows * x.shape[-1] or _exporting()):
+                or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
+                or x.numel() > self.max_rows * D or _exporting()):
             return F.linear(x, weight, bias)
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(weight.shape))
-        if key != self._key:
-            self._matrix, self._key = weight.detach().t().contiguous(), key  # (in, out)
-        if bias is None:
-            return x @ self._matrix  # (..., out)
-        return torch.addmm(bias, x.reshape(-1, x.shape[-1]), self._matrix).view(*x.shape[:-1], -1)
+        rows = x.numel() // max(D, 1)
+        if rows <= self.transpose_rows or not _ONEDNN or weight.numel() < self.onednn_min_elements:
+            key = _key(weight)
+            if key != self._matrix_key:
+                self._matrix, self._matrix_key = weight.detach().t().contiguous(), key
+            y = x.reshape(-1, D) @ self._matrix if bias is None else torch.addmm(bias, x.reshape(-1, D), self._matrix)
+        else:
+            key = (_key(weight), _key(bias))
+            if key != self._packed_key:
+                self._packed = None  # free the old copy before making the new one
+                self._packed = (weight.detach().to_mkldnn(), None if bias is None else bias.detach().to_mkldnn())
+                self._packed_key = key
+            w, b = self._packed
+            y = torch._C._nn.mkldnn_linear(x.reshape(-1, D).contiguous().to_mkldnn(), w, b).to_dense()
+        return y.view(*x.shape[:-1], weight.shape[0])  # (..., out)
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, same state dict) that decodes through :class:`TransposedWeight`.
+    """``nn.Linear`` (same parameters, same state dict) that decodes through :class:`DecodeWeights`."""
 
-    Args:
-        in_features, out_features, bias, device, dtype: as for ``nn.Linear``.
-        cache_rows: most rows that use the cached copy (2 for block matrices; an output layer over a
-            large vocabulary gains up to 64).
-        cache_min_elements: smaller weights always take ``F.linear``.
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
-                 cache_rows: int = 2, cache_min_elements: int = 2**18) -> None:
-        super().__init__(in_features, out_features, bias, device, dtype)
-        self._transposed = TransposedWeight(cache_rows, cache_min_elements)
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._decode = DecodeWeights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return self._transposed(x, self.weight, self.bias)
+        return self._decode(x, self.weight, self.bias)
