@@ -7,6 +7,10 @@ nanoGPT's train.py runs, and is its validation loss no worse after the same numb
 loops run interleaved, chunk by chunk, in one process, so load from other processes hits both alike;
 the JSON reports medians of per-chunk tokens/s and their ratio. On a shared machine pass
 ``--threads 1``: with more OpenMP threads than free cores, both loops slow down ten-fold.
+With two threads qkv's step (many short OpenMP regions) gains from ``OMP_WAIT_POLICY=ACTIVE`` (worker
+threads spin between regions instead of sleeping; a sleeping thread's wake-up is slow on this VM):
+set it in the environment (it acts on both loops; the JSON records it). Measured: default 1.70-1.75x,
+ACTIVE 1.92-2.01x (qkv 34-43k tok/s, plain 18-22k).
 Run: ``python benchmarks/training.py [--quick] [--steps N] [--threads T]``;
 writes benchmarks/results/training.json. ``--ddp 2`` instead runs qkv's trainer as two one-thread DDP
 processes (torchrun, gloo; each takes half of every global batch of 12) against the plain loop with
@@ -220,6 +224,7 @@ def run_case(case: Case) -> dict:
     losses = {"plain": val_loss(plain_model, val, case), "qkv": val_loss(qkv_model, val, case)}
     return {
         **asdict(case), "data": source, "vocab": vocab, "threads": torch.get_num_threads(),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "steps_done": trainer.step,
         "tokens_per_s_plain": tps["plain"], "tokens_per_s_qkv": tps["qkv"],
         "ratio_qkv_over_plain": tps["qkv"] / tps["plain"],
