@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     cases = [(Case("small", batch=b, **SMALL), 1 if args.quick else 7) for b in (1, 8)]
     if not args.quick:
-        cases += [(Case("gpt2-small", batch=b, **GPT2_SMALL), 2) for b in (1, 8)]
+        cases += [(Case("gpt2-small", batch=b, **GPT2_SMALL), 4) for b in (1, 8)]
     rows = [run_case(c, repeats) for c, repeats in cases]
     latency = position_latency(repeats=1 if args.quick else 4)
     path = write_json("generation", {"threads": args.threads, "target_speedup": 1.5, "cases": rows,

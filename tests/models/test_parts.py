@@ -50,8 +50,10 @@ def test_onednn_copy_for_more_rows_equals_linear_and_follows_weight_and_bias():
         one = torch.randn(1, 1, 512)  # one row: the transposed copy
         torch.testing.assert_close(lin(one), torch.nn.functional.linear(one, lin.weight, lin.bias), atol=1e-5,
                                    rtol=1e-5)
-        assert lin._decode._matrix is not None
-        assert copy.deepcopy(lin)._decode._packed is None  # copies do not carry the caches
+        assert lin._decode._matrix is not None and lin._decode._packed is None  # one copy at a time
+        torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
+        assert lin._decode._packed is None  # more rows now reuse the transposed copy: nothing rebuilt
+        assert copy.deepcopy(lin)._decode._matrix is None  # copies do not carry the caches
         x64 = torch.randn(2, 512, dtype=torch.float64)  # other dtypes: F.linear
         lin64 = copy.deepcopy(lin).double()
         torch.testing.assert_close(lin64(x64), torch.nn.functional.linear(x64, lin64.weight, lin64.bias))

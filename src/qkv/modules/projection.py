@@ -15,8 +15,8 @@ vs the copies below; GPT-2-small's matrices):
 
 So without autograd, on CPU, in float32, for a weight of at least ``min_elements`` and at most
 ``max_rows`` rows, :class:`DecodeWeights` multiplies by such a copy, rebuilt whenever the weight (or bias)
-changes: its storage, version counter, dtype, device or shape. The price is the copies' memory (as much
-again as the weights they serve, per layout used). Training, large batches, GPUs, other dtypes and
+changes: its storage, version counter, dtype, device or shape. The price is the copy's memory (as much
+again as the weights it serves; one layout at a time). Training, large batches, GPUs, other dtypes and
 tracing/export take ``F.linear`` on the weight itself.
 """
 
@@ -44,9 +44,11 @@ class DecodeWeights:
     """``F.linear(x, weight, bias)`` through cached copies of the weight for few-row float32 CPU inference.
 
     Up to ``transpose_rows`` rows multiply a contiguous ``weight^T`` ``(in, out)``; more rows (up to
-    ``max_rows``) run oneDNN on a reordered copy. A plain object (not a module, parameter or buffer):
-    nothing of it is saved, moved by ``.to()`` or copied by ``copy.deepcopy`` (a copy starts empty).
-    Set ``DecodeWeights.enabled = False`` to trade the speed for the memory of the copies.
+    ``max_rows``) run oneDNN on a reordered copy. At most one copy is held: once the transposed copy
+    exists (decoding one row per sequence), longer inputs use it too rather than building a second one.
+    A plain object (not a module, parameter or buffer): nothing of it is saved, moved by ``.to()`` or
+    copied by ``copy.deepcopy`` (a copy starts empty). Set ``DecodeWeights.enabled = False`` to trade
+    the speed for the memory of the copy.
     """
 
     enabled = True
@@ -70,19 +72,23 @@ class DecodeWeights:
                 or x.numel() > self.max_rows * D or _exporting()):
             return F.linear(x, weight, bias)
         rows = x.numel() // max(D, 1)
-        if rows <= self.transpose_rows or not _ONEDNN or weight.numel() < self.onednn_min_elements:
-            key = _key(weight)
-            if key != self._matrix_key:
-                self._matrix, self._matrix_key = weight.detach().t().contiguous(), key
-            y = x.reshape(-1, D) @ self._matrix if bias is None else torch.addmm(bias, x.reshape(-1, D), self._matrix)
+        x2 = x.reshape(-1, D)
+        fresh = _key(weight) == self._matrix_key
+        if rows <= self.transpose_rows or fresh or not _ONEDNN or weight.numel() < self.onednn_min_elements:
+            # one copy at a time: a transposed copy, once made, also serves more rows (at MKL's speed), so
+            # a prompt after decoding builds nothing; decoding after a prompt drops the oneDNN copy
+            if not fresh:
+                self._packed = self._packed_key = self._matrix = None  # free before making the new copy
+                self._matrix, self._matrix_key = weight.detach().t().contiguous(), _key(weight)
+            y = x2 @ self._matrix if bias is None else torch.addmm(bias, x2, self._matrix)
         else:
             key = (_key(weight), _key(bias))
             if key != self._packed_key:
-                self._packed = None  # free the old copy before making the new one
+                self._packed = self._matrix = self._matrix_key = None
                 self._packed = (weight.detach().to_mkldnn(), None if bias is None else bias.detach().to_mkldnn())
                 self._packed_key = key
             w, b = self._packed
-            y = torch._C._nn.mkldnn_linear(x.reshape(-1, D).contiguous().to_mkldnn(), w, b).to_dense()
+            y = torch._C._nn.mkldnn_linear(x2.contiguous().to_mkldnn(), w, b).to_dense()
         return y.view(*x.shape[:-1], weight.shape[0])  # (..., out)
 
 
