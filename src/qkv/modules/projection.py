@@ -29,6 +29,7 @@ from torch import nn
 __all__ = ["DecodeWeights", "Linear"]
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch._C._nn, "mkldnn_linear")
+_PLAIN = (torch.Tensor, nn.Parameter)  # not DTensor (FSDP) or other subclasses: those take F.linear
 
 
 def _exporting() -> bool:
@@ -69,7 +70,7 @@ class DecodeWeights:
         D = x.shape[-1]
         if (not self.enabled or torch.is_grad_enabled() or weight.numel() < self.min_elements
                 or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
-                or x.numel() > self.max_rows * D or _exporting()):
+                or x.numel() > self.max_rows * D or type(weight) not in _PLAIN or _exporting()):
             return F.linear(x, weight, bias)
         rows = x.numel() // max(D, 1)
         x2 = x.reshape(-1, D)
