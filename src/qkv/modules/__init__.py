@@ -43,3 +43,8 @@ __all__ += [
     "FeedForward",
     "GatedFeedForward",
 ]
+
+# Decoding on CPU: linear maps through cached weight copies (issue 4).
+from qkv.modules.projection import DecodeWeights, Linear  # noqa: E402
+
+__all__ += ["DecodeWeights", "Linear"]
