@@ -357,7 +357,7 @@ def default_blocks(batch: int, heads: int, L: int, S: int, *, window: int | None
 
 
 def _per_sequence_fused(q, k, v, lengths, scale) -> torch.Tensor:
-    """Key padding by ``lengths`` in float32/64: torch's fused kernel, unmasked, on each sequence's real keys.
+    """Key padding by ``lengths`` in float32/64 on CPU: torch's fused kernel, unmasked, on each sequence's real keys.
 
     No mask is built and no padded key is computed; torch's unmasked fp32 kernel is about twice as fast
     per FLOP as its bool-mask path (and than the block loop above), so this wins whenever it applies.
@@ -426,7 +426,7 @@ def chunked_attention(
         layout = layout.tolist()  # nested lists: fast lookups in the block plan
     if L == 0 or S == 0:
         return q.new_zeros(B, H, L, v.shape[-1])
-    if (lengths is not None and q.dtype in (torch.float32, torch.float64) and mask is None and bias is None
-            and not causal and window is None and layout is None):
+    if (lengths is not None and q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64)
+            and mask is None and bias is None and not causal and window is None and layout is None):
         return _per_sequence_fused(q, k, v, lengths, scale)
     return _ChunkedAttention.apply(q, k, v, bias, mask, lengths, bool(causal), window, scale, bq, bk, layout)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "elu_feature_map",
+    "feature_maps",
     "draw_orthogonal_features",
     "favor_features",
     "kernel_attention",
@@ -266,11 +267,21 @@ def linear_attention(
     Uses ``elu + 1`` features, or FAVOR+ (Performer) when a ``projection`` ``(F, E)`` is given.
     Returns ``(B, H, L, Ev)``; see :func:`kernel_attention` for the other arguments.
     """
-    if projection is None:
+    if projection is None:  # elu + 1 acts row by row: applied block by block inside kernel_attention
         return kernel_attention(q, k, v, causal=causal, key_padding=key_padding, chunk=chunk,
                                 feature_map=elu_feature_map)
-    phi_q, phi_k = favor_features(q, projection, is_query=True), favor_features(k, projection, is_query=False)
+    phi_q, phi_k = feature_maps(q, k, projection)
     return kernel_attention(phi_q, phi_k, v, causal=causal, key_padding=key_padding, chunk=chunk)
+
+
+def feature_maps(
+    q: torch.Tensor, k: torch.Tensor, projection: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(phi(q), phi(k))``: ``elu + 1``, or FAVOR+ with ``projection`` ``(F, E)`` (whose key features share
+    one stabilising maximum over all keys, so they are built whole)."""
+    if projection is None:
+        return elu_feature_map(q), elu_feature_map(k)
+    return favor_features(q, projection, is_query=True), favor_features(k, projection, is_query=False)
 
 
 def linear_attention_step(

@@ -122,5 +122,3 @@ def check_tokens(name: str, ids: torch.Tensor) -> None:
     """Token ids must be a 2-D ``(B, L)`` tensor (the vocabulary range is checked by the embedding)."""
     if ids.dim() != 2:
         raise ValueError(f"{name} must have shape (B, L), got {tuple(ids.shape)}")
-
-

@@ -17,7 +17,7 @@ from torch import nn
 
 from qkv.functional.attention import attention_weights, scaled_dot_product_attention
 from qkv.functional.chunked import chunked_attention
-from qkv.functional.linear import draw_orthogonal_features, elu_feature_map, favor_features, kernel_attention
+from qkv.functional.linear import draw_orthogonal_features, feature_maps, kernel_attention, linear_attention
 from qkv.functional.masks import sliding_window_mask
 from qkv.functional.sparse import bigbird_layout, layout_to_mask, strided_layout
 
@@ -193,22 +193,19 @@ class LinearAttend(nn.Module):
             raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
         self.chunk = chunk
 
-    streams_features = True  # elu + 1 acts row by row: kernel_attention applies it block by block
-
-    def features(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return elu_feature_map(q), elu_feature_map(k)
+    def projection_for(self, q: torch.Tensor) -> torch.Tensor | None:
+        """The FAVOR+ projection ``(F, E)`` for this call; None: ``elu + 1`` features."""
+        return None
 
     def forward(self, q, k, v, *, mask=None, bias=None, causal=False, dropout_p=0.0, return_weights=False):
         if bias is not None:
             raise ValueError("linear attention cannot add a score bias; use a softmax kernel for ALiBi/relative bias")
         kp = _key_padding(mask, q.shape[0], k.shape[2])
-        if self.streams_features and not return_weights:
-            return kernel_attention(q, k, v, causal=causal, key_padding=kp, chunk=self.chunk,
-                                    feature_map=elu_feature_map)
-        phi_q, phi_k = self.features(q, k)
-        out = kernel_attention(phi_q, phi_k, v, causal=causal, key_padding=kp, chunk=self.chunk)
+        projection = self.projection_for(q)
         if not return_weights:
-            return out
+            return linear_attention(q, k, v, causal=causal, key_padding=kp, projection=projection, chunk=self.chunk)
+        phi_q, phi_k = feature_maps(q, k, projection)
+        out = kernel_attention(phi_q, phi_k, v, causal=causal, key_padding=kp, chunk=self.chunk)
         g = q.shape[1] // k.shape[1]
         a = torch.matmul(phi_q, phi_k.repeat_interleave(g, 1).transpose(-1, -2))  # (B, H, L, S)
         if causal:
@@ -222,8 +219,6 @@ class LinearAttend(nn.Module):
 class PerformerAttend(LinearAttend):
     """Performer: FAVOR+ positive orthogonal random features, redrawn every ``redraw_every`` training calls.
 
-    The key features share one stabilising maximum over all keys, so they are built before the sums.
-
     Args:
         num_features: random features F (>= 1).
         head_dim: E; the projection ``(F, E)`` is drawn at the first call when not given.
@@ -231,8 +226,6 @@ class PerformerAttend(LinearAttend):
         chunk: chunk length for causal prefix sums.
         seed: seed of the projection draws.
     """
-
-    streams_features = False
 
     def __init__(self, num_features: int = 256, head_dim: int | None = None, *, redraw_every: int = 1000,
                  chunk: int = 128, seed: int = 0) -> None:
@@ -252,14 +245,14 @@ class PerformerAttend(LinearAttend):
         dev = device if device is not None else (None if self.projection is None else self.projection.device)
         self.projection = draw_orthogonal_features(self.num_features, E, generator=self.generator, device=dev)
 
-    def features(self, q, k):
+    def projection_for(self, q: torch.Tensor) -> torch.Tensor:
         if self.projection is None or self.projection.shape[1] != q.shape[-1]:
             self.redraw(q.shape[-1], q.device)
         elif self.training and self.redraw_every and self.calls and self.calls % self.redraw_every == 0:
             self.redraw()
         if self.training:
             self.calls += 1
-        return favor_features(q, self.projection, is_query=True), favor_features(k, self.projection, is_query=False)
+        return self.projection
 
 
 for _name, _factory in (("chunked", ChunkedAttend), ("sliding_window", SlidingWindowAttend),

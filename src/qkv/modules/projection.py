@@ -74,16 +74,17 @@ class DecodeWeights:
             return F.linear(x, weight, bias)
         rows = x.numel() // max(D, 1)
         x2 = x.reshape(-1, D)
-        fresh = _key(weight) == self._matrix_key
+        wkey = _key(weight)
+        fresh = wkey == self._matrix_key
         if rows <= self.transpose_rows or fresh or not _ONEDNN or weight.numel() < self.onednn_min_elements:
             # one copy at a time: a transposed copy, once made, also serves more rows (at MKL's speed), so
             # a prompt after decoding builds nothing; decoding after a prompt drops the oneDNN copy
             if not fresh:
                 self._packed = self._packed_key = self._matrix = None  # free before making the new copy
-                self._matrix, self._matrix_key = weight.detach().t().contiguous(), _key(weight)
+                self._matrix, self._matrix_key = weight.detach().t().contiguous(), wkey
             y = x2 @ self._matrix if bias is None else torch.addmm(bias, x2, self._matrix)
         else:
-            key = (_key(weight), _key(bias))
+            key = (wkey, _key(bias))
             if key != self._packed_key:
                 self._packed = self._matrix = self._matrix_key = None
                 self._packed = (weight.detach().to_mkldnn(), None if bias is None else bias.detach().to_mkldnn())
