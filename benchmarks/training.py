@@ -200,6 +200,13 @@ def build_model(case: Case, vocab: int) -> DecoderModel:
     return model
 
 
+def chunk_tokens_per_s(run: Callable[[int], None], case: Case) -> float:
+    """Run one chunk of ``case.chunk`` training steps; its tokens per second."""
+    t0 = time.perf_counter()
+    run(case.chunk)
+    return case.chunk * case.batch * case.block / (time.perf_counter() - t0)
+
+
 def run_case(case: Case) -> dict:
     text, source = load_text()
     train, val, vocab = encode(text)
@@ -216,9 +223,7 @@ def run_case(case: Case) -> dict:
     samples: dict[str, list[float]] = {"plain": [], "qkv": []}
     for _ in range(case.steps // case.chunk - 1):
         for name, fn in (("plain", plain), ("qkv", ours)):
-            t0 = time.perf_counter()
-            fn(case.chunk)
-            samples[name].append(case.chunk * case.batch * case.block / (time.perf_counter() - t0))
+            samples[name].append(chunk_tokens_per_s(fn, case))
     tps = {name: statistics.median(s) for name, s in samples.items()}
     ratios = [q / p for q, p in zip(samples["qkv"], samples["plain"], strict=True)]
     losses = {"plain": val_loss(plain_model, val, case), "qkv": val_loss(qkv_model, val, case)}
@@ -248,11 +253,8 @@ def ddp_worker(case: Case) -> None:
     trainer = Trainer(model, lm_loss, _RankBatches(batches(train, case, case.seed), info.rank, info.world_size),
                       trainer_config(case), dist=info)
     trainer.fit(until=case.chunk)  # warm-up chunk
-    samples = []
-    for _ in range(case.steps // case.chunk - 1):
-        t0 = time.perf_counter()
-        trainer.fit(until=trainer.step + case.chunk)
-        samples.append(case.chunk * case.batch * case.block / (time.perf_counter() - t0))
+    samples = [chunk_tokens_per_s(lambda k: trainer.fit(until=trainer.step + k), case)
+               for _ in range(case.steps // case.chunk - 1)]
     if info.is_main:
         print("DDP " + json.dumps({"tokens_per_s": samples, "steps_done": trainer.step,
                                    "val_loss": val_loss(trainer.model, val, case)}), flush=True)
@@ -269,23 +271,16 @@ def run_ddp_case(case: Case, nproc: int) -> dict:
     plain(case.chunk)  # warm-up
     plain_samples: list[float] = []
 
-    def time_plain(chunks: int) -> None:
-        for _ in range(chunks):
-            t0 = time.perf_counter()
-            plain(case.chunk)
-            plain_samples.append(case.chunk * case.batch * case.block / (time.perf_counter() - t0))
-
     n_chunks = case.steps // case.chunk - 1
-    time_plain(n_chunks // 2)
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    plain_samples += [chunk_tokens_per_s(plain, case) for _ in range(n_chunks // 2)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            str(Path(__file__).resolve()), "--ddp-worker", "--steps", str(case.steps)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"DDP run failed:\n{proc.stderr[-3000:]}")
     ddp = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("DDP ")][-1][4:])
-    time_plain(n_chunks - n_chunks // 2)
+    plain_samples += [chunk_tokens_per_s(plain, case) for _ in range(n_chunks - n_chunks // 2)]
     tps_plain, tps_ddp = statistics.median(plain_samples), statistics.median(ddp["tokens_per_s"])
     return {**asdict(case), "data": source, "threads_plain": torch.get_num_threads(), "ddp_processes": nproc,
             "threads_per_process": 1, "steps_done": ddp["steps_done"],
