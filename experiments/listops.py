@@ -9,7 +9,8 @@ Longformer 35.6%, BigBird 36.1%, Linear Transformer 16.1%, Performer 18.0%; chan
 Every variant gets the same 700 training steps (token-budget batches of 12,000, ~20 expressions of
 200-1000 tokens), 5-20 minutes each on one CPU core. Run: ``python experiments/listops.py [--variants ...]``
 (two processes with disjoint ``--variants`` can share the work; the table collects every variant's file);
-a smoke run: ``python experiments/listops.py --steps 20 --n-train 200``.
+a smoke run that leaves the committed results alone:
+``python experiments/listops.py --steps 20 --n-train 200 --out /tmp/listops --results /tmp/listops``.
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--n-train", type=int, default=20000)
     p.add_argument("--max-length", type=int, default=1000, help="longest expression (tokens)")
     p.add_argument("--out", default="runs/listops")
+    p.add_argument("--results", default=str(ROOT / "experiments" / "results"), help="where the JSON goes")
     args = p.parse_args(argv)
-    results = ROOT / "experiments" / "results"
+    results = Path(args.results)
     per_variant = results / "listops"  # one file per variant: several processes may share the variants
     per_variant.mkdir(parents=True, exist_ok=True)
     for name in args.variants:
