@@ -16,7 +16,7 @@ def test_transposed_copy_equals_linear_and_follows_the_weight():
     with torch.no_grad():
         torch.testing.assert_close(out(few, weight), torch.nn.functional.linear(few, weight), atol=1e-5, rtol=1e-5)
         cached = out._matrix
-        assert cached is not None and cached.shape == (16, 101) and cached.is_contiguous()
+        assert cached is not None and cached.shape == (1, 16, 101) and cached.is_contiguous()  # small: one slice
         out(few, weight)
         assert out._matrix is cached  # reused while the weight is unchanged
         weight.mul_(2.0)  # an in-place update (an optimiser step, load_state_dict) bumps the version
@@ -60,6 +60,28 @@ def test_onednn_copy_for_more_rows_equals_linear_and_follows_weight_and_bias():
         assert lin64._decode._packed is None and lin64._decode._matrix is None
     x = torch.randn(4, 512, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(lambda t: lin64(t), (x,))  # with autograd: F.linear on the parameters
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_threads_slice_the_transposed_copy(bias):
+    """With T threads one or two rows multiply T column slices of weight^T (the last one zero-padded)."""
+    torch.manual_seed(0)
+    lin = Linear(512, 641, bias=bias)  # 328,192 weights, an odd output size
+    before = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            for threads in (2, 3, 1):
+                torch.set_num_threads(threads)
+                x = torch.randn(2, 1, 512)
+                torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias),
+                                           atol=1e-5, rtol=1e-5)
+                assert lin._decode._matrix.shape == (threads, 512, -(-641 // threads))
+                many = torch.randn(7, 512)  # more rows reuse the sliced copy
+                torch.testing.assert_close(lin(many), torch.nn.functional.linear(many, lin.weight, lin.bias),
+                                           atol=1e-5, rtol=1e-5)
+                assert lin._decode._packed is None
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_small_weights_and_the_switch_take_f_linear():

@@ -7,7 +7,10 @@ vs the copies below; GPT-2-small's matrices):
 
 * one or two rows: ``F.linear`` hands MKL the transposed view of the ``(out, in)`` weight, which it
   reads slower than a contiguous ``(in, out)`` matrix: 768->2304 457 -> 315 us, 768->3072 614 -> 469 us,
-  3072->768 471 -> 411 us, the 50257 x 768 output matrix 9.5 -> 5.6 ms.
+  3072->768 471 -> 411 us, the 50257 x 768 output matrix 9.5 -> 5.6 ms. MKL runs such a product on one
+  thread whatever ``torch.get_num_threads()`` says (40 768->3072 products in turn: 18.8 ms with one
+  thread or two), so with ``T > 1`` threads the copy is cut into ``T`` column slices ``(T, in, out / T)``
+  and one batched product lets each thread stream its slice: 18.2 -> 11.2 ms with two threads.
 * three rows and more: oneDNN's inner product on a weight reordered once (``to_mkldnn``) runs about
   twice as fast as MKL's fp32 GEMM here: 768->3072 at 8 rows 1015 -> 679 us, at 128 rows 7.1 -> 3.3 ms;
   the output matrix at 8 rows 20.8 -> 11.6 ms.
@@ -44,7 +47,8 @@ def _key(t: torch.Tensor | None) -> tuple | None:
 class DecodeWeights:
     """``F.linear(x, weight, bias)`` through cached copies of the weight for few-row float32 CPU inference.
 
-    Up to ``transpose_rows`` rows multiply a contiguous ``weight^T`` ``(in, out)``; more rows (up to
+    Up to ``transpose_rows`` rows multiply a contiguous ``weight^T`` ``(in, out)``, cut into one column
+    slice per torch thread ``(T, in, ceil(out / T))`` (zero-padded) when there are several; more rows (up to
     ``max_rows``) run oneDNN on a reordered copy. At most one copy is held: once the transposed copy
     exists (decoding one row per sequence), longer inputs use it too rather than building a second one.
     A plain object (not a module, parameter or buffer): nothing of it is saved, moved by ``.to()`` or
@@ -58,7 +62,7 @@ class DecodeWeights:
 
     def __init__(self, max_rows: int = 256, min_elements: int = 2**18) -> None:
         self.max_rows, self.min_elements = max_rows, min_elements
-        self._matrix: torch.Tensor | None = None  # (in, out)
+        self._matrix: torch.Tensor | None = None  # (T, in, ceil(out / T)): weight^T in T column slices
         self._matrix_key: tuple | None = None
         self._packed: tuple[torch.Tensor, torch.Tensor | None] | None = None  # oneDNN weight, bias
         self._packed_key: tuple | None = None
@@ -74,15 +78,17 @@ class DecodeWeights:
             return F.linear(x, weight, bias)
         rows = x.numel() // max(D, 1)
         x2 = x.reshape(-1, D)
+        small = weight.numel() < self.onednn_min_elements
+        parts = 1 if small else torch.get_num_threads()
         wkey = _key(weight)
-        fresh = wkey == self._matrix_key
-        if rows <= self.transpose_rows or fresh or not _ONEDNN or weight.numel() < self.onednn_min_elements:
+        fresh = self._matrix_key is not None and self._matrix_key[:-1] == wkey  # any slicing serves
+        if rows <= self.transpose_rows or fresh or not _ONEDNN or small:
             # one copy at a time: a transposed copy, once made, also serves more rows (at MKL's speed), so
             # a prompt after decoding builds nothing; decoding after a prompt drops the oneDNN copy
-            if not fresh:
+            if not fresh or (rows <= self.transpose_rows and self._matrix_key[-1] != parts):
                 self._packed = self._packed_key = self._matrix = None  # free before making the new copy
-                self._matrix, self._matrix_key = weight.detach().t().contiguous(), wkey
-            y = x2 @ self._matrix if bias is None else torch.addmm(bias, x2, self._matrix)
+                self._matrix, self._matrix_key = _sliced_transpose(weight.detach(), parts), (*wkey, parts)
+            y = _sliced_matmul(x2, self._matrix, bias, weight.shape[0])
         else:
             key = (wkey, _key(bias))
             if key != self._packed_key:
@@ -92,6 +98,27 @@ class DecodeWeights:
             w, b = self._packed
             y = torch._C._nn.mkldnn_linear(x2.contiguous().to_mkldnn(), w, b).to_dense()
         return y.view(*x.shape[:-1], weight.shape[0])  # (..., out)
+
+
+def _sliced_transpose(weight: torch.Tensor, parts: int) -> torch.Tensor:
+    """``(out, in)`` -> ``weight^T`` as ``parts`` contiguous column slices ``(parts, in, ceil(out / parts))``."""
+    out, d_in = weight.shape
+    n = -(-out // parts)
+    if parts == 1:
+        return weight.t().contiguous().unsqueeze(0)
+    m = weight.new_zeros(d_in, parts * n)  # zero columns pad the last slice
+    m[:, :out] = weight.t()
+    return m.view(d_in, parts, n).transpose(0, 1).contiguous()
+
+
+def _sliced_matmul(x2: torch.Tensor, m: torch.Tensor, bias: torch.Tensor | None, out: int) -> torch.Tensor:
+    """``x2 (rows, in) @ weight^T + bias`` from the sliced copy ``m``: one slice per thread via ``bmm``."""
+    parts, d_in, n = m.shape
+    if parts == 1:
+        return x2 @ m[0] if bias is None else torch.addmm(bias, x2, m[0])
+    y = torch.bmm(x2.expand(parts, *x2.shape), m)  # (parts, rows, n): the batch runs across threads
+    y = y.transpose(0, 1).reshape(x2.shape[0], parts * n)[:, :out]  # (rows, out)
+    return y + bias if bias is not None else y.contiguous()
 
 
 class Linear(nn.Linear):
