@@ -112,25 +112,44 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class _Work:
-    """Per-call block buffers, reused for every block (fresh large tensors per block cost page faults)."""
+    """Per-call block buffers, reused for every block (fresh large tensors per block cost page faults).
 
-    def __init__(self, N: int, rows: int, bk: int, low: torch.dtype, acc: torch.dtype, device) -> None:
+    ``s``/``d``/``lo`` hold ``(N, rows, bk)`` scores; ``r``/``rlo`` the ``(N, max(rows, bk), E)`` block
+    products (``p @ v``, ``ds @ k``, ...) before they are added into float32 accumulators.
+    """
+
+    def __init__(self, N: int, rows: int, bk: int, E: int, low: torch.dtype, acc: torch.dtype, device) -> None:
         self.low, self.acc = low, acc
         self.s = torch.empty(N * rows * bk, dtype=acc, device=device)
         self.d = torch.empty(N * rows * bk, dtype=acc, device=device)
         self.lo = self.s if low == acc else torch.empty(N * rows * bk, dtype=low, device=device)
+        self.r = torch.empty(N * max(rows, bk) * E, dtype=acc, device=device)
+        self.rlo = self.r if low == acc else torch.empty(N * max(rows, bk) * E, dtype=low, device=device)
 
     @staticmethod
     def take(buf: torch.Tensor, *shape: int) -> torch.Tensor:
         return buf[: math.prod(shape)].view(shape)
 
-    def matmul(self, a: torch.Tensor, b: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-        """``a @ b`` (batched) into the accumulation-dtype buffer ``dst``, through the low dtype."""
+    def matmul(self, a: torch.Tensor, b: torch.Tensor, dst: torch.Tensor, lo: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """``a @ b`` (batched) into the accumulation-dtype buffer ``dst``, through the low dtype (``lo``)."""
         shape = (a.shape[0], a.shape[1], b.shape[2])
         if self.low == self.acc:
             return torch.bmm(a, b, out=self.take(dst, *shape))
-        low = torch.bmm(a, b, out=self.take(self.lo, *shape))
+        low = torch.bmm(a, b, out=self.take(self.lo if lo is None else lo, *shape))
         return self.take(dst, *shape).copy_(low)
+
+    def product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``a @ b`` for a block's ``(N, n, E)`` contribution, in the accumulation dtype (buffer ``r``)."""
+        return self.matmul(a, b, self.r, self.rlo)
+
+
+def _accumulate(target: torch.Tensor, part: torch.Tensor, first: bool) -> None:
+    """``target = part`` for the first contribution, else ``target += part`` (no zero fill beforehand)."""
+    if first:
+        target.copy_(part)
+    else:
+        target.add_(part)
 
     def to_low(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.low == self.acc else self.take(self.lo, *x.shape).copy_(x)
@@ -165,25 +184,28 @@ def _forward(q3, k3, v3, info, length):
     G, bq, bk = info["G"], info["bq"], info["bk"]
     S, Ev = k3.shape[1], v3.shape[-1]
     acc_t = _acc_dtype(q3.dtype)
-    w = _Work(N, min(bq, LG // G) * G, min(bk, S), q3.dtype, acc_t, q3.device)
-    out = q3.new_zeros(N, LG, Ev, dtype=acc_t)
+    w = _Work(N, min(bq, LG // G) * G, min(bk, S), max(q3.shape[-1], Ev), q3.dtype, acc_t, q3.device)
+    out = q3.new_empty(N, LG, Ev, dtype=acc_t)
     lse = q3.new_full((N, LG, 1), float("inf"), dtype=acc_t)
     kT = k3.transpose(1, 2).contiguous()  # (N, E, S): one copy here, not one per block inside bmm
     for qs, qe, blocks in _plan(LG // G, S, info, length):
-        if not blocks:
-            continue
         rows = slice(qs * G, qe * G)
+        acc = out[:, rows]  # (N, bq*G, Ev), filled in place
+        if not blocks:
+            acc.zero_()
+            continue
         m = q3.new_full((N, (qe - qs) * G, 1), float("-inf"), dtype=acc_t)
         l = torch.zeros_like(m)
-        acc = out[:, rows]  # (N, bq*G, Ev), filled in place
-        for ks, ke, needs_mask in blocks:
+        for i, (ks, ke, needs_mask) in enumerate(blocks):
             s = _scores(w, q3, kT, qs, qe, ks, ke, info, length, needs_mask)
             m_new = torch.maximum(m, s.amax(-1, keepdim=True))
             m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)
             p = s.sub_(m_safe).exp2_()  # (N, bq*G, bk) unnormalised weights
             alpha = (m - m_safe).exp2_()
             l.mul_(alpha).add_(p.sum(-1, keepdim=True))
-            acc.mul_(alpha).add_(torch.bmm(w.to_low(p), v3[:, ks:ke]))  # (N, bq*G, Ev)
+            if i:
+                acc.mul_(alpha)
+            _accumulate(acc, w.product(w.to_low(p), v3[:, ks:ke]), first=i == 0)  # (N, bq*G, Ev)
             m = m_new
         acc.div_(l.clamp_min(1e-30))  # rows with l == 0 have acc == 0
         lse[:, rows] = torch.where(l > 0, m + l.log2(), float("inf"))
@@ -196,28 +218,38 @@ def _backward(q3, k3, v3, out, lse, dout, info, length, need_bias_grad):
     G, bq, bk = info["G"], info["bq"], info["bk"]
     S = k3.shape[1]
     acc_t = _acc_dtype(q3.dtype)
-    w = _Work(N, min(bq, LG // G) * G, min(bk, S), q3.dtype, acc_t, q3.device)
-    dq = torch.zeros(q3.shape, dtype=acc_t, device=q3.device)
-    dk = torch.zeros(k3.shape, dtype=acc_t, device=k3.device)
-    dv = torch.zeros(v3.shape, dtype=acc_t, device=v3.device)
+    Ev = v3.shape[-1]
+    w = _Work(N, min(bq, LG // G) * G, min(bk, S), max(E, Ev), q3.dtype, acc_t, q3.device)
+    dq = torch.empty(q3.shape, dtype=acc_t, device=q3.device)  # each block's first contribution is copied in
+    dk = torch.empty(k3.shape, dtype=acc_t, device=k3.device)
+    dv = torch.empty(v3.shape, dtype=acc_t, device=v3.device)
     dbias = torch.zeros_like(info["bias"], dtype=acc_t) if need_bias_grad else None
     delta = (dout.to(acc_t) * out).sum(-1, keepdim=True)  # (N, L*G, 1)
     dout = dout.to(q3.dtype)
     kT, vT = k3.transpose(1, 2).contiguous(), v3.transpose(1, 2).contiguous()  # (N, E, S), (N, Ev, S)
+    seen = set()  # key blocks (by start) with a contribution in dk/dv so far
     for qs, qe, blocks in _plan(LG // G, S, info, length):
         rows = slice(qs * G, qe * G)
         do_b, q_b = dout[:, rows], q3[:, rows]  # (N, bq*G, Ev), (N, bq*G, E)
-        for ks, ke, needs_mask in blocks:
+        if not blocks:
+            dq[:, rows].zero_()
+        for i, (ks, ke, needs_mask) in enumerate(blocks):
             p = _scores(w, q3, kT, qs, qe, ks, ke, info, length, needs_mask).sub_(lse[:, rows]).exp2_()
             p_low = w.to_low(p)  # (N, bq*G, bk) attention weights
-            dv[:, ks:ke].add_(torch.bmm(p_low.transpose(1, 2), do_b))  # (N, bk, Ev); add_: no setitem copy
+            first_k = ks not in seen
+            seen.add(ks)
+            _accumulate(dv[:, ks:ke], w.product(p_low.transpose(1, 2), do_b), first_k)  # (N, bk, Ev)
             dp = w.matmul(do_b, vT[:, :, ks:ke], w.d)  # (N, bq*G, bk)
             ds = dp.sub_(delta[:, rows]).mul_(p)  # dL/dscores
             if dbias is not None:
                 _accumulate_bias(dbias, ds.view(info["B"], -1, qe - qs, G, ke - ks), qs, qe, ks, ke)
             ds_low = w.to_low(ds)
-            dq[:, rows].add_(torch.bmm(ds_low, k3[:, ks:ke]))  # (N, bq*G, E)
-            dk[:, ks:ke].add_(torch.bmm(ds_low.transpose(1, 2), q_b))  # (N, bk, E)
+            _accumulate(dq[:, rows], w.product(ds_low, k3[:, ks:ke]), i == 0)  # (N, bq*G, E)
+            _accumulate(dk[:, ks:ke], w.product(ds_low.transpose(1, 2), q_b), first_k)  # (N, bk, E)
+    for ks in range(0, S, bk):
+        if ks not in seen:  # keys no query sees: zero gradient
+            dk[:, ks : ks + bk].zero_()
+            dv[:, ks : ks + bk].zero_()
     return dq, dk.mul_(_LN2), dv, dbias  # q3 carries scale * log2(e); dk needs scale only
 
 
