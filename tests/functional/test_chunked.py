@@ -140,6 +140,30 @@ def test_bfloat16_path_matches_float32_within_bf16_error(causal):
         torch.testing.assert_close(a.float(), b.float(), atol=6e-2, rtol=6e-2)
 
 
+def test_bfloat16_gradients_are_copies_and_key_lengths_match_the_fused_kernel():
+    """Half-precision gradients accumulate in per-thread scratch; each call returns its own tensors."""
+    torch.manual_seed(0)
+    big = make(B=2, H=4, H_kv=2, L=70, S=90, E=16, dtype=torch.bfloat16)
+    small = make(B=1, H=2, H_kv=1, L=20, S=30, E=16, dtype=torch.bfloat16)
+    lengths = torch.tensor([90, 41])
+
+    def grads(qkv, **kw):
+        out = chunked_attention(*qkv, block_q=16, block_k=32, **kw)
+        return out, torch.autograd.grad(out, qkv, torch.ones_like(out))
+
+    _, first = grads(big)
+    kept = [g.clone() for g in first]
+    grads(small)  # other shapes reuse (and grow) the scratch
+    out, got = grads(big, lengths=lengths)  # one backward per sequence
+    for a, b in zip(first, kept, strict=True):
+        assert torch.equal(a, b)
+    mask = dense_mask(70, 90, lengths=lengths)
+    ref = fused(*big, mask=mask)
+    torch.testing.assert_close(out.float(), ref.float(), atol=3e-2, rtol=3e-2)
+    for a, b in zip(got, torch.autograd.grad(ref, big, torch.ones_like(ref)), strict=True):
+        torch.testing.assert_close(a.float(), b.float(), atol=6e-2, rtol=6e-2)
+
+
 def test_structured_masks_skip_blocks():
     """A sliding window visits O(L) blocks; causal about half; full-visibility blocks need no mask."""
     info = dict(bq=64, bk=64, causal=True, window=128, layout=None)
