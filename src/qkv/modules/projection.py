@@ -79,7 +79,7 @@ class DecodeWeights:
         rows = x.numel() // max(D, 1)
         x2 = x.reshape(-1, D)
         small = weight.numel() < self.onednn_min_elements
-        parts = 1 if small else torch.get_num_threads()
+        parts = 1 if small else min(torch.get_num_threads(), weight.numel() >> 16)  # >= 64k weights a slice
         wkey = _key(weight)
         fresh = self._matrix_key is not None and self._matrix_key[:-1] == wkey  # any slicing serves
         if rows <= self.transpose_rows or fresh or not _ONEDNN or small:
