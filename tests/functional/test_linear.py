@@ -44,7 +44,7 @@ def test_equals_explicit_quadratic_form(causal, shape, chunk):
     torch.testing.assert_close(streamed, ref, atol=1e-10, rtol=1e-10)
     for a, b in zip(torch.autograd.grad(streamed, (q, k, v), g), ref_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
-    with torch.no_grad():  # writes each block into one preallocated output
+    with torch.no_grad():  # and without autograd
         torch.testing.assert_close(kernel_attention(q, k, v, causal=causal, key_padding=kp, feature_map=elu_feature_map,
                                                     block=7), ref, atol=1e-10, rtol=1e-10)
 

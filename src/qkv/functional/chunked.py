@@ -200,18 +200,16 @@ def _scores(w: _Work, q3, kT, qs, qe, ks, ke, info, length, needs_mask) -> torch
     return s
 
 
-def _forward(q3, k3, v3, info, length):
+def _forward(q3, k3, v3, info, length, out, lse) -> None:
     """Online softmax over key blocks. q3 (N, L*G, E) pre-scaled by scale*log2(e).
 
-    Returns ``out (N, L*G, Ev)`` and ``lse (N, L*G, 1)`` (log2 units, +inf for fully masked rows).
+    Fills ``out (N, L*G, Ev)`` and ``lse (N, L*G, 1)`` (log2 units; left at +inf for fully masked rows).
     """
     N, LG, _ = q3.shape
     G, bq, bk = info["G"], info["bq"], info["bk"]
     S, Ev = k3.shape[1], v3.shape[-1]
     acc_t = _acc_dtype(q3.dtype)
     w = _Work(N, min(bq, LG // G) * G, min(bk, S), max(q3.shape[-1], Ev), q3.dtype, acc_t, q3.device)
-    out = q3.new_empty(N, LG, Ev, dtype=acc_t)
-    lse = q3.new_full((N, LG, 1), float("inf"), dtype=acc_t)
     kT = _transposed("kT", k3)  # (N, E, S): one copy here, not one per block inside bmm
     for qs, qe, blocks in _plan(LG // G, S, info, length):
         rows = slice(qs * G, qe * G)
@@ -234,28 +232,18 @@ def _forward(q3, k3, v3, info, length):
             m = m_new
         acc.div_(l.clamp_min(1e-30))  # rows with l == 0 have acc == 0
         lse[:, rows] = torch.where(l > 0, m + l.log2(), float("inf"))
-    return out, lse
 
 
-def _backward(q3, k3, v3, out, lse, dout, info, length, need_bias_grad, pooled=True):
-    """Recompute block weights from lse; returns dq3 (still to be multiplied by scale), dk, dv, dbias.
-
-    With ``pooled`` the half-precision case accumulates in per-thread scratch: the caller must convert
-    (copy) the gradients before the next call.
-    """
+def _backward(q3, k3, v3, out, lse, dout, info, length, grads, need_bias_grad):
+    """Recompute block weights from lse; fills ``grads = (dq3, dk, dv)`` (dq3 still to be multiplied by
+    scale) and returns dbias."""
     N, LG, E = q3.shape
     G, bq, bk = info["G"], info["bq"], info["bk"]
     S = k3.shape[1]
     acc_t = _acc_dtype(q3.dtype)
     Ev = v3.shape[-1]
     w = _Work(N, min(bq, LG // G) * G, min(bk, S), max(E, Ev), q3.dtype, acc_t, q3.device)
-    # each block's first contribution is copied in (no zero fill); in bf16/fp16 the float32 accumulators are
-    # scratch (the caller converts them), in float32/64 they are the returned gradients
-    dq, dk, dv = (
-        torch.empty(t.shape, dtype=acc_t, device=t.device) if acc_t == t.dtype or not pooled
-        else _scratch(name, t.numel(), acc_t, t.device).view(t.shape)
-        for name, t in (("dq", q3), ("dk", k3), ("dv", v3))
-    )
+    dq, dk, dv = grads  # each block's first contribution is copied in (no zero fill)
     dbias = torch.zeros_like(info["bias"], dtype=acc_t) if need_bias_grad else None
     do32 = _scratch("do32", dout.numel(), acc_t, dout.device).view(dout.shape).copy_(dout)
     delta = do32.mul_(out).sum(-1, keepdim=True)  # (N, L*G, 1)
@@ -284,7 +272,8 @@ def _backward(q3, k3, v3, out, lse, dout, info, length, need_bias_grad, pooled=T
         if ks not in seen:  # keys no query sees: zero gradient
             dk[:, ks : ks + bk].zero_()
             dv[:, ks : ks + bk].zero_()
-    return dq, dk.mul_(_LN2), dv, dbias  # q3 carries scale * log2(e); dk needs scale only
+    dk.mul_(_LN2)  # q3 carries scale * log2(e); dk needs scale only
+    return dbias
 
 
 def _accumulate_bias(dbias, ds, qs, qe, ks, ke) -> None:
@@ -344,34 +333,42 @@ def _batch_info(info: dict, b: int) -> dict:
     return sub
 
 
-def _run_forward(q3, k3, v3, info, lengths):
-    """One pass, or one per batch element when key lengths are given (exact block skipping)."""
+def _sequences(info: dict, lengths, N: int):
+    """``(rows of N, block context, key length)``: everything at once, or one batch element at a time when
+    key lengths are given (exact block skipping)."""
     if lengths is None:
-        return _forward(q3, k3, v3, info, k3.shape[1])
-    n = q3.shape[0] // info["B"]  # H_kv rows of N per batch element
-    parts = [
-        _forward(q3[b * n : (b + 1) * n], k3[b * n : (b + 1) * n], v3[b * n : (b + 1) * n],
-                 _batch_info(info, b), int(lengths[b]))
-        for b in range(info["B"])
-    ]
-    return torch.cat([o for o, _ in parts]), torch.cat([s for _, s in parts])
+        return [(slice(None), info, None)]
+    n = N // info["B"]  # H_kv rows of N per batch element
+    return [(slice(b * n, (b + 1) * n), _batch_info(info, b), int(lengths[b])) for b in range(info["B"])]
+
+
+def _run_forward(q3, k3, v3, info, lengths):
+    """``out (N, L*G, Ev)`` and ``lse (N, L*G, 1)`` in the accumulation dtype."""
+    acc_t = _acc_dtype(q3.dtype)
+    out = q3.new_empty(*q3.shape[:2], v3.shape[-1], dtype=acc_t)
+    lse = q3.new_full((*q3.shape[:2], 1), float("inf"), dtype=acc_t)
+    for sl, sub, length in _sequences(info, lengths, q3.shape[0]):
+        _forward(q3[sl], k3[sl], v3[sl], sub, k3.shape[1] if length is None else length, out[sl], lse[sl])
+    return out, lse
 
 
 def _run_backward(q3, k3, v3, out, lse, dout, info, lengths, need_db):
-    if lengths is None:
-        return _backward(q3, k3, v3, out, lse, dout, info, k3.shape[1], need_db)
-    n = q3.shape[0] // info["B"]
-    parts = []
-    for b in range(info["B"]):
-        sl = slice(b * n, (b + 1) * n)
-        parts.append(_backward(q3[sl], k3[sl], v3[sl], out[sl], lse[sl], dout[sl], _batch_info(info, b),
-                               int(lengths[b]), need_db, pooled=False))  # parts live side by side
-    dq, dk, dv = (torch.cat([p[i] for p in parts]) for i in range(3))
+    """``(dq3, dk, dv, dbias)`` in the accumulation dtype. In bf16/fp16 the first three live in per-thread
+    scratch: the caller converts (copies) them before the next call."""
+    acc_t = _acc_dtype(q3.dtype)
+    grads = tuple(
+        torch.empty(t.shape, dtype=acc_t, device=t.device) if acc_t == t.dtype  # float32/64: returned as is
+        else _scratch(name, t.numel(), acc_t, t.device).view(t.shape)
+        for name, t in (("dq", q3), ("dk", k3), ("dv", v3))
+    )
+    dbs = [_backward(q3[sl], k3[sl], v3[sl], out[sl], lse[sl], dout[sl], sub,
+                     k3.shape[1] if length is None else length, tuple(g[sl] for g in grads), need_db)
+           for sl, sub, length in _sequences(info, lengths, q3.shape[0])]
     db = None
     if need_db:
-        dbs = [p[3] for p in parts]
-        db = torch.stack(dbs).sum(0) if info["bias"].shape[0] == 1 else torch.cat(dbs)
-    return dq, dk, dv, db
+        db = dbs[0] if lengths is None else (
+            torch.stack(dbs).sum(0) if info["bias"].shape[0] == 1 else torch.cat(dbs))
+    return (*grads, db)
 
 
 def _check(q, k, v, mask, bias, lengths, window, block_q, block_k) -> None:

@@ -186,20 +186,14 @@ def _noncausal(phi_q, phi_k, v, key_padding, feature_map, block, eps, H, H_kv) -
         z_b = k_b.sum(-2, keepdim=True)  # (B, H_kv, 1, F)
         kv, z = (kv_b, z_b) if kv is None else (kv + kv_b, z + z_b)
     zt = z.transpose(-1, -2)  # (B, H_kv, F, 1)
-    B, L, Ev = phi_q.shape[0], phi_q.shape[2], v.shape[-1]
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (phi_q, phi_k, v))
-    out = None if grad else v.new_empty(B, H, L, Ev)
-    outs = []
+    L = phi_q.shape[2]
+    out = v.new_empty(phi_q.shape[0], H, L, v.shape[-1])  # (B, H, L, Ev); block writes are differentiable
     for s in range(0, L, block):
         q_b = phi_q[:, :, s : s + block]  # (B, H, C, F or E)
         pq = _group(q_b if feature_map is None else feature_map(q_b), H_kv)  # (B, H_kv, G*C, F)
         # num / (den + eps); den is (B, H_kv, G*C, 1): no (G*C, F) temporary
-        o = _ungroup(_divide(torch.matmul(pq, kv), torch.matmul(pq, zt), eps), H)  # (B, H, C, Ev)
-        if out is None:
-            outs.append(o)
-        else:
-            out[:, :, s : s + block] = o
-    return torch.cat(outs, dim=2) if out is None else out
+        out[:, :, s : s + block] = _ungroup(_divide(torch.matmul(pq, kv), torch.matmul(pq, zt), eps), H)
+    return out
 
 
 def _causal(phi_q, phi_k, v, chunk, eps, H, H_kv, L, S) -> torch.Tensor:

@@ -81,13 +81,13 @@ class DecodeWeights:
         small = weight.numel() < self.onednn_min_elements
         parts = 1 if small else min(torch.get_num_threads(), weight.numel() >> 16)  # >= 64k weights a slice
         wkey = _key(weight)
-        fresh = self._matrix_key is not None and self._matrix_key[:-1] == wkey  # any slicing serves
+        fresh = wkey == self._matrix_key  # with any number of slices: it serves more rows as it is
         if rows <= self.transpose_rows or fresh or not _ONEDNN or small:
             # one copy at a time: a transposed copy, once made, also serves more rows (at MKL's speed), so
             # a prompt after decoding builds nothing; decoding after a prompt drops the oneDNN copy
-            if not fresh or (rows <= self.transpose_rows and self._matrix_key[-1] != parts):
+            if not fresh or (rows <= self.transpose_rows and self._matrix.shape[0] != parts):
                 self._packed = self._packed_key = self._matrix = None  # free before making the new copy
-                self._matrix, self._matrix_key = _sliced_transpose(weight.detach(), parts), (*wkey, parts)
+                self._matrix, self._matrix_key = _sliced_transpose(weight.detach(), parts), wkey
             y = _sliced_matmul(x2, self._matrix, bias, weight.shape[0])
         else:
             key = (wkey, _key(bias))
