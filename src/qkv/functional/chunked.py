@@ -26,6 +26,7 @@ import threading
 
 import torch
 
+from qkv.functional import _native
 from qkv.functional.masks import check_broadcast
 
 __all__ = ["chunked_attention"]
@@ -35,6 +36,7 @@ _LN2 = 0.6931471805599453
 _BLOCK_ELEMS = 1 << 20  # target scores per block (all heads together)
 _POOL_MAX_ELEMS = 1 << 22  # larger scratch buffers are allocated per call, not kept
 _pool = threading.local()
+use_native = True  # False: every block through torch ops (the reference path the C kernels are tested against)
 
 
 def _scratch(name: str, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -131,12 +133,6 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _transposed(name: str, t: torch.Tensor) -> torch.Tensor:
-    """``t (N, S, E)`` as a contiguous ``(N, E, S)`` copy in scratch."""
-    N, S, E = t.shape
-    return _scratch(name, t.numel(), t.dtype, t.device).view(N, E, S).copy_(t.transpose(1, 2))
-
-
 class _Work:
     """Per-call block buffers, reused for every block (fresh large tensors per block cost page faults).
 
@@ -150,6 +146,11 @@ class _Work:
         self.s, self.d, self.r = (_scratch(name, size, acc, device) for name, size in (("s", n), ("d", n), ("r", nr)))
         self.lo = self.s if low == acc else _scratch("lo", n, low, device)
         self.rlo = self.r if low == acc else _scratch("rlo", nr, low, device)
+        self._n, self._device = n, device
+
+    def extra(self, name: str) -> torch.Tensor:
+        """Another ``(N, rows, bk)``-sized buffer in the input dtype (the C kernels' outputs)."""
+        return _scratch(name, self._n, self.low, self._device)
 
     @staticmethod
     def take(buf: torch.Tensor, *shape: int) -> torch.Tensor:
@@ -168,6 +169,10 @@ class _Work:
         """``a @ b`` for a block's ``(N, n, E)`` contribution, in the accumulation dtype (buffer ``r``)."""
         return self.matmul(a, b, self.r, self.rlo)
 
+    def product_low(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``a @ b`` in the input dtype (buffer ``rlo``), for the C kernels to accumulate."""
+        return torch.bmm(a, b, out=self.take(self.rlo, a.shape[0], a.shape[1], b.shape[2]))
+
     def to_low(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.low == self.acc else self.take(self.lo, *x.shape).copy_(x)
 
@@ -180,14 +185,20 @@ def _accumulate(target: torch.Tensor, part: torch.Tensor, first: bool) -> None:
         target.add_(part)
 
 
-def _scores(w: _Work, q3, kT, qs, qe, ks, ke, info, length, needs_mask) -> torch.Tensor:
+def _scores(w: _Work, q_b, kT_b, qs, qe, ks, ke, info, length, needs_mask, native: bool = False) -> torch.Tensor:
     """Block scores in log2 units with masked entries -inf: (N, bq*G, bk) in the accumulation dtype.
 
-    q3 is (N, L*G, E) with row ``i*G + g``; kT is (N, E, S).
+    q_b is the block's queries (N, bq*G, E) with row ``i*G + g``; kT_b its keys (N, E, bk). With ``native``
+    the structured mask is left to the C kernel (``needs_mask`` is ignored) and, without bias or mask, the
+    scores stay in the input dtype (no cast).
     """
     G = info["G"]
-    s = w.matmul(q3[:, qs * G : qe * G], kT[:, :, ks:ke], w.s)  # (N, bq*G, bk)
-    if info["bias"] is None and info["mask"] is None and not needs_mask:
+    plain = info["bias"] is None and info["mask"] is None
+    if native and plain:
+        return torch.bmm(q_b, kT_b, out=w.take(w.lo, q_b.shape[0], (qe - qs) * G, ke - ks))
+    s = w.matmul(q_b, kT_b, w.s)  # (N, bq*G, bk)
+    needs_mask = needs_mask and not native
+    if plain and not needs_mask:
         return s
     s5 = s.view(info["B"], -1, qe - qs, G, ke - ks)  # (B, H_kv, bq, G, bk)
     if info["bias"] is not None:
@@ -200,17 +211,47 @@ def _scores(w: _Work, q3, kT, qs, qe, ks, ke, info, length, needs_mask) -> torch
     return s
 
 
-def _forward(q3, k3, v3, info, length, out, lse) -> None:
+def _interval(kern, qs, ks, info, length, needs_mask):
+    """The C kernel's description of a block's structured mask (None: every key of the block visible)."""
+    if not needs_mask:
+        return None
+    return kern.interval(qs + info["off"], info["G"], info["causal"], info["window"], length, ks)
+
+
+class _Blocks:
+    """The row blocks of ``t (N, n, E)`` as contiguous ``(N, size, E)`` tensors (``transpose``: ``(N, E, size)``),
+    copied once into one scratch buffer. torch.bmm copies every operand that is not contiguous (a slice
+    of a larger tensor) on each call; these copies are made once per forward/backward instead."""
+
+    def __init__(self, name: str, t: torch.Tensor, size: int, transpose: bool = False, kern=None) -> None:
+        N, n, E = t.shape
+        buf = _scratch(name, t.numel(), t.dtype, t.device)
+        self.size, self.parts = size, []
+        for s in range(0, n, size):
+            e = min(s + size, n)
+            part = buf[N * s * E : N * e * E].view((N, E, e - s) if transpose else (N, e - s, E))
+            if transpose and kern is not None and t.stride(2) == 1:
+                kern.transpose(t[:, s:e], part)
+            else:
+                part.copy_(t[:, s:e].transpose(1, 2) if transpose else t[:, s:e])
+            self.parts.append(part)
+
+    def __getitem__(self, start: int) -> torch.Tensor:
+        return self.parts[start // self.size]
+
+
+def _forward(q3, k3, v3, info, length, out, lse, kern) -> None:
     """Online softmax over key blocks. q3 (N, L*G, E) pre-scaled by scale*log2(e).
 
     Fills ``out (N, L*G, Ev)`` and ``lse (N, L*G, 1)`` (log2 units; left at +inf for fully masked rows).
+    ``kern``: the C kernels (``_native``) for each block's elementwise work, or None for torch ops.
     """
     N, LG, _ = q3.shape
     G, bq, bk = info["G"], info["bq"], info["bk"]
     S, Ev = k3.shape[1], v3.shape[-1]
     acc_t = _acc_dtype(q3.dtype)
     w = _Work(N, min(bq, LG // G) * G, min(bk, S), max(q3.shape[-1], Ev), q3.dtype, acc_t, q3.device)
-    kT = _transposed("kT", k3)  # (N, E, S): one copy here, not one per block inside bmm
+    qb, kTb, vb = _Blocks("qb", q3, bq * G), _Blocks("kTb", k3, bk, True, kern), _Blocks("vb", v3, bk)
     for qs, qe, blocks in _plan(LG // G, S, info, length):
         rows = slice(qs * G, qe * G)
         acc = out[:, rows]  # (N, bq*G, Ev), filled in place
@@ -220,7 +261,12 @@ def _forward(q3, k3, v3, info, length, out, lse) -> None:
         m = q3.new_full((N, (qe - qs) * G, 1), float("-inf"), dtype=acc_t)
         l = torch.zeros_like(m)
         for i, (ks, ke, needs_mask) in enumerate(blocks):
-            s = _scores(w, q3, kT, qs, qe, ks, ke, info, length, needs_mask)
+            s = _scores(w, qb[qs * G], kTb[ks], qs, qe, ks, ke, info, length, needs_mask, native=kern is not None)
+            if kern is not None:  # one C pass: max, exp2, sums, rescale; weights in the input dtype
+                p = w.take(w.lo, *s.shape)
+                kern.forward_tile(s, p, m, l, acc, i == 0, _interval(kern, qs, ks, info, length, needs_mask))
+                kern.accumulate(acc, w.product_low(p, vb[ks]), i == 0)
+                continue
             m_new = torch.maximum(m, s.amax(-1, keepdim=True))
             m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)
             p = s.sub_(m_safe).exp2_()  # (N, bq*G, bk) unnormalised weights
@@ -228,15 +274,18 @@ def _forward(q3, k3, v3, info, length, out, lse) -> None:
             l.mul_(alpha).add_(p.sum(-1, keepdim=True))
             if i:
                 acc.mul_(alpha)
-            _accumulate(acc, w.product(w.to_low(p), v3[:, ks:ke]), first=i == 0)  # (N, bq*G, Ev)
+            _accumulate(acc, w.product(w.to_low(p), vb[ks]), first=i == 0)  # (N, bq*G, Ev)
             m = m_new
         acc.div_(l.clamp_min(1e-30))  # rows with l == 0 have acc == 0
         lse[:, rows] = torch.where(l > 0, m + l.log2(), float("inf"))
 
 
-def _backward(q3, k3, v3, out, lse, dout, info, length, grads, need_bias_grad):
+def _backward(q3, k3, v3, out, lse, dout, info, length, grads, need_bias_grad, kern):
     """Recompute block weights from lse; fills ``grads = (dq3, dk, dv)`` (dq3 still to be multiplied by
-    scale) and returns dbias."""
+    scale) and returns dbias.
+
+    With the C kernels (``kern``), dK and dV accumulate transposed, ``dK^T += Q^T dS`` and ``dV^T += dO^T P``,
+    so that only ``(L, E)`` tensors are transposed (once), never the ``(bq, bk)`` blocks."""
     N, LG, E = q3.shape
     G, bq, bk = info["G"], info["bq"], info["bk"]
     S = k3.shape[1]
@@ -245,34 +294,61 @@ def _backward(q3, k3, v3, out, lse, dout, info, length, grads, need_bias_grad):
     w = _Work(N, min(bq, LG // G) * G, min(bk, S), max(E, Ev), q3.dtype, acc_t, q3.device)
     dq, dk, dv = grads  # each block's first contribution is copied in (no zero fill)
     dbias = torch.zeros_like(info["bias"], dtype=acc_t) if need_bias_grad else None
+    kern = None if need_bias_grad else kern  # the bias gradient needs float32 ds: torch path
     do32 = _scratch("do32", dout.numel(), acc_t, dout.device).view(dout.shape).copy_(dout)
     delta = do32.mul_(out).sum(-1, keepdim=True)  # (N, L*G, 1)
     dout = dout.to(q3.dtype)
-    kT, vT = _transposed("kT", k3), _transposed("vT", v3)  # (N, E, S), (N, Ev, S)
+    rq = bq * G
+    qb, dob = _Blocks("qb", q3, rq), _Blocks("dob", dout, rq)  # (N, bq*G, E), (N, bq*G, Ev)
+    kb, kTb, vTb = _Blocks("kb", k3, bk), _Blocks("kTb", k3, bk, True, kern), _Blocks("vTb", v3, bk, True, kern)
+    if kern is not None:
+        qTb, doTb = _Blocks("qTb", q3, rq, True, kern), _Blocks("doTb", dout, rq, True, kern)  # (N, E|Ev, bq*G)
+        dk_acc = _scratch("dkT", dk.numel(), acc_t, dk.device).view(N, E, S)
+        dv_acc = _scratch("dvT", dv.numel(), acc_t, dv.device).view(N, Ev, S)
+    else:
+        dk_acc, dv_acc = dk.transpose(1, 2), dv.transpose(1, 2)  # (N, E, S) views: key blocks are [..., ks:ke]
     seen = set()  # key blocks (by start) with a contribution in dk/dv so far
     for qs, qe, blocks in _plan(LG // G, S, info, length):
         rows = slice(qs * G, qe * G)
-        do_b, q_b = dout[:, rows], q3[:, rows]  # (N, bq*G, Ev), (N, bq*G, E)
+        do_b, q_b = dob[qs * G], qb[qs * G]  # (N, bq*G, Ev), (N, bq*G, E)
         if not blocks:
             dq[:, rows].zero_()
         for i, (ks, ke, needs_mask) in enumerate(blocks):
-            p = _scores(w, q3, kT, qs, qe, ks, ke, info, length, needs_mask).sub_(lse[:, rows]).exp2_()
-            p_low = w.to_low(p)  # (N, bq*G, bk) attention weights
             first_k = ks not in seen
             seen.add(ks)
+            s = _scores(w, q_b, kTb[ks], qs, qe, ks, ke, info, length, needs_mask, native=kern is not None)
+            if kern is not None:  # one C pass: p and ds, in the input dtype
+                n, r, c = s.shape
+                if s.dtype == w.low:  # no bias/mask: scores and dp stay in the input dtype
+                    dp = torch.bmm(do_b, vTb[ks], out=w.take(w.extra("lo2"), n, r, c))  # (N, bq*G, bk)
+                else:
+                    dp = w.matmul(do_b, vTb[ks], w.d)
+                p, ds = w.take(w.extra("p"), n, r, c), w.take(w.extra("ds"), n, r, c)
+                kern.backward_tile(s, dp, lse[:, rows], delta[:, rows], ds, p,
+                                   _interval(kern, qs, ks, info, length, needs_mask))
+                kern.accumulate(dv_acc[:, :, ks:ke], w.product_low(doTb[qs * G], p), first_k)  # (N, Ev, bk)
+                kern.accumulate(dq[:, rows], w.product_low(ds, kb[ks]), i == 0)  # (N, bq*G, E)
+                kern.accumulate(dk_acc[:, :, ks:ke], w.product_low(qTb[qs * G], ds), first_k)  # (N, E, bk)
+                continue
+            p = s.sub_(lse[:, rows]).exp2_()
+            p_low = w.to_low(p)  # (N, bq*G, bk) attention weights
             _accumulate(dv[:, ks:ke], w.product(p_low.transpose(1, 2), do_b), first_k)  # (N, bk, Ev)
-            dp = w.matmul(do_b, vT[:, :, ks:ke], w.d)  # (N, bq*G, bk)
+            dp = w.matmul(do_b, vTb[ks], w.d)  # (N, bq*G, bk)
             ds = dp.sub_(delta[:, rows]).mul_(p)  # dL/dscores
             if dbias is not None:
                 _accumulate_bias(dbias, ds.view(info["B"], -1, qe - qs, G, ke - ks), qs, qe, ks, ke)
             ds_low = w.to_low(ds)
-            _accumulate(dq[:, rows], w.product(ds_low, k3[:, ks:ke]), i == 0)  # (N, bq*G, E)
+            _accumulate(dq[:, rows], w.product(ds_low, kb[ks]), i == 0)  # (N, bq*G, E)
             _accumulate(dk[:, ks:ke], w.product(ds_low.transpose(1, 2), q_b), first_k)  # (N, bk, E)
     for ks in range(0, S, bk):
         if ks not in seen:  # keys no query sees: zero gradient
-            dk[:, ks : ks + bk].zero_()
-            dv[:, ks : ks + bk].zero_()
-    dk.mul_(_LN2)  # q3 carries scale * log2(e); dk needs scale only
+            dk_acc[:, :, ks : ks + bk].zero_()
+            dv_acc[:, :, ks : ks + bk].zero_()
+    if kern is not None:
+        kern.transpose(dk_acc, dk, _LN2)  # q3 carries scale * log2(e); dk needs scale only
+        kern.transpose(dv_acc, dv)
+    else:
+        dk.mul_(_LN2)
     return dbias
 
 
@@ -342,13 +418,19 @@ def _sequences(info: dict, lengths, N: int):
     return [(slice(b * n, (b + 1) * n), _batch_info(info, b), int(lengths[b])) for b in range(info["B"])]
 
 
+def _kernels_for(q3: torch.Tensor):
+    """The C kernels for this call, or None (torch path): CPU float32/bfloat16 only, and ``use_native``."""
+    return _native.kernels() if use_native and _native.supports(q3) else None
+
+
 def _run_forward(q3, k3, v3, info, lengths):
     """``out (N, L*G, Ev)`` and ``lse (N, L*G, 1)`` in the accumulation dtype."""
     acc_t = _acc_dtype(q3.dtype)
     out = q3.new_empty(*q3.shape[:2], v3.shape[-1], dtype=acc_t)
     lse = q3.new_full((*q3.shape[:2], 1), float("inf"), dtype=acc_t)
+    kern = _kernels_for(q3)
     for sl, sub, length in _sequences(info, lengths, q3.shape[0]):
-        _forward(q3[sl], k3[sl], v3[sl], sub, k3.shape[1] if length is None else length, out[sl], lse[sl])
+        _forward(q3[sl], k3[sl], v3[sl], sub, k3.shape[1] if length is None else length, out[sl], lse[sl], kern)
     return out, lse
 
 
@@ -361,8 +443,9 @@ def _run_backward(q3, k3, v3, out, lse, dout, info, lengths, need_db):
         else _scratch(name, t.numel(), acc_t, t.device).view(t.shape)
         for name, t in (("dq", q3), ("dk", k3), ("dv", v3))
     )
+    kern = _kernels_for(q3)
     dbs = [_backward(q3[sl], k3[sl], v3[sl], out[sl], lse[sl], dout[sl], sub,
-                     k3.shape[1] if length is None else length, tuple(g[sl] for g in grads), need_db)
+                     k3.shape[1] if length is None else length, tuple(g[sl] for g in grads), need_db, kern)
            for sl, sub, length in _sequences(info, lengths, q3.shape[0])]
     db = None
     if need_db:

@@ -1,0 +1,370 @@
+/* qkv: the elementwise work of one memory-efficient attention block, fused (see _native.py).
+ *
+ * Plain C (no Python, no torch headers), written so that gcc/clang vectorise it at -O3: every loop over
+ * keys works on a float32 row buffer, so the dtype (float32 or bfloat16) is chosen once per row, outside
+ * the hot loops. Conventions follow chunked.py: a tile is N heads x R rows x K keys, row-major, scores
+ * in log2 units; row r of a tile is query qs + r / G. Masked entries are -inf in the scores or outside
+ * the row's visible key interval; their weights are exactly 0.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DT_F32 0
+#define DT_BF16 1
+
+static inline float bf2f(uint16_t h) {
+    union { uint32_t u; float f; } v;
+    v.u = (uint32_t)h << 16;
+    return v.f;
+}
+
+static inline uint16_t f2bf(float f) { /* round to nearest even, as torch's .to(torch.bfloat16) */
+    union { uint32_t u; float f; } v;
+    v.f = f;
+    return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+}
+
+/* 2**x in float32 (relative error ~2e-7); exactly 0 for x < -126 (and -inf). */
+static inline float fexp2(float x) {
+    float xc = x < -126.0f ? -126.0f : (x > 127.0f ? 127.0f : x);
+    float t = xc + 12582912.0f; /* 1.5 * 2**23: rounds to the nearest integer */
+    float n = t - 12582912.0f;
+    float f = xc - n; /* [-0.5, 0.5] */
+    float p = 1.535336188319500e-4f;
+    p = p * f + 1.339887440266574e-3f;
+    p = p * f + 9.618437357674640e-3f;
+    p = p * f + 5.550332471162809e-2f;
+    p = p * f + 2.402264791363012e-1f;
+    p = p * f + 6.931472028550421e-1f;
+    p = p * f + 1.0f;
+    union { uint32_t u; float f; } sc;
+    sc.u = (uint32_t)((int32_t)n + 127) << 23;
+    float r = p * sc.f;
+    return x < -126.0f ? 0.0f : r;
+}
+
+/* Visible keys of tile row r, as columns [*c0, *c1) of the tile. iv: NULL (all keys) or
+ * {p0, G, causal, window (0: none), length, ks}: row r is the query at key position p = p0 + r / G. */
+static void row_interval(const int64_t *iv, long r, long K, long *c0, long *c1) {
+    if (!iv) {
+        *c0 = 0;
+        *c1 = K;
+        return;
+    }
+    int64_t p = iv[0] + r / iv[1], lo = 0, hi = iv[4];
+    if (iv[2] && p + 1 < hi) hi = p + 1;
+    if (iv[3]) {
+        if (p - iv[3] + 1 > lo) lo = p - iv[3] + 1;
+        if (!iv[2] && p + iv[3] < hi) hi = p + iv[3];
+    }
+    lo -= iv[5];
+    hi -= iv[5];
+    *c0 = lo < 0 ? 0 : (lo > K ? K : lo);
+    *c1 = hi < *c0 ? *c0 : (hi > K ? K : hi);
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512BF16__)
+/* AVX-512 rows: 16 keys per step, converted on load/store, the visible interval as lane masks. */
+#include <immintrin.h>
+#define QKV_AVX512 1
+
+static inline __mmask16 lanes(long c, long c0, long c1) { /* lanes i with c0 <= c + i < c1 */
+    long lo = c0 - c, hi = c1 - c;
+    lo = lo < 0 ? 0 : (lo > 16 ? 16 : lo);
+    hi = hi < 0 ? 0 : (hi > 16 ? 16 : hi);
+    return (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+}
+
+static inline __attribute__((always_inline)) __m512 vload(const void *row, int dt, long c, __mmask16 k) {
+    if (dt == DT_BF16)
+        return _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, (const uint16_t *)row + c)), 16));
+    return _mm512_maskz_loadu_ps(k, (const float *)row + c);
+}
+
+static inline __attribute__((always_inline)) void vstore(void *row, int dt, long c, __m512 v, __mmask16 k) {
+    if (dt == DT_BF16)
+        _mm256_mask_storeu_epi16((uint16_t *)row + c, k, (__m256i)_mm512_cvtneps_pbh(v));
+    else
+        _mm512_mask_storeu_ps((float *)row + c, k, v);
+}
+
+static inline __m512 vexp2(__m512 x) { /* as fexp2 */
+    __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_GE_OQ);
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-126.0f)), _mm512_set1_ps(127.0f));
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(p, n));
+}
+
+/* Forward row: returns the row max over [c0, c1) (-inf if empty). */
+static inline __attribute__((always_inline)) float vrow_max(const void *s, int dt, long c0, long c1) {
+    __m512 m = _mm512_set1_ps(-__builtin_inff());
+    for (long c = c0 & ~15L; c < c1; c += 16) {
+        __mmask16 k = lanes(c, c0, c1);
+        m = _mm512_mask_max_ps(m, k, m, vload(s, dt, c, k));
+    }
+    return _mm512_reduce_max_ps(m);
+}
+
+/* p = 2**(s - sub) on [c0, c1), 0 elsewhere in [0, K), stored in pdt; returns the sum. */
+static inline __attribute__((always_inline)) float vrow_exp2(const void *s, int dt, void *p, int pdt, long K, long c0,
+                                                             long c1, float sub) {
+    __m512 acc = _mm512_setzero_ps(), b = _mm512_set1_ps(sub);
+    for (long c = 0; c < K; c += 16) {
+        __mmask16 t = lanes(c, 0, K), k = lanes(c, c0, c1);
+        __m512 e = _mm512_maskz_mov_ps(k, vexp2(_mm512_sub_ps(vload(s, dt, c, k), b)));
+        acc = _mm512_add_ps(acc, e);
+        vstore(p, pdt, c, e, t);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+static inline __attribute__((always_inline)) void vrow_grad(const void *s, const void *dp, int dt, void *pr, void *dr,
+                                                            int odt, long K, long c0, long c1, float lse, float delta) {
+    __m512 b = _mm512_set1_ps(lse), d = _mm512_set1_ps(delta);
+    for (long c = 0; c < K; c += 16) {
+        __mmask16 t = lanes(c, 0, K), k = lanes(c, c0, c1);
+        __m512 e = _mm512_maskz_mov_ps(k, vexp2(_mm512_sub_ps(vload(s, dt, c, k), b)));
+        __m512 g = _mm512_mul_ps(e, _mm512_sub_ps(vload(dp, dt, c, k), d));
+        if (pr) vstore(pr, odt, c, e, t);
+        vstore(dr, odt, c, g, t);
+    }
+}
+/* 16 x 16 float32 transpose in registers: r[i] holds row i; afterwards r[j] holds column j. */
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int j = 0; j < 4; j++) { /* u[4j + k], 128-bit lane L: column 4L + k of rows 4j..4j+3 */
+        u[4 * j] = _mm512_shuffle_ps(t[4 * j], t[4 * j + 2], 0x44);
+        u[4 * j + 1] = _mm512_shuffle_ps(t[4 * j], t[4 * j + 2], 0xEE);
+        u[4 * j + 2] = _mm512_shuffle_ps(t[4 * j + 1], t[4 * j + 3], 0x44);
+        u[4 * j + 3] = _mm512_shuffle_ps(t[4 * j + 1], t[4 * j + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; k++) {
+        __m512 a = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x88), b = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x88);
+        __m512 c = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xDD), d = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xDD);
+        r[k] = _mm512_shuffle_f32x4(a, b, 0x88);
+        r[8 + k] = _mm512_shuffle_f32x4(a, b, 0xDD);
+        r[4 + k] = _mm512_shuffle_f32x4(c, d, 0x88);
+        r[12 + k] = _mm512_shuffle_f32x4(c, d, 0xDD);
+    }
+}
+#endif
+
+#ifndef QKV_AVX512
+/* Portable rows: converted into a float32 buffer, plain loops the compiler vectorises. */
+static void load_row(const void *src, int dt, long K, float *dst) {
+    if (dt == DT_BF16) {
+        const uint16_t *s = (const uint16_t *)src;
+        for (long c = 0; c < K; c++) dst[c] = bf2f(s[c]);
+    } else {
+        memcpy(dst, src, (size_t)K * sizeof(float));
+    }
+}
+
+static void store_row(const float *src, long K, void *dst, int dt) {
+    if (dt == DT_BF16) {
+        uint16_t *d = (uint16_t *)dst;
+        for (long c = 0; c < K; c++) d[c] = f2bf(src[c]);
+    } else {
+        memcpy(dst, src, (size_t)K * sizeof(float));
+    }
+}
+
+static float row_max(const float *x, long c0, long c1) {
+    float m[16];
+    for (int i = 0; i < 16; i++) m[i] = -__builtin_inff();
+    long c = c0;
+    for (; c + 16 <= c1; c += 16)
+        for (int i = 0; i < 16; i++) m[i] = x[c + i] > m[i] ? x[c + i] : m[i];
+    float r = -__builtin_inff();
+    for (int i = 0; i < 16; i++) r = m[i] > r ? m[i] : r;
+    for (; c < c1; c++) r = x[c] > r ? x[c] : r;
+    return r;
+}
+
+/* x[c] = 2**(x[c] - sub) on [c0, c1), 0 elsewhere in [0, K); returns the sum. */
+static float exp2_row(float *x, long K, long c0, long c1, float sub) {
+    float s[16] = {0};
+    for (long c = 0; c < c0; c++) x[c] = 0.0f;
+    for (long c = c1; c < K; c++) x[c] = 0.0f;
+    long c = c0;
+    for (; c + 16 <= c1; c += 16)
+        for (int i = 0; i < 16; i++) {
+            float e = fexp2(x[c + i] - sub);
+            x[c + i] = e;
+            s[i] += e;
+        }
+    float r = 0.0f;
+    for (; c < c1; c++) {
+        x[c] = fexp2(x[c] - sub);
+        r += x[c];
+    }
+    for (int i = 0; i < 16; i++) r += s[i];
+    return r;
+}
+#endif
+
+/* One online-softmax step of the forward pass, per head n and row r:
+ *   m' = max(m, max_c s), p = 2**(s - m'), l = l * 2**(m - m') + sum p, acc *= 2**(m - m') (unless first).
+ * s, p: (N, R, K) with head strides s_hs, p_hs; m, l: (N, R) head stride st_hs; acc: head/row strides. */
+int qkv_forward_tile(long N, long R, long K, const void *s, int s_dt, long s_hs, void *p, int p_dt, long p_hs,
+                     float *m, float *l, long st_hs, float *acc, long acc_hs, long acc_rs, long Ev, int first,
+                     const int64_t *iv) {
+    long isz = s_dt == DT_BF16 ? 2 : 4, osz = p_dt == DT_BF16 ? 2 : 4;
+#ifndef QKV_AVX512
+    float *row = (float *)malloc((size_t)K * sizeof(float));
+    if (!row) return 1;
+#endif
+    for (long n = 0; n < N; n++)
+        for (long r = 0; r < R; r++) {
+            const char *sr = (const char *)s + (n * s_hs + r * K) * isz;
+            char *pr = (char *)p + (n * p_hs + r * K) * osz;
+            long c0, c1;
+            row_interval(iv, r, K, &c0, &c1);
+            float *mr = m + n * st_hs + r, *lr = l + n * st_hs + r;
+#ifdef QKV_AVX512
+            float mo = *mr, mn = s_dt == DT_BF16 ? vrow_max(sr, DT_BF16, c0, c1) : vrow_max(sr, DT_F32, c0, c1);
+#else
+            load_row(sr, s_dt, K, row);
+            float mo = *mr, mn = row_max(row, c0, c1);
+#endif
+            mn = mn > mo ? mn : mo;
+            if (mn == -__builtin_inff()) { /* nothing visible yet: zero weights, state unchanged */
+                memset(pr, 0, (size_t)K * osz);
+                continue;
+            }
+#ifdef QKV_AVX512
+            float sum;
+            if (s_dt == DT_BF16)
+                sum = p_dt == DT_BF16 ? vrow_exp2(sr, DT_BF16, pr, DT_BF16, K, c0, c1, mn)
+                                      : vrow_exp2(sr, DT_BF16, pr, DT_F32, K, c0, c1, mn);
+            else
+                sum = p_dt == DT_BF16 ? vrow_exp2(sr, DT_F32, pr, DT_BF16, K, c0, c1, mn)
+                                      : vrow_exp2(sr, DT_F32, pr, DT_F32, K, c0, c1, mn);
+#else
+            float sum = exp2_row(row, K, c0, c1, mn);
+            store_row(row, K, pr, p_dt);
+#endif
+            float alpha = fexp2(mo - mn);
+            *lr = *lr * alpha + sum;
+            *mr = mn;
+            if (!first && alpha != 1.0f) {
+                float *a = acc + n * acc_hs + r * acc_rs;
+                for (long e = 0; e < Ev; e++) a[e] *= alpha;
+            }
+        }
+#ifndef QKV_AVX512
+    free(row);
+#endif
+    return 0;
+}
+
+/* The backward pass's weights and score gradients of one tile, per head n and row r:
+ *   p = 2**(s - lse), ds = p * (dp - delta)
+ * s, dp: (N, R, K) rows of K with head stride s_hs (both); lse, delta: (N, R) head stride st_hs;
+ * p_out (may be NULL), ds_out: contiguous (N, R, K) in out_dt. */
+int qkv_backward_tile(long N, long R, long K, const void *s, const void *dp, int in_dt, long s_hs,
+                      const float *lse, const float *delta, long st_hs, void *p_out, void *ds_out, int out_dt,
+                      const int64_t *iv) {
+    long isz = in_dt == DT_BF16 ? 2 : 4, osz = out_dt == DT_BF16 ? 2 : 4;
+#ifndef QKV_AVX512
+    float *pr = (float *)malloc((size_t)(3 * K) * sizeof(float));
+    if (!pr) return 1;
+    float *dr = pr + K, *tmp = dr + K;
+#endif
+    for (long n = 0; n < N; n++)
+        for (long r = 0; r < R; r++) {
+            long c0, c1, so = (n * s_hs + r * K) * isz, oo = (n * R * K + r * K) * osz;
+            row_interval(iv, r, K, &c0, &c1);
+            float b = lse[n * st_hs + r], d = delta[n * st_hs + r];
+            const char *sr = (const char *)s + so, *dpr = (const char *)dp + so;
+            char *po = p_out ? (char *)p_out + oo : NULL, *dso = (char *)ds_out + oo;
+#ifdef QKV_AVX512
+            if (in_dt == DT_BF16)
+                if (out_dt == DT_BF16) vrow_grad(sr, dpr, DT_BF16, po, dso, DT_BF16, K, c0, c1, b, d);
+                else vrow_grad(sr, dpr, DT_BF16, po, dso, DT_F32, K, c0, c1, b, d);
+            else if (out_dt == DT_BF16) vrow_grad(sr, dpr, DT_F32, po, dso, DT_BF16, K, c0, c1, b, d);
+            else vrow_grad(sr, dpr, DT_F32, po, dso, DT_F32, K, c0, c1, b, d);
+#else
+            load_row(sr, in_dt, K, pr);
+            exp2_row(pr, K, c0, c1, b);
+            load_row(dpr, in_dt, K, tmp);
+            for (long c = 0; c < K; c++) dr[c] = pr[c] * (tmp[c] - d);
+            if (po) store_row(pr, K, po, out_dt);
+            store_row(dr, K, dso, out_dt);
+#endif
+        }
+#ifndef QKV_AVX512
+    free(pr);
+#endif
+    return 0;
+}
+
+/* acc (N, R, E) float32 with head/row strides = part (contiguous (N, R, E), dtype dt) if first, else += part. */
+int qkv_accumulate(long N, long R, long E, float *acc, long acc_hs, long acc_rs, const void *part, int dt,
+                   int first) {
+    for (long n = 0; n < N; n++)
+        for (long r = 0; r < R; r++) {
+            float *a = acc + n * acc_hs + r * acc_rs;
+            long off = (n * R + r) * E;
+            if (dt == DT_BF16) {
+                const uint16_t *b = (const uint16_t *)part + off;
+                if (first)
+                    for (long e = 0; e < E; e++) a[e] = bf2f(b[e]);
+                else
+                    for (long e = 0; e < E; e++) a[e] += bf2f(b[e]);
+            } else {
+                const float *b = (const float *)part + off;
+                if (first)
+                    memcpy(a, b, (size_t)E * sizeof(float));
+                else
+                    for (long e = 0; e < E; e++) a[e] += b[e];
+            }
+        }
+    return 0;
+}
+
+/* dst[n, b, a] = scale * src[n, a, b] for a < A, b < B: unit last strides, head/row strides given. */
+int qkv_transpose(long N, long A, long B, const void *src, int sdt, long s_hs, long s_rs, void *dst, int ddt,
+                  long d_hs, long d_rs, float scale) {
+    long isz = sdt == DT_BF16 ? 2 : 4, osz = ddt == DT_BF16 ? 2 : 4;
+    for (long n = 0; n < N; n++)
+        for (long a0 = 0; a0 < A; a0 += 16)
+            for (long b0 = 0; b0 < B; b0 += 16) {
+                long na = A - a0 < 16 ? A - a0 : 16, nb = B - b0 < 16 ? B - b0 : 16;
+                const char *sp = (const char *)src + (n * s_hs + a0 * s_rs + b0) * isz;
+                char *dp = (char *)dst + (n * d_hs + b0 * d_rs + a0) * osz;
+#ifdef QKV_AVX512
+                __m512 r[16];
+                __mmask16 kb = lanes(0, 0, nb), ka = lanes(0, 0, na);
+                __m512 sc = _mm512_set1_ps(scale);
+                for (long i = 0; i < 16; i++)
+                    r[i] = i < na ? vload(sp + i * s_rs * isz, sdt, 0, kb) : _mm512_setzero_ps();
+                transpose16(r);
+                for (long j = 0; j < nb; j++) vstore(dp + j * d_rs * osz, ddt, 0, _mm512_mul_ps(r[j], sc), ka);
+#else
+                for (long j = 0; j < nb; j++)
+                    for (long i = 0; i < na; i++) {
+                        const char *x = sp + (i * s_rs + j) * isz;
+                        float v = scale * (sdt == DT_BF16 ? bf2f(*(const uint16_t *)x) : *(const float *)x);
+                        char *y = dp + (j * d_rs + i) * osz;
+                        if (ddt == DT_BF16) *(uint16_t *)y = f2bf(v);
+                        else *(float *)y = v;
+                    }
+#endif
+            }
+    return 0;
+}

@@ -1,0 +1,168 @@
+"""Fused C kernels for the elementwise work of a memory-efficient attention block (``_blocks.c``).
+
+torch runs each elementwise step of a block (exp, subtract, multiply, the bfloat16 <-> float32 casts
+around bf16 matmuls, transposed copies) as its own pass over memory; on a CPU these passes cost about
+as much as the block's matmuls. ``_blocks.c`` does them in one pass per block row. It is plain C, no
+Python or torch headers: compiled on first use with the system C compiler (``$CC``, else ``cc``) into a
+per-user cache (``$QKV_CACHE_DIR``, else ``~/.cache/qkv``), keyed by the source, compiler and CPU, and
+loaded with ctypes (which releases the GIL during calls). Without a compiler, or with ``QKV_NATIVE=0``,
+:func:`kernels` returns None and chunked attention keeps its pure-torch path; both paths are tested
+against each other and against torch's fused kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["Kernels", "kernels", "unavailable_reason"]
+
+_SOURCE = Path(__file__).with_name("_blocks.c")
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def _cpu_signature() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("QKV_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "qkv")
+    return Path(root) / "native"
+
+
+def _compile(source: Path) -> Path:
+    """Build (or find) the shared library for this source, compiler and CPU; atomic rename into the cache."""
+    cc = os.environ.get("CC", "cc")
+    code = source.read_bytes()
+    key = hashlib.sha256(b"\0".join([code, cc.encode(), _cpu_signature().encode(), sys.platform.encode()]))
+    target = _cache_dir() / f"qkv_blocks_{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for arch in (["-march=native"], []):  # -march=native for AVX-512 where the CPU has it; plain as a fallback
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        cmd = [cc, "-O3", *arch, "-fno-math-errno", "-fPIC", "-shared", str(source), "-o", tmp]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            os.unlink(tmp)
+            raise RuntimeError(f"{' '.join(cmd)}: {e}") from e
+        if done.returncode == 0:
+            os.replace(tmp, target)
+            return target
+        os.unlink(tmp)
+        errors.append(f"{' '.join(cmd)}: {done.stderr.strip()[-500:]}")
+    raise RuntimeError("; ".join(errors))
+
+
+class Kernels:
+    """ctypes bindings of ``_blocks.c``. Tensors are passed by data pointer; callers guarantee dtypes,
+    devices (CPU) and the layouts named in each method."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        L, I, P = ctypes.c_long, ctypes.c_int, ctypes.c_void_p
+        self._forward = lib.qkv_forward_tile
+        self._forward.argtypes = [L, L, L, P, I, L, P, I, L, P, P, L, P, L, L, L, I, P]
+        self._backward = lib.qkv_backward_tile
+        self._backward.argtypes = [L, L, L, P, P, I, L, P, P, L, P, P, I, P]
+        self._accumulate = lib.qkv_accumulate
+        self._accumulate.argtypes = [L, L, L, P, L, L, P, I, I]
+        self._transpose = lib.qkv_transpose
+        self._transpose.argtypes = [L, L, L, P, I, L, L, P, I, L, L, ctypes.c_float]
+        for f in (self._forward, self._backward, self._accumulate, self._transpose):
+            f.restype = ctypes.c_int
+
+    @staticmethod
+    def interval(p0: int, G: int, causal: bool, window: int | None, length: int, ks: int):
+        """The per-row visible key interval of a block (see ``row_interval`` in ``_blocks.c``)."""
+        return (ctypes.c_int64 * 6)(p0, G, int(causal), window or 0, length, ks)
+
+    @staticmethod
+    def _check(rc: int, name: str) -> None:
+        if rc:
+            raise MemoryError(f"qkv native {name}: could not allocate its row buffer")
+
+    def forward_tile(self, s, p, m, l, acc, first: bool, iv=None) -> None:
+        """s, p: (N, R, K) with contiguous rows; m, l: (N, R, 1) float32 with unit row stride; acc (N, R, Ev)
+        float32 with unit last stride. p may be s (in place)."""
+        N, R, K = s.shape
+        self._check(self._forward(
+            N, R, K, s.data_ptr(), _DTYPES[s.dtype], s.stride(0), p.data_ptr(), _DTYPES[p.dtype], p.stride(0),
+            m.data_ptr(), l.data_ptr(), m.stride(0), acc.data_ptr(), acc.stride(0), acc.stride(1), acc.shape[2],
+            int(first), iv), "forward_tile")
+
+    def backward_tile(self, s, dp, lse, delta, ds, p=None, iv=None) -> None:
+        """s, dp: (N, R, K) same dtype and head stride, contiguous rows; lse, delta: (N, R, 1) float32, same
+        head stride; ds and p (optional): contiguous (N, R, K), one dtype."""
+        N, R, K = s.shape
+        self._check(self._backward(
+            N, R, K, s.data_ptr(), dp.data_ptr(), _DTYPES[s.dtype], s.stride(0), lse.data_ptr(), delta.data_ptr(),
+            lse.stride(0), None if p is None else p.data_ptr(), ds.data_ptr(), _DTYPES[ds.dtype], iv),
+            "backward_tile")
+
+    def accumulate(self, acc, part, first: bool) -> None:
+        """acc (N, R, E) float32 with unit last stride = part (contiguous) if first, else += part."""
+        N, R, E = part.shape
+        self._accumulate(N, R, E, acc.data_ptr(), acc.stride(0), acc.stride(1), part.data_ptr(),
+                         _DTYPES[part.dtype], int(first))
+
+    def transpose(self, src, dst, scale: float = 1.0) -> None:
+        """dst (N, B, A) = scale * src (N, A, B) transposed, with dtype conversion; unit last strides."""
+        N, A, B = src.shape
+        if dst.shape != (N, B, A) or src.stride(2) != 1 or dst.stride(2) != 1:
+            raise ValueError(f"transpose: src {tuple(src.shape)} / dst {tuple(dst.shape)} (need (N, A, B) / "
+                             "(N, B, A), unit last strides)")
+        self._transpose(N, A, B, src.data_ptr(), _DTYPES[src.dtype], src.stride(0), src.stride(1), dst.data_ptr(),
+                        _DTYPES[dst.dtype], dst.stride(0), dst.stride(1), scale)
+
+
+def _load() -> Kernels | None:
+    if os.environ.get("QKV_NATIVE", "1") == "0":
+        _state["reason"] = "disabled by QKV_NATIVE=0"
+        return None
+    try:
+        return Kernels(ctypes.CDLL(str(_compile(_SOURCE))))
+    except (OSError, RuntimeError, AttributeError) as e:
+        _state["reason"] = str(e)
+        warnings.warn(f"qkv: native attention kernels unavailable, using the torch path ({e})", stacklevel=3)
+        return None
+
+
+def kernels() -> Kernels | None:
+    """The compiled kernels, built on first call; None where they cannot be (see :func:`unavailable_reason`)."""
+    if "kernels" not in _state:
+        with _lock:
+            if "kernels" not in _state:
+                _state["kernels"] = _load()
+    return _state["kernels"]
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`kernels` returned None (None when it did not, or has not been called)."""
+    return _state.get("reason")
+
+
+def supports(t: torch.Tensor) -> bool:
+    """Whether the native path can serve chunked attention on ``t`` (CPU float32/bfloat16)."""
+    return t.device.type == "cpu" and t.dtype in _DTYPES
