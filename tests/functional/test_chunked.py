@@ -6,8 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qkv.functional import causal_mask, chunked_attention, padding_mask, sliding_window_mask
+from qkv.functional import _native, causal_mask, chunked_attention, padding_mask, sliding_window_mask
+from qkv.functional import chunked as chunked_module
 from qkv.functional.chunked import _plan
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def block_path(request, monkeypatch):
+    """Every test runs twice: blocks through the C kernels, and through torch ops (the reference path)."""
+    if request.param == "native" and _native.kernels() is None:
+        pytest.skip(f"native kernels unavailable: {_native.unavailable_reason()}")
+    monkeypatch.setattr(chunked_module, "use_native", request.param == "native")
+    return request.param
 
 
 def fused(q, k, v, mask=None, bias=None):
@@ -92,9 +102,7 @@ def test_gradcheck_float64():
 
 def test_key_padding_by_lengths_runs_the_fused_kernel_per_sequence(monkeypatch):
     # float32/64 key padding alone: torch's unmasked kernel on each sequence's real keys (no block loop).
-    import qkv.functional.chunked as chunked
-
-    monkeypatch.setattr(chunked._ChunkedAttention, "apply", lambda *a: pytest.fail("took the block loop"))
+    monkeypatch.setattr(chunked_module._ChunkedAttention, "apply", lambda *a: pytest.fail("took the block loop"))
     q, k, v = make(B=3, H=4, H_kv=2, L=7, S=9)
     lengths = torch.tensor([9, 4, 0])
     out = chunked_attention(q, k, v, lengths=lengths)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Kernels", "kernels", "unavailable_reason"]
+__all__ = ["Kernels", "build", "kernels", "supports", "unavailable_reason"]
 
 _SOURCE = Path(__file__).with_name("_blocks.c")
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
@@ -49,17 +49,23 @@ def _cache_dir() -> Path:
     return Path(root) / "native"
 
 
-def _compile(source: Path) -> Path:
-    """Build (or find) the shared library for this source, compiler and CPU; atomic rename into the cache."""
+def _compile(source: Path, portable: bool = False) -> Path:
+    """Build (or find) the shared library for this source, compiler and CPU; atomic rename into the cache.
+
+    ``-march=native`` (AVX-512 code where the CPU has it) with a plain build as the fallback; ``portable``
+    builds the plain C only (``-mno-avx512f`` on x86), which is how tests reach the portable code here."""
     cc = os.environ.get("CC", "cc")
     code = source.read_bytes()
-    key = hashlib.sha256(b"\0".join([code, cc.encode(), _cpu_signature().encode(), sys.platform.encode()]))
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    options = [["-mno-avx512f"] if x86 else []] if portable else [["-march=native"], []]
+    key = hashlib.sha256(b"\0".join([code, cc.encode(), _cpu_signature().encode(), sys.platform.encode(),
+                                     repr(options).encode()]))
     target = _cache_dir() / f"qkv_blocks_{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     errors = []
-    for arch in (["-march=native"], []):  # -march=native for AVX-512 where the CPU has it; plain as a fallback
+    for arch in options:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         cmd = [cc, "-O3", *arch, "-fno-math-errno", "-fPIC", "-shared", str(source), "-o", tmp]
@@ -74,6 +80,11 @@ def _compile(source: Path) -> Path:
         os.unlink(tmp)
         errors.append(f"{' '.join(cmd)}: {done.stderr.strip()[-500:]}")
     raise RuntimeError("; ".join(errors))
+
+
+def build(portable: bool = False) -> Kernels:
+    """Compile (or reuse from the cache) and load the kernels; raises RuntimeError/OSError on failure."""
+    return Kernels(ctypes.CDLL(str(_compile(_SOURCE, portable))))
 
 
 class Kernels:
@@ -142,7 +153,7 @@ def _load() -> Kernels | None:
         _state["reason"] = "disabled by QKV_NATIVE=0"
         return None
     try:
-        return Kernels(ctypes.CDLL(str(_compile(_SOURCE))))
+        return build()
     except (OSError, RuntimeError, AttributeError) as e:
         _state["reason"] = str(e)
         warnings.warn(f"qkv: native attention kernels unavailable, using the torch path ({e})", stacklevel=3)

@@ -1,0 +1,144 @@
+"""qkv.functional._native: the C block kernels against float64 torch math, both builds (AVX-512 and portable
+C), and the fallback to the torch path where no compiler is found."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from qkv.functional import _native
+
+
+def _builds():
+    if _native.kernels() is None:
+        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no native kernels: {_native.unavailable_reason()}"))]
+    return ["native", "portable"]
+
+
+@pytest.fixture(params=_builds())
+def kern(request):
+    return _native.kernels() if request.param == "native" else _native.build(portable=True)
+
+
+def _interval_mask(R, K, p0, G, causal, window, length, ks):
+    """The (R, K) visibility that ``Kernels.interval`` describes, from positions (as chunked._block_mask)."""
+    p = p0 + torch.arange(R)[:, None] // G
+    j = ks + torch.arange(K)[None, :]
+    ok = j < length
+    if causal:
+        ok = ok & (j <= p)
+    if window:
+        ok = ok & (j > p - window)
+        if not causal:
+            ok = ok & (j < p + window)
+    return ok
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("structured", [None, (40, 2, True, None, 70, 32), (5, 1, False, 9, 60, 0)])
+def test_forward_tile_is_one_online_softmax_step(kern, dtype, structured):
+    N, R, K, Ev = 3, 21, 37, 5  # K not a multiple of 16: masked tails
+    s = (torch.randn(N, R, K) * 4).to(dtype)
+    s[0, 3] = float("-inf")  # a row with nothing visible in this block
+    s[1, 4, :10] = float("-inf")
+    m0 = torch.randn(N, R, 1) * 3
+    m0[0, 3] = float("-inf")  # ... and nothing before it either
+    l0 = torch.rand(N, R, 1) + 0.5
+    l0[0, 3] = 0
+    acc0 = torch.randn(N, R, Ev)
+    m, l, acc = m0.clone(), l0.clone(), acc0.clone()
+    p = torch.full((N, R, K), 7.0, dtype=dtype)
+    iv = None if structured is None else kern.interval(*structured)
+    kern.forward_tile(s, p, m, l, acc, False, iv)
+
+    x = s.double()
+    if structured is not None:
+        x = x.masked_fill(~_interval_mask(R, K, *structured), float("-inf"))
+    m_ref = torch.maximum(m0.double(), x.amax(-1, keepdim=True))
+    safe = m_ref.masked_fill(m_ref == float("-inf"), 0)
+    p_ref = torch.exp2(x - safe)
+    alpha = torch.exp2(m0.double() - safe)
+    torch.testing.assert_close(m.double(), m_ref)
+    tol = dict(atol=1e-6, rtol=1e-6) if dtype == torch.float32 else dict(atol=4e-3, rtol=4e-3)
+    torch.testing.assert_close(p.double(), p_ref, **tol)
+    assert (p[0, 3] == 0).all() and (p[1, 4, :10] == 0).all()  # exactly zero, never NaN
+    torch.testing.assert_close(l.double(), l0.double() * alpha + p_ref.sum(-1, keepdim=True), atol=1e-5, rtol=1e-5)
+    kept = torch.where(m_ref == float("-inf"), 1.0, alpha)  # nothing visible yet: state and acc untouched
+    torch.testing.assert_close(acc.double(), acc0.double() * kept, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_tile_gives_weights_and_score_gradients(kern, dtype):
+    N, R, K = 2, 19, 45
+    s = (torch.randn(N, R, K) * 3).to(dtype)
+    dp = torch.randn(N, R, K).to(dtype)
+    lse = s.float().amax(-1, keepdim=True) + 2.5  # any row offset: p = 2**(s - lse) <= 2**-2.5
+    delta = torch.randn(N, R, 1)
+    ds, p = torch.empty(N, R, K, dtype=dtype), torch.empty(N, R, K, dtype=dtype)
+    structured = (30, 3, True, 4, 40, 12)
+    kern.backward_tile(s, dp, lse, delta, ds, p, kern.interval(*structured))
+    visible = _interval_mask(R, K, *structured)
+    p_ref = torch.exp2(s.double() - lse.double()) * visible
+    ds_ref = p_ref * (dp.double() - delta.double())
+    tol = dict(atol=1e-6, rtol=1e-6) if dtype == torch.float32 else dict(atol=4e-3, rtol=8e-3)
+    torch.testing.assert_close(p.double(), p_ref, **tol)
+    torch.testing.assert_close(ds.double(), ds_ref, **tol)
+    assert (p[~visible.expand(N, R, K)] == 0).all() and (ds[~visible.expand(N, R, K)] == 0).all()
+
+
+@pytest.mark.parametrize("src_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dst_dtype", [torch.float32, torch.bfloat16])
+def test_transpose_converts_scales_and_respects_strides(kern, src_dtype, dst_dtype):
+    src = torch.randn(3, 40, 70)[:, 2:39, 5:58].to(src_dtype)  # (3, 37, 53) with row stride 70
+    big = torch.zeros(3, 60, 41, dtype=dst_dtype)
+    dst = big[:, 1:54, 2:39]  # (3, 53, 37) with row stride 41
+    kern.transpose(src, dst, 0.5)
+    assert torch.equal(dst, (src.float().transpose(1, 2) * 0.5).to(dst_dtype))
+    assert big[:, 0].abs().max() == 0 and big[:, 54:].abs().max() == 0 and big[:, :, :2].abs().max() == 0
+    with pytest.raises(ValueError, match=r"transpose: src \(3, 37, 53\) / dst \(3, 37, 53\)"):
+        kern.transpose(src, torch.empty(3, 37, 53, dtype=dst_dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_accumulate_copies_then_adds_into_strided_rows(kern, dtype):
+    acc_big = torch.randn(2, 9, 12)
+    acc = acc_big[:, 1:8, 3:8]  # (2, 7, 5) inside a larger buffer
+    part = torch.randn(2, 7, 5).to(dtype)
+    before = acc_big.clone()
+    kern.accumulate(acc, part, True)
+    assert torch.equal(acc, part.float())
+    kern.accumulate(acc, part, False)
+    assert torch.equal(acc, 2 * part.float())
+    untouched = torch.ones_like(acc_big, dtype=torch.bool)
+    untouched[:, 1:8, 3:8] = False
+    assert torch.equal(acc_big[untouched], before[untouched])
+
+
+def test_without_a_compiler_chunked_attention_falls_back_to_torch(tmp_path):
+    """No C compiler (or QKV_NATIVE=0): a warning naming the reason, and the same results via torch ops."""
+    code = (
+        "import warnings, torch\n"
+        "from qkv.functional import _native, chunked_attention\n"
+        "torch.manual_seed(0)\n"
+        "q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    out = chunked_attention(q, k, v, causal=True, block_q=16, block_k=16)\n"
+        "ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)\n"
+        "print(_native.kernels() is None, (out - ref).abs().max().item() < 1e-5, _native.unavailable_reason())\n"
+        "print([str(x.message) for x in w])\n"
+    )
+    for env in ({"CC": str(tmp_path / "no-such-cc")}, {"QKV_NATIVE": "0"}):
+        full = dict(os.environ, QKV_CACHE_DIR=str(tmp_path / "cache"), **env)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120)
+        assert done.returncode == 0, done.stderr
+        first, warned = done.stdout.splitlines()
+        assert first.startswith("True True"), first
+        if "CC" in env:
+            assert "no-such-cc" in first and "native attention kernels unavailable" in warned
+        else:
+            assert "QKV_NATIVE=0" in first and warned == "[]"
