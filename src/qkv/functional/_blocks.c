@@ -10,6 +10,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP /* built with -fopenmp only where torch's own libgomp is loaded: the same thread pool */
+#include <omp.h>
+#define THREAD_ID omp_get_thread_num()
+#else
+#define THREAD_ID 0
+#endif
+
 #define DT_F32 0
 #define DT_BF16 1
 
@@ -232,14 +239,18 @@ static float exp2_row(float *x, long K, long c0, long c1, float sub) {
  * s, p: (N, R, K) with head strides s_hs, p_hs; m, l: (N, R) head stride st_hs; acc: head/row strides. */
 int qkv_forward_tile(long N, long R, long K, const void *s, int s_dt, long s_hs, void *p, int p_dt, long p_hs,
                      float *m, float *l, long st_hs, float *acc, long acc_hs, long acc_rs, long Ev, int first,
-                     const int64_t *iv) {
+                     const int64_t *iv, int nt) {
     long isz = s_dt == DT_BF16 ? 2 : 4, osz = p_dt == DT_BF16 ? 2 : 4;
 #ifndef QKV_AVX512
-    float *row = (float *)malloc((size_t)K * sizeof(float));
-    if (!row) return 1;
+    float *rows = (float *)malloc((size_t)(nt * K) * sizeof(float));
+    if (!rows) return 1;
 #endif
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt) if (nt > 1)
     for (long n = 0; n < N; n++)
         for (long r = 0; r < R; r++) {
+#ifndef QKV_AVX512
+            float *row = rows + THREAD_ID * K;
+#endif
             const char *sr = (const char *)s + (n * s_hs + r * K) * isz;
             char *pr = (char *)p + (n * p_hs + r * K) * osz;
             long c0, c1;
@@ -277,7 +288,7 @@ int qkv_forward_tile(long N, long R, long K, const void *s, int s_dt, long s_hs,
             }
         }
 #ifndef QKV_AVX512
-    free(row);
+    free(rows);
 #endif
     return 0;
 }
@@ -288,15 +299,18 @@ int qkv_forward_tile(long N, long R, long K, const void *s, int s_dt, long s_hs,
  * p_out (may be NULL), ds_out: contiguous (N, R, K) in out_dt. */
 int qkv_backward_tile(long N, long R, long K, const void *s, const void *dp, int in_dt, long s_hs,
                       const float *lse, const float *delta, long st_hs, void *p_out, void *ds_out, int out_dt,
-                      const int64_t *iv) {
+                      const int64_t *iv, int nt) {
     long isz = in_dt == DT_BF16 ? 2 : 4, osz = out_dt == DT_BF16 ? 2 : 4;
 #ifndef QKV_AVX512
-    float *pr = (float *)malloc((size_t)(3 * K) * sizeof(float));
-    if (!pr) return 1;
-    float *dr = pr + K, *tmp = dr + K;
+    float *rows = (float *)malloc((size_t)(3 * nt * K) * sizeof(float));
+    if (!rows) return 1;
 #endif
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt) if (nt > 1)
     for (long n = 0; n < N; n++)
         for (long r = 0; r < R; r++) {
+#ifndef QKV_AVX512
+            float *pr = rows + THREAD_ID * 3 * K, *dr = pr + K, *tmp = dr + K;
+#endif
             long c0, c1, so = (n * s_hs + r * K) * isz, oo = (n * R * K + r * K) * osz;
             row_interval(iv, r, K, &c0, &c1);
             float b = lse[n * st_hs + r], d = delta[n * st_hs + r];
@@ -318,14 +332,15 @@ int qkv_backward_tile(long N, long R, long K, const void *s, const void *dp, int
 #endif
         }
 #ifndef QKV_AVX512
-    free(pr);
+    free(rows);
 #endif
     return 0;
 }
 
 /* acc (N, R, E) float32 with head/row strides = part (contiguous (N, R, E), dtype dt) if first, else += part. */
 int qkv_accumulate(long N, long R, long E, float *acc, long acc_hs, long acc_rs, const void *part, int dt,
-                   int first) {
+                   int first, int nt) {
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt) if (nt > 1)
     for (long n = 0; n < N; n++)
         for (long r = 0; r < R; r++) {
             float *a = acc + n * acc_hs + r * acc_rs;
@@ -349,8 +364,9 @@ int qkv_accumulate(long N, long R, long E, float *acc, long acc_hs, long acc_rs,
 
 /* dst[n, b, a] = scale * src[n, a, b] for a < A, b < B: unit last strides, head/row strides given. */
 int qkv_transpose(long N, long A, long B, const void *src, int sdt, long s_hs, long s_rs, void *dst, int ddt,
-                  long d_hs, long d_rs, float scale) {
+                  long d_hs, long d_rs, float scale, int nt) {
     long isz = sdt == DT_BF16 ? 2 : 4, osz = ddt == DT_BF16 ? 2 : 4;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt) if (nt > 1)
     for (long n = 0; n < N; n++)
         for (long a0 = 0; a0 < A; a0 += 16)
             for (long b0 = 0; b0 < B; b0 += 16) {

@@ -49,6 +49,19 @@ def _cache_dir() -> Path:
     return Path(root) / "native"
 
 
+def _torch_libgomp() -> bool:
+    """Whether torch runs its CPU threads on GNU OpenMP (libgomp.so.1, loaded in this process).
+
+    A library built with ``-fopenmp`` then binds to that same libgomp (the loader matches the soname), so
+    its parallel loops run on torch's threads. Anywhere else (another OpenMP runtime, no /proc) the kernels
+    are built single-threaded rather than bring a second thread pool that would compete for the cores."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+    return "OpenMP" in torch.__config__.parallel_info() and "/libgomp.so.1" in maps
+
+
 def _compile(source: Path, portable: bool = False) -> Path:
     """Build (or find) the shared library for this source, compiler and CPU; atomic rename into the cache.
 
@@ -58,6 +71,8 @@ def _compile(source: Path, portable: bool = False) -> Path:
     code = source.read_bytes()
     x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
     options = [["-mno-avx512f"] if x86 else []] if portable else [["-march=native"], []]
+    if _torch_libgomp():  # OpenMP builds first, sharing torch's thread pool
+        options = [[*o, "-fopenmp"] for o in options] + options
     key = hashlib.sha256(b"\0".join([code, cc.encode(), _cpu_signature().encode(), sys.platform.encode(),
                                      repr(options).encode()]))
     target = _cache_dir() / f"qkv_blocks_{key.hexdigest()[:16]}.so"
@@ -87,6 +102,11 @@ def build(portable: bool = False) -> Kernels:
     return Kernels(ctypes.CDLL(str(_compile(_SOURCE, portable))))
 
 
+def _threads() -> int:
+    """torch's intra-op thread count, passed to every call (OpenMP builds split rows over that many)."""
+    return max(1, torch.get_num_threads())
+
+
 class Kernels:
     """ctypes bindings of ``_blocks.c``. Tensors are passed by data pointer; callers guarantee dtypes,
     devices (CPU) and the layouts named in each method."""
@@ -94,13 +114,13 @@ class Kernels:
     def __init__(self, lib: ctypes.CDLL) -> None:
         L, I, P = ctypes.c_long, ctypes.c_int, ctypes.c_void_p
         self._forward = lib.qkv_forward_tile
-        self._forward.argtypes = [L, L, L, P, I, L, P, I, L, P, P, L, P, L, L, L, I, P]
+        self._forward.argtypes = [L, L, L, P, I, L, P, I, L, P, P, L, P, L, L, L, I, P, I]
         self._backward = lib.qkv_backward_tile
-        self._backward.argtypes = [L, L, L, P, P, I, L, P, P, L, P, P, I, P]
+        self._backward.argtypes = [L, L, L, P, P, I, L, P, P, L, P, P, I, P, I]
         self._accumulate = lib.qkv_accumulate
-        self._accumulate.argtypes = [L, L, L, P, L, L, P, I, I]
+        self._accumulate.argtypes = [L, L, L, P, L, L, P, I, I, I]
         self._transpose = lib.qkv_transpose
-        self._transpose.argtypes = [L, L, L, P, I, L, L, P, I, L, L, ctypes.c_float]
+        self._transpose.argtypes = [L, L, L, P, I, L, L, P, I, L, L, ctypes.c_float, I]
         for f in (self._forward, self._backward, self._accumulate, self._transpose):
             f.restype = ctypes.c_int
 
@@ -121,7 +141,7 @@ class Kernels:
         self._check(self._forward(
             N, R, K, s.data_ptr(), _DTYPES[s.dtype], s.stride(0), p.data_ptr(), _DTYPES[p.dtype], p.stride(0),
             m.data_ptr(), l.data_ptr(), m.stride(0), acc.data_ptr(), acc.stride(0), acc.stride(1), acc.shape[2],
-            int(first), iv), "forward_tile")
+            int(first), iv, _threads()), "forward_tile")
 
     def backward_tile(self, s, dp, lse, delta, ds, p=None, iv=None) -> None:
         """s, dp: (N, R, K) same dtype and head stride, contiguous rows; lse, delta: (N, R, 1) float32, same
@@ -129,14 +149,14 @@ class Kernels:
         N, R, K = s.shape
         self._check(self._backward(
             N, R, K, s.data_ptr(), dp.data_ptr(), _DTYPES[s.dtype], s.stride(0), lse.data_ptr(), delta.data_ptr(),
-            lse.stride(0), None if p is None else p.data_ptr(), ds.data_ptr(), _DTYPES[ds.dtype], iv),
+            lse.stride(0), None if p is None else p.data_ptr(), ds.data_ptr(), _DTYPES[ds.dtype], iv, _threads()),
             "backward_tile")
 
     def accumulate(self, acc, part, first: bool) -> None:
         """acc (N, R, E) float32 with unit last stride = part (contiguous) if first, else += part."""
         N, R, E = part.shape
         self._accumulate(N, R, E, acc.data_ptr(), acc.stride(0), acc.stride(1), part.data_ptr(),
-                         _DTYPES[part.dtype], int(first))
+                         _DTYPES[part.dtype], int(first), _threads())
 
     def transpose(self, src, dst, scale: float = 1.0) -> None:
         """dst (N, B, A) = scale * src (N, A, B) transposed, with dtype conversion; unit last strides."""
@@ -145,7 +165,7 @@ class Kernels:
             raise ValueError(f"transpose: src {tuple(src.shape)} / dst {tuple(dst.shape)} (need (N, A, B) / "
                              "(N, B, A), unit last strides)")
         self._transpose(N, A, B, src.data_ptr(), _DTYPES[src.dtype], src.stride(0), src.stride(1), dst.data_ptr(),
-                        _DTYPES[dst.dtype], dst.stride(0), dst.stride(1), scale)
+                        _DTYPES[dst.dtype], dst.stride(0), dst.stride(1), scale, _threads())
 
 
 def _load() -> Kernels | None:
