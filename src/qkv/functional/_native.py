@@ -145,7 +145,7 @@ class Kernels:
 
     def backward_tile(self, s, dp, lse, delta, ds, p=None, iv=None) -> None:
         """s, dp: (N, R, K) same dtype and head stride, contiguous rows; lse, delta: (N, R, 1) float32, same
-        head stride; ds and p (optional): contiguous (N, R, K), one dtype."""
+        head stride; ds and p (optional): contiguous (N, R, K), one dtype. p may be s and ds may be dp (in place)."""
         N, R, K = s.shape
         self._check(self._backward(
             N, R, K, s.data_ptr(), dp.data_ptr(), _DTYPES[s.dtype], s.stride(0), lse.data_ptr(), delta.data_ptr(),
