@@ -292,7 +292,7 @@ def _backward(q3, k3, v3, out, lse, dout, info, length, grads, need_bias_grad, k
     acc_t = _acc_dtype(q3.dtype)
     Ev = v3.shape[-1]
     w = _Work(N, min(bq, LG // G) * G, min(bk, S), max(E, Ev), q3.dtype, acc_t, q3.device)
-    dq, dk, dv = grads  # each block's first contribution is copied in (no zero fill)
+    dq, dk, dv = grads  # dq in the accumulation dtype, dk/dv in the inputs'; first contributions copied in
     dbias = torch.zeros_like(info["bias"], dtype=acc_t) if need_bias_grad else None
     kern = None if need_bias_grad else kern  # the bias gradient needs float32 ds: torch path
     do32 = _scratch("do32", dout.numel(), acc_t, dout.device).view(dout.shape).copy_(dout)
@@ -305,8 +305,10 @@ def _backward(q3, k3, v3, out, lse, dout, info, length, grads, need_bias_grad, k
         qTb, doTb = _Blocks("qTb", q3, rq, True, kern), _Blocks("doTb", dout, rq, True, kern)  # (N, E|Ev, bq*G)
         dk_acc = _scratch("dkT", dk.numel(), acc_t, dk.device).view(N, E, S)
         dv_acc = _scratch("dvT", dv.numel(), acc_t, dv.device).view(N, Ev, S)
-    else:
-        dk_acc, dv_acc = dk.transpose(1, 2), dv.transpose(1, 2)  # (N, E, S) views: key blocks are [..., ks:ke]
+    else:  # float32 accumulators, (N, S, E); the (N, E, S) views index key blocks as [..., ks:ke] as above
+        dk32, dv32 = (t if t.dtype == acc_t else _scratch(name, t.numel(), acc_t, t.device).view(t.shape)
+                      for name, t in (("dk", dk), ("dv", dv)))
+        dk_acc, dv_acc = dk32.transpose(1, 2), dv32.transpose(1, 2)
     seen = set()  # key blocks (by start) with a contribution in dk/dv so far
     for qs, qe, blocks in _plan(LG // G, S, info, length):
         rows = slice(qs * G, qe * G)
@@ -335,23 +337,26 @@ def _backward(q3, k3, v3, out, lse, dout, info, length, grads, need_bias_grad, k
                 continue
             p = s.sub_(lse[:, rows]).exp2_()
             p_low = w.to_low(p)  # (N, bq*G, bk) attention weights
-            _accumulate(dv[:, ks:ke], w.product(p_low.transpose(1, 2), do_b), first_k)  # (N, bk, Ev)
+            _accumulate(dv32[:, ks:ke], w.product(p_low.transpose(1, 2), do_b), first_k)  # (N, bk, Ev)
             dp = w.matmul(do_b, vTb[ks], w.d)  # (N, bq*G, bk)
             ds = dp.sub_(delta[:, rows]).mul_(p)  # dL/dscores
             if dbias is not None:
                 _accumulate_bias(dbias, ds.view(info["B"], -1, qe - qs, G, ke - ks), qs, qe, ks, ke)
             ds_low = w.to_low(ds)
             _accumulate(dq[:, rows], w.product(ds_low, kb[ks]), i == 0)  # (N, bq*G, E)
-            _accumulate(dk[:, ks:ke], w.product(ds_low.transpose(1, 2), q_b), first_k)  # (N, bk, E)
+            _accumulate(dk32[:, ks:ke], w.product(ds_low.transpose(1, 2), q_b), first_k)  # (N, bk, E)
     for ks in range(0, S, bk):
         if ks not in seen:  # keys no query sees: zero gradient
             dk_acc[:, :, ks : ks + bk].zero_()
             dv_acc[:, :, ks : ks + bk].zero_()
-    if kern is not None:
+    if kern is not None:  # transposed back and cast in one pass
         kern.transpose(dk_acc, dk, _LN2)  # q3 carries scale * log2(e); dk needs scale only
         kern.transpose(dv_acc, dv)
     else:
-        dk.mul_(_LN2)
+        dk32.mul_(_LN2)
+        if dk32 is not dk:
+            dk.copy_(dk32)
+            dv.copy_(dv32)
     return dbias
 
 
@@ -388,12 +393,13 @@ class _ChunkedAttention(torch.autograd.Function):
         # (B, H, L, Ev) -> (B, H_kv, G, L, Ev) -> (B, H_kv, L, G, Ev) -> (N, L*G, Ev)
         dout3 = dout.reshape(B, H_kv, G, L, Ev).transpose(2, 3).reshape(B * H_kv, L * G, Ev)
         need_db = bias is not None and ctx.needs_input_grad[3]
-        dq, dk, dv, db = _run_backward(q3, k3, v3, out, lse, dout3, ctx.info, lengths, need_db)
-        dq = (dq * ctx.scale).view(B, H_kv, L, G, E).transpose(2, 3).reshape(B, H, L, E)  # (B, H, L, E)
+        dq3, dk, dv, db = _run_backward(q3, k3, v3, out, lse, dout3, ctx.info, lengths, need_db)
+        dq = q3.new_empty(B, H, L, E)
+        # (N, L*G, E) -> (B, H_kv, L, G, E) -> (B, H_kv, G, L, E) = (B, H, L, E): scaled and cast in one pass
+        torch.mul(dq3.view(B, H_kv, L, G, E).transpose(2, 3), ctx.scale, out=dq.view(B, H_kv, G, L, E))
         if db is not None:
             db = _unarrange(db, bias).to(bias.dtype)
-        return (dq.to(q3.dtype), dk.view(k_shape).to(k3.dtype), dv.view(v_shape).to(v3.dtype), db,
-                None, None, None, None, None, None, None, None)
+        return (dq, dk.view(k_shape), dv.view(v_shape), db, None, None, None, None, None, None, None, None)
 
 
 def _unarrange(db: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -438,14 +444,12 @@ def _run_forward(q3, k3, v3, info, lengths):
 
 
 def _run_backward(q3, k3, v3, out, lse, dout, info, lengths, need_db):
-    """``(dq3, dk, dv, dbias)`` in the accumulation dtype. In bf16/fp16 the first three live in per-thread
-    scratch: the caller converts (copies) them before the next call."""
+    """``(dq3, dk, dv, dbias)``: dq3 in the accumulation dtype (in bf16/fp16 it lives in per-thread scratch,
+    which the caller converts before the next call), dk and dv in the inputs' dtypes."""
     acc_t = _acc_dtype(q3.dtype)
-    grads = tuple(
-        torch.empty(t.shape, dtype=acc_t, device=t.device) if acc_t == t.dtype  # float32/64: returned as is
-        else _scratch(name, t.numel(), acc_t, t.device).view(t.shape)
-        for name, t in (("dq", q3), ("dk", k3), ("dv", v3))
-    )
+    dq = (torch.empty(q3.shape, dtype=acc_t, device=q3.device) if acc_t == q3.dtype  # float32/64: returned as is
+          else _scratch("dq", q3.numel(), acc_t, q3.device).view(q3.shape))
+    grads = (dq, torch.empty_like(k3), torch.empty_like(v3))
     kern = _kernels_for(q3)
     dbs = [_backward(q3[sl], k3[sl], v3[sl], out[sl], lse[sl], dout[sl], sub,
                      k3.shape[1] if length is None else length, tuple(g[sl] for g in grads), need_db, kern)
