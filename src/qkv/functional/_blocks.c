@@ -122,12 +122,33 @@ static inline __attribute__((always_inline)) __m512 vexp2(__m512 x, int precise)
     return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(p, n));
 }
 
+static inline __attribute__((always_inline)) __m512 vloadu(const void *row, int dt, long c) {
+    if (dt == DT_BF16)
+        return _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + c))), 16));
+    return _mm512_loadu_ps((const float *)row + c);
+}
+
+static inline __attribute__((always_inline)) void vstoreu(void *row, int dt, long c, __m512 v) {
+    if (dt == DT_BF16)
+        _mm256_storeu_si256((__m256i *)((uint16_t *)row + c), (__m256i)_mm512_cvtneps_pbh(v));
+    else
+        _mm512_storeu_ps((float *)row + c, v);
+}
+
+/* In the loops below a chunk of 16 keys inside [c0, c1) takes the unmasked path; only the edges of the
+ * visible interval (and a tail past K) compute lane masks. */
+
 /* Forward row: returns the row max over [c0, c1) (-inf if empty). */
 static inline __attribute__((always_inline)) float vrow_max(const void *s, int dt, long c0, long c1) {
     __m512 m = _mm512_set1_ps(-__builtin_inff());
     for (long c = c0 & ~15L; c < c1; c += 16) {
-        __mmask16 k = lanes(c, c0, c1);
-        m = _mm512_mask_max_ps(m, k, m, vload(s, dt, c, k));
+        if (c >= c0 && c + 16 <= c1) {
+            m = _mm512_max_ps(m, vloadu(s, dt, c));
+        } else {
+            __mmask16 k = lanes(c, c0, c1);
+            m = _mm512_mask_max_ps(m, k, m, vload(s, dt, c, k));
+        }
     }
     return _mm512_reduce_max_ps(m);
 }
@@ -137,10 +158,16 @@ static inline __attribute__((always_inline)) float vrow_exp2(const void *s, int 
                                                              long c1, float sub) {
     __m512 acc = _mm512_setzero_ps(), b = _mm512_set1_ps(sub);
     for (long c = 0; c < K; c += 16) {
-        __mmask16 t = lanes(c, 0, K), k = lanes(c, c0, c1);
-        __m512 e = _mm512_maskz_mov_ps(k, vexp2(_mm512_sub_ps(vload(s, dt, c, k), b), pdt == DT_F32));
+        __m512 e;
+        if (c >= c0 && c + 16 <= c1) {
+            e = vexp2(_mm512_sub_ps(vloadu(s, dt, c), b), pdt == DT_F32);
+            vstoreu(p, pdt, c, e);
+        } else {
+            __mmask16 t = lanes(c, 0, K), k = lanes(c, c0, c1);
+            e = _mm512_maskz_mov_ps(k, vexp2(_mm512_sub_ps(vload(s, dt, c, k), b), pdt == DT_F32));
+            vstore(p, pdt, c, e, t);
+        }
         acc = _mm512_add_ps(acc, e);
-        vstore(p, pdt, c, e, t);
     }
     return _mm512_reduce_add_ps(acc);
 }
@@ -149,13 +176,21 @@ static inline __attribute__((always_inline)) void vrow_grad(const void *s, const
                                                             int odt, long K, long c0, long c1, float lse, float delta) {
     __m512 b = _mm512_set1_ps(lse), d = _mm512_set1_ps(delta);
     for (long c = 0; c < K; c += 16) {
-        __mmask16 t = lanes(c, 0, K), k = lanes(c, c0, c1);
-        __m512 e = _mm512_maskz_mov_ps(k, vexp2(_mm512_sub_ps(vload(s, dt, c, k), b), odt == DT_F32));
-        __m512 g = _mm512_mul_ps(e, _mm512_sub_ps(vload(dp, dt, c, k), d));
-        if (pr) vstore(pr, odt, c, e, t);
-        vstore(dr, odt, c, g, t);
+        if (c >= c0 && c + 16 <= c1) {
+            __m512 e = vexp2(_mm512_sub_ps(vloadu(s, dt, c), b), odt == DT_F32);
+            __m512 g = _mm512_mul_ps(e, _mm512_sub_ps(vloadu(dp, dt, c), d));
+            if (pr) vstoreu(pr, odt, c, e);
+            vstoreu(dr, odt, c, g);
+        } else {
+            __mmask16 t = lanes(c, 0, K), k = lanes(c, c0, c1);
+            __m512 e = _mm512_maskz_mov_ps(k, vexp2(_mm512_sub_ps(vload(s, dt, c, k), b), odt == DT_F32));
+            __m512 g = _mm512_mul_ps(e, _mm512_sub_ps(vload(dp, dt, c, k), d));
+            if (pr) vstore(pr, odt, c, e, t);
+            vstore(dr, odt, c, g, t);
+        }
     }
 }
+
 /* 16 x 16 float32 transpose in registers: r[i] holds row i; afterwards r[j] holds column j. */
 static inline void transpose16(__m512 r[16]) {
     __m512 t[16], u[16];
