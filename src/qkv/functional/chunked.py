@@ -367,33 +367,52 @@ def _accumulate_bias(dbias, ds, qs, qe, ks, ke) -> None:
     target += ds.sum(dims, keepdim=True) if dims else ds
 
 
+def _scaled_queries(q: torch.Tensor, scale: float, H_kv: int) -> torch.Tensor:
+    """``q * scale * log2(e)`` arranged as ``(N, L*G, E)`` in per-thread scratch (the backward rebuilds it
+    instead of keeping a copy): (B, H, L, E) -> (B, H_kv, G, L, E) -> (B, H_kv, L, G, E) -> (N, L*G, E)."""
+    B, H, L, E = q.shape
+    G = H // H_kv
+    q3 = _scratch("q3", q.numel(), q.dtype, q.device).view(B, H_kv, L, G, E)
+    torch.mul(q.reshape(B, H_kv, G, L, E).transpose(2, 3), scale * _LOG2E, out=q3)
+    return q3.view(B * H_kv, L * G, E)
+
+
+def _arranged(t: torch.Tensor, H_kv: int) -> torch.Tensor:
+    """(B, H, L, E) -> (B, H_kv, G, L, E) -> (B, H_kv, L, G, E) -> (N, L*G, E) (a view when G == 1)."""
+    B, H, L, E = t.shape
+    G = H // H_kv
+    return t.reshape(B, H_kv, G, L, E).transpose(2, 3).reshape(B * H_kv, L * G, E)
+
+
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, mask, lengths, causal, window, scale, bq, bk, layout):
         B, H, L, E = q.shape
         H_kv, S, Ev = k.shape[1], k.shape[2], v.shape[-1]
         G = H // H_kv
-        # Scaled once, in log2 units: (B, H, L, E) -> (B, H_kv, G, L, E) -> (B, H_kv, L, G, E) -> (N, L*G, E)
-        q3 = (q * (scale * _LOG2E)).view(B, H_kv, G, L, E).transpose(2, 3).reshape(B * H_kv, L * G, E)
+        q3 = _scaled_queries(q, scale, H_kv)  # scaled once, in log2 units
         k3, v3 = k.reshape(B * H_kv, S, E), v.reshape(B * H_kv, S, Ev)  # (N, S, E), (N, S, Ev)
         info = {"bias": _arrange(bias, H_kv, G), "mask": _arrange(mask, H_kv, G), "causal": causal,
                 "window": window, "off": S - L, "bq": bq, "bk": bk, "B": B, "G": G, "layout": layout}
-        out, lse = _run_forward(q3, k3, v3, info, lengths)
-        ctx.save_for_backward(q3, k3, v3, out, lse, bias, mask, lengths)
-        ctx.info, ctx.scale, ctx.shapes = info, scale, (q.shape, k.shape, v.shape)
+        out3, lse = _run_forward(q3, k3, v3, info, lengths)
         # (N, L*G, Ev) -> (B, H_kv, L, G, Ev) -> (B, H_kv, G, L, Ev) -> (B, H, L, Ev)
-        return out.view(B, H_kv, L, G, Ev).transpose(2, 3).reshape(B, H, L, Ev).to(q.dtype)
+        out = out3.view(B, H_kv, L, G, Ev).transpose(2, 3).reshape(B, H, L, Ev).to(q.dtype)
+        # The output is kept for the backward (dO . O), not the float32 accumulator: in half precision that
+        # lives in scratch, which spares a fresh allocation (page faults) per call.
+        ctx.save_for_backward(q, k3, v3, out, lse, bias, mask, lengths)
+        ctx.info, ctx.scale, ctx.shapes = info, scale, (q.shape, k.shape, v.shape)
+        return out
 
     @staticmethod
     def backward(ctx, dout):
-        q3, k3, v3, out, lse, bias, mask, lengths = ctx.saved_tensors
+        q, k3, v3, out, lse, bias, mask, lengths = ctx.saved_tensors
         (B, H, L, E), k_shape, v_shape = ctx.shapes
-        H_kv, Ev = k_shape[1], v_shape[-1]
+        H_kv = k_shape[1]
         G = H // H_kv
-        # (B, H, L, Ev) -> (B, H_kv, G, L, Ev) -> (B, H_kv, L, G, Ev) -> (N, L*G, Ev)
-        dout3 = dout.reshape(B, H_kv, G, L, Ev).transpose(2, 3).reshape(B * H_kv, L * G, Ev)
+        q3 = _scaled_queries(q, ctx.scale, H_kv)
         need_db = bias is not None and ctx.needs_input_grad[3]
-        dq3, dk, dv, db = _run_backward(q3, k3, v3, out, lse, dout3, ctx.info, lengths, need_db)
+        dq3, dk, dv, db = _run_backward(q3, k3, v3, _arranged(out, H_kv), lse, _arranged(dout, H_kv), ctx.info,
+                                        lengths, need_db)
         dq = q3.new_empty(B, H, L, E)
         # (N, L*G, E) -> (B, H_kv, L, G, E) -> (B, H_kv, G, L, E) = (B, H, L, E): scaled and cast in one pass
         torch.mul(dq3.view(B, H_kv, L, G, E).transpose(2, 3), ctx.scale, out=dq.view(B, H_kv, G, L, E))
@@ -433,9 +452,12 @@ def _kernels_for(q3: torch.Tensor):
 
 
 def _run_forward(q3, k3, v3, info, lengths):
-    """``out (N, L*G, Ev)`` and ``lse (N, L*G, 1)`` in the accumulation dtype."""
+    """``out (N, L*G, Ev)`` and ``lse (N, L*G, 1)`` in the accumulation dtype. In bf16/fp16 ``out`` lives in
+    per-thread scratch: the caller converts (copies) it before the next call."""
     acc_t = _acc_dtype(q3.dtype)
-    out = q3.new_empty(*q3.shape[:2], v3.shape[-1], dtype=acc_t)
+    shape = (*q3.shape[:2], v3.shape[-1])
+    out = (q3.new_empty(shape) if acc_t == q3.dtype  # float32/64: returned as is
+           else _scratch("out", math.prod(shape), acc_t, q3.device).view(shape))
     lse = q3.new_full((*q3.shape[:2], 1), float("inf"), dtype=acc_t)
     kern = _kernels_for(q3)
     for sl, sub, length in _sequences(info, lengths, q3.shape[0]):
