@@ -201,9 +201,10 @@ def test_bad_input_names_argument_and_value():
         chunked_attention(q, k, v, block_q=8, block_k=8, layout=torch.ones(2, 2, dtype=torch.bool))
 
 
-def test_dispatcher_takes_the_chunked_path_for_long_bf16(monkeypatch):
-    """scaled_dot_product_attention routes single-threaded bf16 at L, S >= 1024 (measured faster) to
-    chunked_attention, and nothing else."""
+def test_dispatcher_takes_the_chunked_path_for_bf16_where_measured_faster(monkeypatch, block_path):
+    """scaled_dot_product_attention routes CPU bf16 to chunked_attention where it was measured faster: with the
+    C kernels at L, S >= 256 without a bool mask (any thread count); with torch ops only single-threaded at
+    L, S >= 1024. Everything else stays on torch's kernel."""
     import qkv.functional.attention as attention
 
     threads = [1]
@@ -213,13 +214,23 @@ def test_dispatcher_takes_the_chunked_path_for_long_bf16(monkeypatch):
     monkeypatch.setattr(attention, "chunked_attention", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
     q, k, v = (torch.randn(1, 2, 1024, 16, dtype=torch.bfloat16) for _ in range(3))
     mask = torch.rand(1, 1, 1024, 1024) > 0.1
-    out = attention.scaled_dot_product_attention(q, k, v, mask=mask, causal=True)
-    assert len(calls) == 1 and calls[0]["causal"] and calls[0]["mask"] is mask
+    sdpa = attention.scaled_dot_product_attention
+    out = sdpa(q, k, v, mask=mask, causal=True)
     torch.testing.assert_close(out.float(), fused(q.float(), k.float(), v.float(), mask & causal_mask(1024)),
                                atol=2e-2, rtol=2e-2)
-    attention.scaled_dot_product_attention(q[:, :, :512], k, v)  # short queries: torch's kernel
-    attention.scaled_dot_product_attention(q.float(), k.float(), v.float())  # fp32: torch's kernel
-    attention.scaled_dot_product_attention(q, k, v, dropout_p=0.1)  # dropout: torch's kernel
-    threads[0] = 2
-    attention.scaled_dot_product_attention(q, k, v)  # several threads: torch's kernel
+    sdpa(q.float(), k.float(), v.float())  # fp32: torch's kernel
+    sdpa(q, k, v, dropout_p=0.1)  # dropout: torch's kernel
+    if block_path == "native":
+        assert calls == []  # a bool mask: torch's kernel
+        threads[0] = 2
+        out = sdpa(q[:, :, :256], k, v, causal=True)
+        assert len(calls) == 1 and calls[0]["causal"]
+        torch.testing.assert_close(out.float(), fused(q[:, :, :256].float(), k.float(), v.float(),
+                                                      causal_mask(256, 1024)), atol=2e-2, rtol=2e-2)
+        sdpa(q[:, :, :128], k, v)  # short queries: torch's kernel
+    else:
+        assert len(calls) == 1 and calls[0]["mask"] is mask  # one thread, L >= 1024: chunked, mask and all
+        sdpa(q[:, :, :512], k, v)  # short queries: torch's kernel
+        threads[0] = 2
+        sdpa(q, k, v)  # several threads: torch's kernel
     assert len(calls) == 1

@@ -22,6 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from qkv.functional import _native
+from qkv.functional import chunked as chunked_module
 from qkv.functional.chunked import chunked_attention
 from qkv.functional.masks import causal_mask, check_broadcast
 
@@ -151,24 +153,31 @@ def attention_math(
     return _weighted_values(p.to(v.dtype), v), w
 
 
-# Where qkv's memory-efficient kernel (functional.chunked) beats torch's fused one on CPU, measured by
-# benchmarks/long_context.py (--only dispatch / speedups; torch 2.13, 2-core AVX512-BF16 EPYC): bfloat16
-# with L, S >= 1024 on one thread (its bf16 matmuls; torch's bf16 kernel is slow here): forward x1.2-1.9,
-# fwd+bwd x0.9-1.5 in every run. With 2 threads it ranged x0.2-1.9 from run to run on this shared machine
-# (its many small parallel regions wait on descheduled threads; torch's kernel is one region), so there
-# torch's kernel stays. Not taken either: float32 with a bias or a mask (x0.6-1.0: torch's fp32 kernel is
-# fast), bf16 below 1024 (x0.6-0.7), dropout (chunked has none), other devices (not measured).
-_CHUNKED_MIN_LEN = 1024
+# Where qkv's memory-efficient kernel (functional.chunked) beats torch's fused one on CPU, measured on this
+# 2-core AVX512-BF16 EPYC with torch 2.13 (benchmarks/long_context.py --only speedups / dispatch; median of
+# interleaved pairs). With its C block kernels (functional._native), bfloat16 without a bool mask:
+# B 1, H 8, E 64, L 256: forward x1.8-2.1, forward+backward x1.6-1.9 (1 and 2 threads); L 512 x2.3-2.8 /
+# x2.1-2.4; L 1024 x2.2-3.1 / x1.9-2.3; B 4 L 256 x1.8-2.1; ALiBi bias L 512-1024 x2.0-2.4 / x1.8-2.0; causal
+# chunk after cached keys x1.3-2.5. Left to torch: an arbitrary bool mask (x0.85-1.14: chunked applies it in
+# float32 torch ops), L or S < 256 (L 64-128: x0.8-1.5, per-call overhead), float32 (torch's fp32 kernel is
+# fast), dropout (chunked has none), other devices. Without the C kernels (no compiler) only single-threaded
+# bf16 at L, S >= 1024 was faster (forward x1.2-1.9, forward+backward x0.9-1.5).
+_CHUNKED_MIN_LEN = 256
+_CHUNKED_MIN_LEN_TORCH_OPS = 1024
 
 
-def _chunked_is_faster(q: torch.Tensor, k: torch.Tensor, dropout_p: float) -> bool:
-    return (dropout_p == 0.0 and q.device.type == "cpu" and q.dtype == torch.bfloat16
-            and min(q.shape[2], k.shape[2]) >= _CHUNKED_MIN_LEN and torch.get_num_threads() == 1)
+def _chunked_is_faster(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, dropout_p: float) -> bool:
+    if dropout_p != 0.0 or q.device.type != "cpu" or q.dtype != torch.bfloat16:
+        return False
+    shortest = min(q.shape[2], k.shape[2])
+    if chunked_module.use_native and _native.kernels() is not None:
+        return mask is None and shortest >= _CHUNKED_MIN_LEN
+    return shortest >= _CHUNKED_MIN_LEN_TORCH_OPS and torch.get_num_threads() == 1
 
 
 def _fused(q, k, v, mask, bias, causal, dropout_p, scale, H_kv) -> torch.Tensor:
     """torch's fused kernel, with fully masked rows forced to zero whatever the backend does."""
-    if _chunked_is_faster(q, k, dropout_p):
+    if _chunked_is_faster(q, k, mask, dropout_p):
         return chunked_attention(q, k, v, mask=mask, bias=bias, causal=causal, scale=scale)
     B, H, L, _ = q.shape
     S = k.shape[2]
@@ -246,9 +255,9 @@ def scaled_dot_product_attention(
     Returns:
         ``out (B, H, L, Ev)``, or ``(out, weights)`` when ``return_weights``.
 
-    Without weights the output comes from torch's fused kernel, except for single-threaded CPU
-    bfloat16 with L, S >= 1024 and no dropout, where :func:`qkv.functional.chunked.chunked_attention` was measured
-    faster and is used instead (see ``_chunked_is_faster``). With weights and autograd
+    Without weights the output comes from torch's fused kernel, except for CPU bfloat16 with L, S >= 256,
+    no bool mask and no dropout, where :func:`qkv.functional.chunked.chunked_attention` was measured faster
+    and is used instead (see ``_chunked_is_faster``). With weights and autograd
     recording, the output still comes from the fused kernel (its backward is the fast one) and the
     weights from one extra ``Q K^T`` + softmax, which measured faster than the all-math path that
     ``nn.MultiheadAttention(need_weights=True)`` takes; under ``no_grad`` (or with dropout) the math
