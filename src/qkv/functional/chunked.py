@@ -27,6 +27,7 @@ import threading
 import torch
 
 from qkv.functional import _native
+from qkv.functional._memory import empty_large
 from qkv.functional.masks import check_broadcast
 
 __all__ = ["chunked_attention"]
@@ -47,8 +48,10 @@ def _scratch(name: str, n: int, dtype: torch.dtype, device: torch.device) -> tor
     runs between calls. Buffers are only ever used inside one forward or backward, never returned.
     CUDA's caching allocator already reuses memory, so other devices allocate per call.
     """
-    if torch.device(device).type != "cpu" or n > _POOL_MAX_ELEMS:
+    if torch.device(device).type != "cpu":
         return torch.empty(n, dtype=dtype, device=device)
+    if n > _POOL_MAX_ELEMS:  # long sequences: per call, on huge pages when large enough (see _memory)
+        return empty_large(n, dtype=dtype, device=device)
     buffers = _pool.__dict__.setdefault("buffers", {})
     buf = buffers.get((name, dtype))
     if buf is None or buf.numel() < n:
@@ -456,7 +459,7 @@ def _run_forward(q3, k3, v3, info, lengths):
     per-thread scratch: the caller converts (copies) it before the next call."""
     acc_t = _acc_dtype(q3.dtype)
     shape = (*q3.shape[:2], v3.shape[-1])
-    out = (q3.new_empty(shape) if acc_t == q3.dtype  # float32/64: returned as is
+    out = (empty_large(*shape, dtype=acc_t, device=q3.device) if acc_t == q3.dtype  # float32/64: returned as is
            else _scratch("out", math.prod(shape), acc_t, q3.device).view(shape))
     lse = q3.new_full((*q3.shape[:2], 1), float("inf"), dtype=acc_t)
     kern = _kernels_for(q3)

@@ -25,6 +25,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from qkv.functional._memory import empty_large
+
 __all__ = [
     "elu_feature_map",
     "feature_maps",
@@ -187,7 +189,7 @@ def _noncausal(phi_q, phi_k, v, key_padding, feature_map, block, eps, H, H_kv) -
         kv, z = (kv_b, z_b) if kv is None else (kv + kv_b, z + z_b)
     zt = z.transpose(-1, -2)  # (B, H_kv, F, 1)
     L = phi_q.shape[2]
-    out = v.new_empty(phi_q.shape[0], H, L, v.shape[-1])  # (B, H, L, Ev); block writes are differentiable
+    out = empty_large(phi_q.shape[0], H, L, v.shape[-1], dtype=v.dtype, device=v.device)  # (B, H, L, Ev)
     for s in range(0, L, block):
         q_b = phi_q[:, :, s : s + block]  # (B, H, C, F or E)
         pq = _group(q_b if feature_map is None else feature_map(q_b), H_kv)  # (B, H_kv, G*C, F)
