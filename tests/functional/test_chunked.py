@@ -234,3 +234,12 @@ def test_dispatcher_takes_the_chunked_path_for_bf16_where_measured_faster(monkey
         threads[0] = 2
         sdpa(q, k, v)  # several threads: torch's kernel
     assert len(calls) == 1
+
+
+def test_dispatcher_keeps_torch_kernel_under_torch_compile():
+    """The chunked path calls C through ctypes: compiled (traced) graphs keep torch's kernel, no graph break."""
+    from qkv.functional import scaled_dot_product_attention
+
+    q, k, v = (torch.randn(1, 2, 512, 16, dtype=torch.bfloat16) for _ in range(3))
+    compiled = torch.compile(lambda q, k, v: scaled_dot_product_attention(q, k, v), backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), F.scaled_dot_product_attention(q, k, v), atol=0, rtol=0)

@@ -166,8 +166,14 @@ _CHUNKED_MIN_LEN = 256
 _CHUNKED_MIN_LEN_TORCH_OPS = 1024
 
 
+def _tracing() -> bool:
+    """Under torch.compile or tracing (export) torch's kernel stays: the chunked path calls C through ctypes."""
+    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+    return bool(compiling() or torch.jit.is_tracing())
+
+
 def _chunked_is_faster(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, dropout_p: float) -> bool:
-    if dropout_p != 0.0 or q.device.type != "cpu" or q.dtype != torch.bfloat16:
+    if dropout_p != 0.0 or q.device.type != "cpu" or q.dtype != torch.bfloat16 or _tracing():
         return False
     shortest = min(q.shape[2], k.shape[2])
     if chunked_module.use_native and _native.kernels() is not None:
