@@ -332,3 +332,24 @@ def test_bad_input_raises_clear_errors(kwargs, args, match):
     q, k, v = (torch.randn(s) for s in shapes)
     with pytest.raises(ValueError, match=match):
         scaled_dot_product_attention(q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_masked_softmax_in_half_precision_equals_float32_rounded_once(dtype):
+    """Half-precision scores go into torch's softmax as they are: the weights equal a float32 softmax
+    rounded once (bit for bit), fully masked rows are zeros, gradients match float64 within rounding."""
+    from qkv.functional import masked_softmax
+
+    scores = (torch.randn(2, 3, 9, 11) * 4).to(dtype).requires_grad_()
+    mask = torch.rand(2, 1, 9, 11) > 0.3
+    mask[0, :, 4] = False  # a fully masked row
+    for m in (None, mask):
+        got = masked_softmax(scores, m)
+        ref = masked_softmax(scores.detach().float(), m).to(dtype)
+        assert got.dtype == dtype and torch.equal(got, ref)
+    assert masked_softmax(scores, mask)[0, :, 4].abs().max() == 0
+    g = torch.randn(2, 3, 9, 11)
+    (got,) = torch.autograd.grad(masked_softmax(scores, mask), scores, g.to(dtype))
+    s64 = scores.detach().double().requires_grad_()
+    (ref,) = torch.autograd.grad(masked_softmax(s64, mask), s64, g.double())
+    torch.testing.assert_close(got.double(), ref, atol=2e-2, rtol=2e-2)

@@ -34,16 +34,15 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None, dim: int = -
     """Softmax over ``dim`` restricted to positions where ``mask`` is True.
 
     Rows with no True entry give all zeros (not NaN), with zero gradient. Computed in at least
-    float32 and returned in the dtype of ``scores``.
+    float32 and returned in the dtype of ``scores``: torch's softmax kernels accumulate half-precision
+    input in float32 and round once, so bf16/fp16 scores go in as they are (the same weights as a float32
+    copy cast back, measured bit for bit on CPU, without the two casts each way).
     """
-    work = scores if scores.dtype in (torch.float32, torch.float64) else scores.float()
     if mask is None:
-        return torch.softmax(work, dim=dim).to(scores.dtype)
+        return torch.softmax(scores, dim=dim)
     # A finite fill keeps exp() finite for fully masked rows (uniform there), which are zeroed below.
-    work = work.masked_fill(~mask, torch.finfo(work.dtype).min)
-    weights = torch.softmax(work, dim=dim)
-    weights = weights * mask.any(dim=dim, keepdim=True)
-    return weights.to(scores.dtype)
+    work = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(work, dim=dim) * mask.any(dim=dim, keepdim=True)
 
 
 def _validate(q, k, v, mask, bias, dropout_p) -> tuple[int, int, int, int, int]:
