@@ -17,6 +17,12 @@ blocks every query sees fully run without a mask; only the boundary blocks build
 
 In bfloat16/float16 the matmuls run in the input dtype (several times faster than float32 matmuls
 on CPUs with AVX512-BF16) while the running max, sum and output accumulator stay float32.
+
+On CPU, in float32 and bfloat16, each block's elementwise work runs in one C pass (``_native``,
+``_blocks.c``) instead of a chain of torch ops: the block's matmuls are torch's, everything between
+them (row max, exp2, sums, rescaling, casts, ``p`` and ``ds`` in the backward, transposed copies) is
+C. The torch-op path is the reference the C path is tested against, and the fallback without a C
+compiler (``use_native = False`` selects it).
 """
 
 from __future__ import annotations
