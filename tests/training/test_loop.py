@@ -210,3 +210,23 @@ def test_compiled_step_matches_eager():
         trainer.fit()
         losses.append(_train_losses(trainer))
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_fused_optimizer_takes_the_gradient_scale_and_clip(grad_accum):
+    """With fused AdamW the 1/tokens scale and the clip factor go into the optimizer's grad_scale instead of
+    two passes over the gradients: same parameters and logged norms as the explicit path (foreach AdamW)."""
+    models, norms = [], []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = TinyLM(dropout=0.0)
+        trainer = Trainer(model, lm_loss, ShuffledBatches(n_batches=12, batch=3),
+                          _cfg(steps=5, grad_accum=grad_accum, grad_clip=0.05, fused=fused))
+        trainer.fit()
+        assert (getattr(trainer.optimizer, "grad_scale", None) is not None) == fused
+        models.append(model)
+        norms.append([r["grad_norm"] for r in trainer.writer.records if r["split"] == "train"])
+    assert all(n > 0.05 for n in norms[0])  # the clip was active on every step
+    torch.testing.assert_close(torch.tensor(norms[0]), torch.tensor(norms[1]), rtol=1e-4, atol=0)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-5)

@@ -175,16 +175,37 @@ class Trainer:
         global_n = all_reduce_sum(n_sum.clone())
         # DDP averaged the token-weighted sums over ranks; undo that and divide by all tokens.
         scale = self.dist.world_size / global_n.clamp(min=1)
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        torch._foreach_mul_(grads, scale)
-        norm = None
-        if self.config.grad_clip:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        norm = self._scale_and_clip(scale)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return loss_sum, global_n, norm
+
+    def _scale_and_clip(self, scale: torch.Tensor) -> torch.Tensor | None:
+        """Multiply the gradients by ``scale`` and clip them to ``grad_clip``; returns the scaled norm.
+
+        With a fused optimizer (one that takes ``grad_scale``, as torch's fused AdamW does for GradScaler)
+        and unsharded gradients, both factors are handed to the optimizer step instead, which divides each
+        gradient by ``grad_scale`` as it reads it: two passes over every gradient fewer (about 100 small ops
+        per step for a 4-layer model: steps of the char GPT in benchmarks/training.py 3% faster on two CPU
+        threads, median of interleaved chunks against the explicit path).
+        """
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        fold = getattr(self.optimizer, "_step_supports_amp_scaling", False) and self.config.strategy != "fsdp"
+        if not fold or not grads:
+            if fold:
+                self.optimizer.grad_scale = None
+            torch._foreach_mul_(grads, scale)
+            if not self.config.grad_clip:
+                return None
+            return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        factor, norm = scale, None
+        if self.config.grad_clip:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) * scale
+            factor = scale * (self.config.grad_clip / (norm + 1e-6)).clamp(max=1.0)  # as clip_grad_norm_
+        self.optimizer.grad_scale = 1.0 / factor
+        return norm
 
     # ------------------------------------------------------------------------------------ eval
     @torch.no_grad()
