@@ -9,7 +9,7 @@ the JSON reports medians of per-chunk tokens/s and their ratio. On a shared mach
 ``--threads 1``: with more OpenMP threads than free cores, both loops slow down ten-fold.
 With two threads qkv's step (many short OpenMP regions) gains from ``OMP_WAIT_POLICY=ACTIVE`` (worker
 threads spin between regions instead of sleeping; a sleeping thread's wake-up is slow on this VM):
-set it in the environment (it acts on both loops; the JSON records it). Measured: default 1.85x (1.70-1.78x
+set it in the environment (it acts on both loops; the JSON records it). Measured: default 1.85-2.07x (1.70-1.78x
 before the optimizer took the gradient scale and clip, and softmax lost its casts), ACTIVE 1.82-2.07x (qkv
 34-42k tok/s, plain 18-21k); one thread 2.49x.
 Run: ``python benchmarks/training.py [--quick] [--steps N] [--threads T]``;
