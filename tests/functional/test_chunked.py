@@ -203,8 +203,8 @@ def test_bad_input_names_argument_and_value():
 
 def test_dispatcher_takes_the_chunked_path_for_bf16_where_measured_faster(monkeypatch, block_path):
     """scaled_dot_product_attention routes CPU bf16 to chunked_attention where it was measured faster: with the
-    C kernels at L, S >= 256 without a bool mask (any thread count); with torch ops only single-threaded at
-    L, S >= 1024. Everything else stays on torch's kernel."""
+    C kernels at L, S >= 256 (any thread count; a bool mask only if not broadcast over keys); with torch ops
+    only single-threaded at L, S >= 1024. Everything else stays on torch's kernel."""
     import qkv.functional.attention as attention
 
     threads = [1]
@@ -216,24 +216,25 @@ def test_dispatcher_takes_the_chunked_path_for_bf16_where_measured_faster(monkey
     mask = torch.rand(1, 1, 1024, 1024) > 0.1
     sdpa = attention.scaled_dot_product_attention
     out = sdpa(q, k, v, mask=mask, causal=True)
+    assert len(calls) == 1 and calls[0]["mask"] is mask and calls[0]["causal"]  # one thread, L >= 1024
     torch.testing.assert_close(out.float(), fused(q.float(), k.float(), v.float(), mask & causal_mask(1024)),
                                atol=2e-2, rtol=2e-2)
     sdpa(q.float(), k.float(), v.float())  # fp32: torch's kernel
     sdpa(q, k, v, dropout_p=0.1)  # dropout: torch's kernel
     if block_path == "native":
-        assert calls == []  # a bool mask: torch's kernel
         threads[0] = 2
         out = sdpa(q[:, :, :256], k, v, causal=True)
-        assert len(calls) == 1 and calls[0]["causal"]
+        assert len(calls) == 2 and calls[1]["causal"]
         torch.testing.assert_close(out.float(), fused(q[:, :, :256].float(), k.float(), v.float(),
                                                       causal_mask(256, 1024)), atol=2e-2, rtol=2e-2)
+        sdpa(q, k, v, mask=torch.ones(1, 1, 1024, 1, dtype=torch.bool).expand(1, 1, 1024, 1024))  # keys broadcast
         sdpa(q[:, :, :128], k, v)  # short queries: torch's kernel
+        assert len(calls) == 2
     else:
-        assert len(calls) == 1 and calls[0]["mask"] is mask  # one thread, L >= 1024: chunked, mask and all
         sdpa(q[:, :, :512], k, v)  # short queries: torch's kernel
         threads[0] = 2
         sdpa(q, k, v)  # several threads: torch's kernel
-    assert len(calls) == 1
+        assert len(calls) == 1
 
 
 def test_dispatcher_keeps_torch_kernel_under_torch_compile():

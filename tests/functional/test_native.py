@@ -38,10 +38,18 @@ def _interval_mask(R, K, p0, G, causal, window, length, ks):
     return ok
 
 
+def _bool_mask(N, R, K):
+    """A random bool mask for a tile of N heads (as batch 3 x 1 kv head here), R rows (query i, group g:
+    r = 2 i + g), K keys, arranged (b, h_kv, i, g, k) and broadcast over the group; and its (N, R, K) form."""
+    m = torch.rand(N, 1, R // 2, 1, 2 * K)[..., 3 : 3 + K] > 0.4  # keys contiguous inside a larger row
+    return (m, 1, 2), m.expand(N, 1, R // 2, 2, K).reshape(N, R, K)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("structured", [None, (40, 2, True, None, 70, 32), (5, 1, False, 9, 60, 0)])
-def test_forward_tile_is_one_online_softmax_step(kern, dtype, structured):
-    N, R, K, Ev = 3, 21, 37, 5  # K not a multiple of 16: masked tails
+@pytest.mark.parametrize("masked", [False, True])
+def test_forward_tile_is_one_online_softmax_step(kern, dtype, structured, masked):
+    N, R, K, Ev = 3, 22, 37, 5  # K not a multiple of 16: masked tails
     s = (torch.randn(N, R, K) * 4).to(dtype)
     s[0, 3] = float("-inf")  # a row with nothing visible in this block
     s[1, 4, :10] = float("-inf")
@@ -53,11 +61,14 @@ def test_forward_tile_is_one_online_softmax_step(kern, dtype, structured):
     m, l, acc = m0.clone(), l0.clone(), acc0.clone()
     p = torch.full((N, R, K), 7.0, dtype=dtype)
     iv = None if structured is None else kern.interval(*structured)
-    kern.forward_tile(s, p, m, l, acc, False, iv)
+    arg, visible = _bool_mask(N, R, K) if masked else (None, None)
+    kern.forward_tile(s, p, m, l, acc, False, iv, arg)
 
     x = s.double()
     if structured is not None:
         x = x.masked_fill(~_interval_mask(R, K, *structured), float("-inf"))
+    if masked:
+        x = x.masked_fill(~visible, float("-inf"))
     m_ref = torch.maximum(m0.double(), x.amax(-1, keepdim=True))
     safe = m_ref.masked_fill(m_ref == float("-inf"), 0)
     p_ref = torch.exp2(x - safe)
@@ -72,16 +83,18 @@ def test_forward_tile_is_one_online_softmax_step(kern, dtype, structured):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_backward_tile_gives_weights_and_score_gradients(kern, dtype):
-    N, R, K = 2, 19, 45
+@pytest.mark.parametrize("masked", [False, True])
+def test_backward_tile_gives_weights_and_score_gradients(kern, dtype, masked):
+    N, R, K = 2, 20, 45
     s = (torch.randn(N, R, K) * 3).to(dtype)
     dp = torch.randn(N, R, K).to(dtype)
     lse = s.float().amax(-1, keepdim=True) + 2.5  # any row offset: p = 2**(s - lse) <= 2**-2.5
     delta = torch.randn(N, R, 1)
     ds, p = torch.empty(N, R, K, dtype=dtype), torch.empty(N, R, K, dtype=dtype)
     structured = (30, 3, True, 4, 40, 12)
-    kern.backward_tile(s, dp, lse, delta, ds, p, kern.interval(*structured))
-    visible = _interval_mask(R, K, *structured)
+    arg, allowed = _bool_mask(N, R, K) if masked else (None, True)
+    kern.backward_tile(s, dp, lse, delta, ds, p, kern.interval(*structured), arg)
+    visible = _interval_mask(R, K, *structured) & allowed
     p_ref = torch.exp2(s.double() - lse.double()) * visible
     ds_ref = p_ref * (dp.double() - delta.double())
     tol = dict(atol=1e-6, rtol=1e-6) if dtype == torch.float32 else dict(atol=4e-3, rtol=8e-3)

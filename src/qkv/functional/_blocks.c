@@ -139,31 +139,38 @@ static inline __attribute__((always_inline)) void vstoreu(void *row, int dt, lon
 /* In the loops below a chunk of 16 keys inside [c0, c1) takes the unmasked path; only the edges of the
  * visible interval (and a tail past K) compute lane masks. */
 
-/* Forward row: returns the row max over [c0, c1) (-inf if empty). */
-static inline __attribute__((always_inline)) float vrow_max(const void *s, int dt, long c0, long c1) {
+/* A bool mask row (one byte per key, nonzero = may attend) as lanes; all lanes without a mask. */
+static inline __mmask16 mask_bits(const uint8_t *mk, long c, __mmask16 k) {
+    if (!mk) return k;
+    return k & _mm_cmpneq_epi8_mask(_mm_maskz_loadu_epi8(k, mk + c), _mm_setzero_si128());
+}
+
+/* Forward row: returns the row max over [c0, c1) where the mask allows (-inf if nothing). */
+static inline __attribute__((always_inline)) float vrow_max(const void *s, int dt, long c0, long c1,
+                                                            const uint8_t *mk) {
     __m512 m = _mm512_set1_ps(-__builtin_inff());
     for (long c = c0 & ~15L; c < c1; c += 16) {
-        if (c >= c0 && c + 16 <= c1) {
+        if (c >= c0 && c + 16 <= c1 && !mk) {
             m = _mm512_max_ps(m, vloadu(s, dt, c));
         } else {
-            __mmask16 k = lanes(c, c0, c1);
+            __mmask16 k = mask_bits(mk, c, lanes(c, c0, c1));
             m = _mm512_mask_max_ps(m, k, m, vload(s, dt, c, k));
         }
     }
     return _mm512_reduce_max_ps(m);
 }
 
-/* p = 2**(s - sub) on [c0, c1), 0 elsewhere in [0, K), stored in pdt; returns the sum. */
+/* p = 2**(s - sub) on [c0, c1) where the mask allows, 0 elsewhere in [0, K), stored in pdt; returns the sum. */
 static inline __attribute__((always_inline)) float vrow_exp2(const void *s, int dt, void *p, int pdt, long K, long c0,
-                                                             long c1, float sub) {
+                                                             long c1, float sub, const uint8_t *mk) {
     __m512 acc = _mm512_setzero_ps(), b = _mm512_set1_ps(sub);
     for (long c = 0; c < K; c += 16) {
         __m512 e;
-        if (c >= c0 && c + 16 <= c1) {
+        if (c >= c0 && c + 16 <= c1 && !mk) {
             e = vexp2(_mm512_sub_ps(vloadu(s, dt, c), b), pdt == DT_F32);
             vstoreu(p, pdt, c, e);
         } else {
-            __mmask16 t = lanes(c, 0, K), k = lanes(c, c0, c1);
+            __mmask16 t = lanes(c, 0, K), k = mask_bits(mk, c, lanes(c, c0, c1));
             e = _mm512_maskz_mov_ps(k, vexp2(_mm512_sub_ps(vload(s, dt, c, k), b), pdt == DT_F32));
             vstore(p, pdt, c, e, t);
         }
@@ -173,16 +180,17 @@ static inline __attribute__((always_inline)) float vrow_exp2(const void *s, int 
 }
 
 static inline __attribute__((always_inline)) void vrow_grad(const void *s, const void *dp, int dt, void *pr, void *dr,
-                                                            int odt, long K, long c0, long c1, float lse, float delta) {
+                                                            int odt, long K, long c0, long c1, float lse, float delta,
+                                                            const uint8_t *mk) {
     __m512 b = _mm512_set1_ps(lse), d = _mm512_set1_ps(delta);
     for (long c = 0; c < K; c += 16) {
-        if (c >= c0 && c + 16 <= c1) {
+        if (c >= c0 && c + 16 <= c1 && !mk) {
             __m512 e = vexp2(_mm512_sub_ps(vloadu(s, dt, c), b), odt == DT_F32);
             __m512 g = _mm512_mul_ps(e, _mm512_sub_ps(vloadu(dp, dt, c), d));
             if (pr) vstoreu(pr, odt, c, e);
             vstoreu(dr, odt, c, g);
         } else {
-            __mmask16 t = lanes(c, 0, K), k = lanes(c, c0, c1);
+            __mmask16 t = lanes(c, 0, K), k = mask_bits(mk, c, lanes(c, c0, c1));
             __m512 e = _mm512_maskz_mov_ps(k, vexp2(_mm512_sub_ps(vload(s, dt, c, k), b), odt == DT_F32));
             __m512 g = _mm512_mul_ps(e, _mm512_sub_ps(vload(dp, dt, c, k), d));
             if (pr) vstore(pr, odt, c, e, t);
@@ -269,12 +277,28 @@ static float exp2_row(float *x, long K, long c0, long c1, float sub) {
 }
 #endif
 
+/* The bool mask row of tile row r of head n, or NULL. mk points at the block's (0, 0) entry; ms holds the
+ * mask's strides in bytes over (batch, kv head, query, group) (0 where broadcast) and H_kv, G: head n is
+ * (n / H_kv, n % H_kv), row r is (r / G, r % G). Keys are contiguous (stride 1). */
+static inline const uint8_t *mask_row(const uint8_t *mk, const int64_t *ms, long n, long r) {
+    if (!mk) return NULL;
+    return mk + (n / ms[4]) * ms[0] + (n % ms[4]) * ms[1] + (r / ms[5]) * ms[2] + (r % ms[5]) * ms[3];
+}
+
+#ifndef QKV_AVX512
+static void apply_mask(float *row, long K, const uint8_t *mk) {
+    if (!mk) return;
+    for (long c = 0; c < K; c++)
+        if (!mk[c]) row[c] = -__builtin_inff();
+}
+#endif
+
 /* One online-softmax step of the forward pass, per head n and row r:
  *   m' = max(m, max_c s), p = 2**(s - m'), l = l * 2**(m - m') + sum p, acc *= 2**(m - m') (unless first).
  * s, p: (N, R, K) with head strides s_hs, p_hs; m, l: (N, R) head stride st_hs; acc: head/row strides. */
 int qkv_forward_tile(long N, long R, long K, const void *s, int s_dt, long s_hs, void *p, int p_dt, long p_hs,
                      float *m, float *l, long st_hs, float *acc, long acc_hs, long acc_rs, long Ev, int first,
-                     const int64_t *iv, int nt) {
+                     const int64_t *iv, const uint8_t *mk, const int64_t *ms, int nt) {
     long isz = s_dt == DT_BF16 ? 2 : 4, osz = p_dt == DT_BF16 ? 2 : 4;
 #ifndef QKV_AVX512
     float *rows = (float *)malloc((size_t)(nt * K) * sizeof(float));
@@ -292,9 +316,11 @@ int qkv_forward_tile(long N, long R, long K, const void *s, int s_dt, long s_hs,
             row_interval(iv, r, K, &c0, &c1);
             float *mr = m + n * st_hs + r, *lr = l + n * st_hs + r;
 #ifdef QKV_AVX512
-            float mo = *mr, mn = s_dt == DT_BF16 ? vrow_max(sr, DT_BF16, c0, c1) : vrow_max(sr, DT_F32, c0, c1);
+            const uint8_t *mrow = mask_row(mk, ms, n, r);
+            float mo = *mr, mn = s_dt == DT_BF16 ? vrow_max(sr, DT_BF16, c0, c1, mrow) : vrow_max(sr, DT_F32, c0, c1, mrow);
 #else
             load_row(sr, s_dt, K, row);
+            apply_mask(row, K, mask_row(mk, ms, n, r));
             float mo = *mr, mn = row_max(row, c0, c1);
 #endif
             mn = mn > mo ? mn : mo;
@@ -305,11 +331,11 @@ int qkv_forward_tile(long N, long R, long K, const void *s, int s_dt, long s_hs,
 #ifdef QKV_AVX512
             float sum;
             if (s_dt == DT_BF16)
-                sum = p_dt == DT_BF16 ? vrow_exp2(sr, DT_BF16, pr, DT_BF16, K, c0, c1, mn)
-                                      : vrow_exp2(sr, DT_BF16, pr, DT_F32, K, c0, c1, mn);
+                sum = p_dt == DT_BF16 ? vrow_exp2(sr, DT_BF16, pr, DT_BF16, K, c0, c1, mn, mrow)
+                                      : vrow_exp2(sr, DT_BF16, pr, DT_F32, K, c0, c1, mn, mrow);
             else
-                sum = p_dt == DT_BF16 ? vrow_exp2(sr, DT_F32, pr, DT_BF16, K, c0, c1, mn)
-                                      : vrow_exp2(sr, DT_F32, pr, DT_F32, K, c0, c1, mn);
+                sum = p_dt == DT_BF16 ? vrow_exp2(sr, DT_F32, pr, DT_BF16, K, c0, c1, mn, mrow)
+                                      : vrow_exp2(sr, DT_F32, pr, DT_F32, K, c0, c1, mn, mrow);
 #else
             float sum = exp2_row(row, K, c0, c1, mn);
             store_row(row, K, pr, p_dt);
@@ -334,7 +360,7 @@ int qkv_forward_tile(long N, long R, long K, const void *s, int s_dt, long s_hs,
  * p_out (may be NULL), ds_out: contiguous (N, R, K) in out_dt. */
 int qkv_backward_tile(long N, long R, long K, const void *s, const void *dp, int in_dt, long s_hs,
                       const float *lse, const float *delta, long st_hs, void *p_out, void *ds_out, int out_dt,
-                      const int64_t *iv, int nt) {
+                      const int64_t *iv, const uint8_t *mk, const int64_t *ms, int nt) {
     long isz = in_dt == DT_BF16 ? 2 : 4, osz = out_dt == DT_BF16 ? 2 : 4;
 #ifndef QKV_AVX512
     float *rows = (float *)malloc((size_t)(3 * nt * K) * sizeof(float));
@@ -351,14 +377,16 @@ int qkv_backward_tile(long N, long R, long K, const void *s, const void *dp, int
             float b = lse[n * st_hs + r], d = delta[n * st_hs + r];
             const char *sr = (const char *)s + so, *dpr = (const char *)dp + so;
             char *po = p_out ? (char *)p_out + oo : NULL, *dso = (char *)ds_out + oo;
+            const uint8_t *mrow = mask_row(mk, ms, n, r);
 #ifdef QKV_AVX512
             if (in_dt == DT_BF16)
-                if (out_dt == DT_BF16) vrow_grad(sr, dpr, DT_BF16, po, dso, DT_BF16, K, c0, c1, b, d);
-                else vrow_grad(sr, dpr, DT_BF16, po, dso, DT_F32, K, c0, c1, b, d);
-            else if (out_dt == DT_BF16) vrow_grad(sr, dpr, DT_F32, po, dso, DT_BF16, K, c0, c1, b, d);
-            else vrow_grad(sr, dpr, DT_F32, po, dso, DT_F32, K, c0, c1, b, d);
+                if (out_dt == DT_BF16) vrow_grad(sr, dpr, DT_BF16, po, dso, DT_BF16, K, c0, c1, b, d, mrow);
+                else vrow_grad(sr, dpr, DT_BF16, po, dso, DT_F32, K, c0, c1, b, d, mrow);
+            else if (out_dt == DT_BF16) vrow_grad(sr, dpr, DT_F32, po, dso, DT_BF16, K, c0, c1, b, d, mrow);
+            else vrow_grad(sr, dpr, DT_F32, po, dso, DT_F32, K, c0, c1, b, d, mrow);
 #else
             load_row(sr, in_dt, K, pr);
+            apply_mask(pr, K, mrow);
             exp2_row(pr, K, c0, c1, b);
             load_row(dpr, in_dt, K, tmp);
             for (long c = 0; c < K; c++) dr[c] = pr[c] * (tmp[c] - d);

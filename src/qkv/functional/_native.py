@@ -114,9 +114,9 @@ class Kernels:
     def __init__(self, lib: ctypes.CDLL) -> None:
         L, I, P = ctypes.c_long, ctypes.c_int, ctypes.c_void_p
         self._forward = lib.qkv_forward_tile
-        self._forward.argtypes = [L, L, L, P, I, L, P, I, L, P, P, L, P, L, L, L, I, P, I]
+        self._forward.argtypes = [L, L, L, P, I, L, P, I, L, P, P, L, P, L, L, L, I, P, P, P, I]
         self._backward = lib.qkv_backward_tile
-        self._backward.argtypes = [L, L, L, P, P, I, L, P, P, L, P, P, I, P, I]
+        self._backward.argtypes = [L, L, L, P, P, I, L, P, P, L, P, P, I, P, P, P, I]
         self._accumulate = lib.qkv_accumulate
         self._accumulate.argtypes = [L, L, L, P, L, L, P, I, I, I]
         self._transpose = lib.qkv_transpose
@@ -130,26 +130,43 @@ class Kernels:
         return (ctypes.c_int64 * 6)(p0, G, int(causal), window or 0, length, ks)
 
     @staticmethod
+    def block_mask(mask):
+        """``(block, H_kv, G)``: a bool mask block ``(b, h_kv, q, g, k)`` (size-1 dims broadcast, keys
+        contiguous) of a tile whose heads are ``b * H_kv + h`` and rows ``q * G + g``, as the kernels'
+        ``(pointer, strides)``; ``(None, None)`` for no mask. See ``mask_row`` in ``_blocks.c``."""
+        if mask is None:
+            return None, None
+        block, H_kv, G = mask
+        st = [0 if block.shape[d] == 1 else block.stride(d) for d in range(4)]
+        return block.data_ptr(), (ctypes.c_int64 * 6)(*st, H_kv, G)
+
+    @staticmethod
+    def mask_supported(mask) -> bool:
+        """Whether an arranged bool mask can go to the kernels: keys contiguous and not broadcast."""
+        return mask is None or (mask.dtype == torch.bool and mask.shape[4] > 1 and mask.stride(4) == 1)
+
+    @staticmethod
     def _check(rc: int, name: str) -> None:
         if rc:
             raise MemoryError(f"qkv native {name}: could not allocate its row buffer")
 
-    def forward_tile(self, s, p, m, l, acc, first: bool, iv=None) -> None:
+    def forward_tile(self, s, p, m, l, acc, first: bool, iv=None, mask=None) -> None:
         """s, p: (N, R, K) with contiguous rows; m, l: (N, R, 1) float32 with unit row stride; acc (N, R, Ev)
-        float32 with unit last stride. p may be s (in place)."""
+        float32 with unit last stride. p may be s (in place). mask: see :meth:`block_mask`, or None."""
         N, R, K = s.shape
         self._check(self._forward(
             N, R, K, s.data_ptr(), _DTYPES[s.dtype], s.stride(0), p.data_ptr(), _DTYPES[p.dtype], p.stride(0),
             m.data_ptr(), l.data_ptr(), m.stride(0), acc.data_ptr(), acc.stride(0), acc.stride(1), acc.shape[2],
-            int(first), iv, _threads()), "forward_tile")
+            int(first), iv, *self.block_mask(mask), _threads()), "forward_tile")
 
-    def backward_tile(self, s, dp, lse, delta, ds, p=None, iv=None) -> None:
+    def backward_tile(self, s, dp, lse, delta, ds, p=None, iv=None, mask=None) -> None:
         """s, dp: (N, R, K) same dtype and head stride, contiguous rows; lse, delta: (N, R, 1) float32, same
         head stride; ds and p (optional): contiguous (N, R, K), one dtype. p may be s and ds may be dp (in place)."""
         N, R, K = s.shape
         self._check(self._backward(
             N, R, K, s.data_ptr(), dp.data_ptr(), _DTYPES[s.dtype], s.stride(0), lse.data_ptr(), delta.data_ptr(),
-            lse.stride(0), None if p is None else p.data_ptr(), ds.data_ptr(), _DTYPES[ds.dtype], iv, _threads()),
+            lse.stride(0), None if p is None else p.data_ptr(), ds.data_ptr(), _DTYPES[ds.dtype], iv,
+            *self.block_mask(mask), _threads()),
             "backward_tile")
 
     def accumulate(self, acc, part, first: bool) -> None:

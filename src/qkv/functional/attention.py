@@ -154,13 +154,14 @@ def attention_math(
 
 # Where qkv's memory-efficient kernel (functional.chunked) beats torch's fused one on CPU, measured on this
 # 2-core AVX512-BF16 EPYC with torch 2.13 (benchmarks/long_context.py --only speedups / dispatch; median of
-# interleaved pairs). With its C block kernels (functional._native), bfloat16 without a bool mask:
-# B 1, H 8, E 64, L 256: forward x1.8-2.1, forward+backward x1.6-1.9 (1 and 2 threads); L 512 x2.3-2.8 /
-# x2.1-2.4; L 1024 x2.2-3.1 / x1.9-2.3; B 4 L 256 x1.8-2.1; ALiBi bias L 512-1024 x2.0-2.4 / x1.8-2.0; causal
-# chunk after cached keys x1.3-2.5. Left to torch: an arbitrary bool mask (x0.85-1.14: chunked applies it in
-# float32 torch ops), L or S < 256 (L 64-128: x0.8-1.5, per-call overhead), float32 (torch's fp32 kernel is
-# fast), dropout (chunked has none), other devices. Without the C kernels (no compiler) only single-threaded
-# bf16 at L, S >= 1024 was faster (forward x1.2-1.9, forward+backward x0.9-1.5).
+# interleaved pairs). With its C block kernels (functional._native), bfloat16: B 1, H 8, E 64, L 256:
+# forward x1.8-2.1, forward+backward x1.6-1.9 (1 and 2 threads); L 512 x2.3-2.8 / x2.1-2.4; L 1024 x2.2-3.1 /
+# x1.9-2.3; B 4 L 256 x1.8-2.1; ALiBi bias L 512-1024 x2.0-2.4 / x1.8-2.0; causal chunk after cached keys
+# x1.3-2.5; a bool mask (applied in C, keys contiguous) L 256 x1.5 / x1.45, L 512-1024 x2.0-2.2 / x1.8-2.2.
+# Left to torch: L or S < 256 (L 64-128: x0.8-1.5, per-call overhead), a bool mask broadcast over keys or with
+# strided keys (chunked applies it in float32 torch ops: x0.85-1.14), float32 (x0.8-1.0 with a mask or bias:
+# torch's fp32 kernel is fast), dropout (chunked has none), other devices. Without the C kernels (no compiler)
+# only single-threaded bf16 at L, S >= 1024 was faster (forward x1.2-1.9, forward+backward x0.9-1.5).
 _CHUNKED_MIN_LEN = 256
 _CHUNKED_MIN_LEN_TORCH_OPS = 1024
 
@@ -176,7 +177,8 @@ def _chunked_is_faster(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | No
         return False
     shortest = min(q.shape[2], k.shape[2])
     if chunked_module.use_native and _native.kernels() is not None:
-        return mask is None and shortest >= _CHUNKED_MIN_LEN
+        mask_ok = mask is None or (mask.shape[-1] == k.shape[2] > 1 and mask.stride(-1) == 1)
+        return mask_ok and shortest >= _CHUNKED_MIN_LEN
     return shortest >= _CHUNKED_MIN_LEN_TORCH_OPS and torch.get_num_threads() == 1
 
 
@@ -260,9 +262,10 @@ def scaled_dot_product_attention(
     Returns:
         ``out (B, H, L, Ev)``, or ``(out, weights)`` when ``return_weights``.
 
-    Without weights the output comes from torch's fused kernel, except for CPU bfloat16 with L, S >= 256,
-    no bool mask and no dropout, where :func:`qkv.functional.chunked.chunked_attention` was measured faster
-    and is used instead (see ``_chunked_is_faster``). With weights and autograd
+    Without weights the output comes from torch's fused kernel, except for CPU bfloat16 with L, S >= 256
+    and no dropout (a bool mask, if any, not broadcast over keys), where
+    :func:`qkv.functional.chunked.chunked_attention` was measured faster and is used instead (see
+    ``_chunked_is_faster``). With weights and autograd
     recording, the output still comes from the fused kernel (its backward is the fast one) and the
     weights from one extra ``Q K^T`` + softmax, which measured faster than the all-math path that
     ``nn.MultiheadAttention(need_weights=True)`` takes; under ``no_grad`` (or with dropout) the math

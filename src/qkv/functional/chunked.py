@@ -198,16 +198,16 @@ def _scores(w: _Work, q_b, kT_b, qs, qe, ks, ke, info, length, needs_mask, nativ
     """Block scores in log2 units with masked entries -inf: (N, bq*G, bk) in the accumulation dtype.
 
     q_b is the block's queries (N, bq*G, E) with row ``i*G + g``; kT_b its keys (N, E, bk). With ``native``
-    the structured mask is left to the C kernel (``needs_mask`` is ignored) and, without bias or mask, the
-    scores stay in the input dtype (no cast).
+    the structured and bool masks are left to the C kernel (``needs_mask`` is ignored) and, without a bias,
+    the scores stay in the input dtype (no cast).
     """
     G = info["G"]
-    plain = info["bias"] is None and info["mask"] is None
-    if native and plain:
+    if native and info["bias"] is None:
         return torch.bmm(q_b, kT_b, out=w.take(w.lo, q_b.shape[0], (qe - qs) * G, ke - ks))
     s = w.matmul(q_b, kT_b, w.s)  # (N, bq*G, bk)
     needs_mask = needs_mask and not native
-    if plain and not needs_mask:
+    bool_mask = None if native else info["mask"]
+    if info["bias"] is None and bool_mask is None and not needs_mask:
         return s
     s5 = s.view(info["B"], -1, qe - qs, G, ke - ks)  # (B, H_kv, bq, G, bk)
     if info["bias"] is not None:
@@ -215,9 +215,16 @@ def _scores(w: _Work, q_b, kT_b, qs, qe, ks, ke, info, length, needs_mask, nativ
     if needs_mask:
         m = _block_mask(qs, qe, ks, ke, info["off"], info["causal"], info["window"], length, s.device)
         s5.masked_fill_(~m, float("-inf"))
-    if info["mask"] is not None:
-        s5.masked_fill_(~_cut(info["mask"], qs, qe, ks, ke), float("-inf"))
+    if bool_mask is not None:
+        s5.masked_fill_(~_cut(bool_mask, qs, qe, ks, ke), float("-inf"))
     return s
+
+
+def _mask_block(info, N, qs, qe, ks, ke):
+    """The C kernels' bool mask argument for a block: ``(arranged block, H_kv, G)`` or None."""
+    if info["mask"] is None:
+        return None
+    return _cut(info["mask"], qs, qe, ks, ke), N // info["B"], info["G"]
 
 
 def _interval(kern, qs, ks, info, length, needs_mask):
@@ -273,7 +280,8 @@ def _forward(q3, k3, v3, info, length, out, lse, kern) -> None:
             s = _scores(w, qb[qs * G], kTb[ks], qs, qe, ks, ke, info, length, needs_mask, native=kern is not None)
             if kern is not None:  # one C pass: max, exp2, sums, rescale; weights in the input dtype
                 p = w.take(w.lo, *s.shape)
-                kern.forward_tile(s, p, m, l, acc, i == 0, _interval(kern, qs, ks, info, length, needs_mask))
+                kern.forward_tile(s, p, m, l, acc, i == 0, _interval(kern, qs, ks, info, length, needs_mask),
+                                  _mask_block(info, N, qs, qe, ks, ke))
                 kern.accumulate(acc, w.product_low(p, vb[ks]), i == 0)
                 continue
             m_new = torch.maximum(m, s.amax(-1, keepdim=True))
@@ -339,7 +347,8 @@ def _backward(q3, k3, v3, out, lse, dout, info, length, grads, need_bias_grad, k
                 else:
                     p, ds = w.take(w.extra("p"), n, r, c), w.take(w.extra("ds"), n, r, c)
                 kern.backward_tile(s, dp, lse[:, rows], delta[:, rows], ds, p,
-                                   _interval(kern, qs, ks, info, length, needs_mask))
+                                   _interval(kern, qs, ks, info, length, needs_mask),
+                                   _mask_block(info, N, qs, qe, ks, ke))
                 kern.accumulate(dv_acc[:, :, ks:ke], w.product_low(doTb[qs * G], p), first_k)  # (N, Ev, bk)
                 kern.accumulate(dq[:, rows], w.product_low(ds, kb[ks]), i == 0)  # (N, bq*G, E)
                 kern.accumulate(dk_acc[:, :, ks:ke], w.product_low(qTb[qs * G], ds), first_k)  # (N, E, bk)
@@ -455,9 +464,12 @@ def _sequences(info: dict, lengths, N: int):
     return [(slice(b * n, (b + 1) * n), _batch_info(info, b), int(lengths[b])) for b in range(info["B"])]
 
 
-def _kernels_for(q3: torch.Tensor):
-    """The C kernels for this call, or None (torch path): CPU float32/bfloat16 only, and ``use_native``."""
-    return _native.kernels() if use_native and _native.supports(q3) else None
+def _kernels_for(q3: torch.Tensor, info: dict):
+    """The C kernels for this call, or None (torch path): CPU float32/bfloat16 with a bool mask (if any)
+    whose keys are contiguous, and ``use_native``."""
+    if not (use_native and _native.supports(q3)) or not _native.Kernels.mask_supported(info["mask"]):
+        return None
+    return _native.kernels()
 
 
 def _run_forward(q3, k3, v3, info, lengths):
@@ -468,7 +480,7 @@ def _run_forward(q3, k3, v3, info, lengths):
     out = (empty_large(*shape, dtype=acc_t, device=q3.device) if acc_t == q3.dtype  # float32/64: returned as is
            else _scratch("out", math.prod(shape), acc_t, q3.device).view(shape))
     lse = q3.new_full((*q3.shape[:2], 1), float("inf"), dtype=acc_t)
-    kern = _kernels_for(q3)
+    kern = _kernels_for(q3, info)
     for sl, sub, length in _sequences(info, lengths, q3.shape[0]):
         _forward(q3[sl], k3[sl], v3[sl], sub, k3.shape[1] if length is None else length, out[sl], lse[sl], kern)
     return out, lse
@@ -481,7 +493,7 @@ def _run_backward(q3, k3, v3, out, lse, dout, info, lengths, need_db):
     dq = (torch.empty(q3.shape, dtype=acc_t, device=q3.device) if acc_t == q3.dtype  # float32/64: returned as is
           else _scratch("dq", q3.numel(), acc_t, q3.device).view(q3.shape))
     grads = (dq, torch.empty_like(k3), torch.empty_like(v3))
-    kern = _kernels_for(q3)
+    kern = _kernels_for(q3, info)
     dbs = [_backward(q3[sl], k3[sl], v3[sl], out[sl], lse[sl], dout[sl], sub,
                      k3.shape[1] if length is None else length, tuple(g[sl] for g in grads), need_db, kern)
            for sl, sub, length in _sequences(info, lengths, q3.shape[0])]
