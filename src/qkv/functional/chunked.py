@@ -338,13 +338,11 @@ def _backward(q3, k3, v3, out, lse, dout, info, length, grads, need_bias_grad, k
             s = _scores(w, q_b, kTb[ks], qs, qe, ks, ke, info, length, needs_mask, native=kern is not None)
             if kern is not None:  # one C pass: p and ds, in the input dtype
                 n, r, c = s.shape
-                if s.dtype == w.low:  # no bias/mask: scores and dp stay in the input dtype
+                if s.dtype == w.low:  # no bias: s and dp in the input dtype; p over s, ds over dp (stay in cache)
                     dp = torch.bmm(do_b, vTb[ks], out=w.take(w.extra("lo2"), n, r, c))  # (N, bq*G, bk)
-                else:
-                    dp = w.matmul(do_b, vTb[ks], w.d)
-                if s.dtype == w.low:  # in place: half the block memory, which stays in cache for the matmuls
                     p, ds = s, dp
-                else:
+                else:  # float32 scores with the bias added
+                    dp = w.matmul(do_b, vTb[ks], w.d)
                     p, ds = w.take(w.extra("p"), n, r, c), w.take(w.extra("ds"), n, r, c)
                 kern.backward_tile(s, dp, lse[:, rows], delta[:, rows], ds, p,
                                    _interval(kern, qs, ks, info, length, needs_mask),
