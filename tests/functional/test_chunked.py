@@ -207,6 +207,8 @@ def test_dispatcher_takes_the_chunked_path_for_bf16_where_measured_faster(monkey
     only single-threaded at L, S >= 1024. Everything else stays on torch's kernel."""
     import qkv.functional.attention as attention
 
+    if not _native.cpu_has_bf16_matmul():
+        pytest.skip("measured (and routed) on CPUs with AVX512-BF16 only")
     threads = [1]
     monkeypatch.setattr(attention.torch, "get_num_threads", lambda: threads[0])
     calls = []
@@ -221,6 +223,9 @@ def test_dispatcher_takes_the_chunked_path_for_bf16_where_measured_faster(monkey
                                atol=2e-2, rtol=2e-2)
     sdpa(q.float(), k.float(), v.float())  # fp32: torch's kernel
     sdpa(q, k, v, dropout_p=0.1)  # dropout: torch's kernel
+    with monkeypatch.context() as patch:
+        patch.setattr(attention._native, "cpu_has_bf16_matmul", lambda: False)
+        sdpa(q, k, v)  # a CPU without native bf16 matmuls: torch's kernel
     if block_path == "native":
         threads[0] = 2
         out = sdpa(q[:, :, :256], k, v, causal=True)

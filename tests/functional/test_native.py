@@ -155,3 +155,12 @@ def test_without_a_compiler_chunked_attention_falls_back_to_torch(tmp_path):
             assert "no-such-cc" in first and "native attention kernels unavailable" in warned
         else:
             assert "QKV_NATIVE=0" in first and warned == "[]"
+
+
+def test_builds_report_whether_they_use_avx512():
+    """The dispatcher's bf16 routing rests on the AVX-512 build: each build says which one it is."""
+    if _native.kernels() is None:
+        pytest.skip(f"no native kernels: {_native.unavailable_reason()}")
+    assert _native.build(portable=True).vectorized is False
+    flags = set(_native._cpu_signature().split())
+    assert _native.kernels().vectorized == {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}.issubset(flags)

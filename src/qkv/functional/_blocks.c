@@ -457,3 +457,12 @@ int qkv_transpose(long N, long A, long B, const void *src, int sdt, long s_hs, l
             }
     return 0;
 }
+
+/* 1 when this build uses the AVX-512 rows (the speed the dispatcher's measurements assume), else 0. */
+int qkv_vectorized(void) {
+#ifdef QKV_AVX512
+    return 1;
+#else
+    return 0;
+#endif
+}
