@@ -2,12 +2,12 @@
 
 torch runs each elementwise step of a block (exp, subtract, multiply, the bfloat16 <-> float32 casts
 around bf16 matmuls, transposed copies) as its own pass over memory; on a CPU these passes cost about
-as much as the block's matmuls. ``_blocks.c`` does them in one pass per block row. It is plain C, no
-Python or torch headers: compiled on first use with the system C compiler (``$CC``, else ``cc``) into a
-per-user cache (``$QKV_CACHE_DIR``, else ``~/.cache/qkv``), keyed by the source, compiler and CPU, and
-loaded with ctypes (which releases the GIL during calls). Without a compiler, or with ``QKV_NATIVE=0``,
-:func:`kernels` returns None and chunked attention keeps its pure-torch path; both paths are tested
-against each other and against torch's fused kernel.
+as much as the block's matmuls. ``_blocks.c`` does them in one pass per block row, in AVX-512 (F, BW, VL,
+BF16) intrinsics, no Python or torch headers: compiled on first use with the system C compiler (``$CC``,
+else ``cc``) into a per-user cache (``$QKV_CACHE_DIR``, else ``~/.cache/qkv``), keyed by the source,
+compiler and CPU, and loaded with ctypes (which releases the GIL during calls). On other CPUs, without a
+compiler, or with ``QKV_NATIVE=0``, :func:`kernels` returns None and chunked attention keeps its torch-op
+path; both paths are tested against each other and against torch's fused kernel.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Kernels", "build", "cpu_has_bf16_matmul", "kernels", "supports", "unavailable_reason"]
+__all__ = ["Kernels", "build", "cpu_has_bf16_matmul", "cpu_supported", "kernels", "supports", "unavailable_reason"]
 
 _SOURCE = Path(__file__).with_name("_blocks.c")
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
@@ -62,17 +62,13 @@ def _torch_libgomp() -> bool:
     return "OpenMP" in torch.__config__.parallel_info() and "/libgomp.so.1" in maps
 
 
-def _compile(source: Path, portable: bool = False) -> Path:
-    """Build (or find) the shared library for this source, compiler and CPU; atomic rename into the cache.
-
-    ``-march=native`` (AVX-512 code where the CPU has it) with a plain build as the fallback; ``portable``
-    builds the plain C only (``-mno-avx512f`` on x86), which is how tests reach the portable code here."""
+def _compile(source: Path) -> Path:
+    """Build (or find) the shared library for this source, compiler and CPU; atomic rename into the cache."""
     cc = os.environ.get("CC", "cc")
     code = source.read_bytes()
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-    options = [["-mno-avx512f"] if x86 else []] if portable else [["-march=native"], []]
-    if _torch_libgomp():  # OpenMP builds first, sharing torch's thread pool
-        options = [[*o, "-fopenmp"] for o in options] + options
+    options = [["-march=native"]]
+    if _torch_libgomp():  # an OpenMP build first, sharing torch's thread pool
+        options = [["-march=native", "-fopenmp"], *options]
     key = hashlib.sha256(b"\0".join([code, cc.encode(), _cpu_signature().encode(), sys.platform.encode(),
                                      repr(options).encode()]))
     target = _cache_dir() / f"qkv_blocks_{key.hexdigest()[:16]}.so"
@@ -80,10 +76,10 @@ def _compile(source: Path, portable: bool = False) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     errors = []
-    for arch in options:
+    for flags in options:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        cmd = [cc, "-O3", *arch, "-fno-math-errno", "-fPIC", "-shared", str(source), "-o", tmp]
+        cmd = [cc, "-O3", *flags, "-fno-math-errno", "-fPIC", "-shared", str(source), "-o", tmp]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.TimeoutExpired) as e:
@@ -97,9 +93,17 @@ def _compile(source: Path, portable: bool = False) -> Path:
     raise RuntimeError("; ".join(errors))
 
 
-def build(portable: bool = False) -> Kernels:
+_NEEDED = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+
+
+def cpu_supported() -> bool:
+    """Whether this CPU has the instructions the kernels are written in (AVX-512 F/BW/VL/BF16, x86 Linux)."""
+    return set(_NEEDED).issubset(_cpu_signature().split())
+
+
+def build() -> Kernels:
     """Compile (or reuse from the cache) and load the kernels; raises RuntimeError/OSError on failure."""
-    return Kernels(ctypes.CDLL(str(_compile(_SOURCE, portable))))
+    return Kernels(ctypes.CDLL(str(_compile(_SOURCE))))
 
 
 def _threads() -> int:
@@ -123,8 +127,6 @@ class Kernels:
         self._transpose.argtypes = [L, L, L, P, I, L, L, P, I, L, L, ctypes.c_float, I]
         for f in (self._forward, self._backward, self._accumulate, self._transpose):
             f.restype = ctypes.c_int
-        lib.qkv_vectorized.restype = ctypes.c_int
-        self.vectorized = bool(lib.qkv_vectorized())  # the AVX-512 build (else portable C)
 
     @staticmethod
     def interval(p0: int, G: int, causal: bool, window: int | None, length: int, ks: int):
@@ -190,6 +192,9 @@ class Kernels:
 def _load() -> Kernels | None:
     if os.environ.get("QKV_NATIVE", "1") == "0":
         _state["reason"] = "disabled by QKV_NATIVE=0"
+        return None
+    if not cpu_supported():  # not an error: the torch-op path is the faster one there
+        _state["reason"] = f"this CPU lacks {', '.join(f for f in _NEEDED if f not in _cpu_signature().split())}"
         return None
     try:
         return build()

@@ -162,7 +162,7 @@ def attention_math(
 # strided keys (chunked applies it in float32 torch ops: x0.85-1.14), float32 (x0.8-1.0 with a mask or bias:
 # torch's fp32 kernel is fast), dropout (chunked has none), other devices. Without the C kernels (no compiler)
 # only single-threaded bf16 at L, S >= 1024 was faster (forward x1.2-1.9, forward+backward x0.9-1.5). All of this
-# on a CPU with AVX512-BF16: elsewhere (bf16 matmuls not native, or the portable C build) torch's kernel stays.
+# on a CPU with AVX512-BF16: elsewhere (bf16 matmuls not native) torch's kernel stays.
 _CHUNKED_MIN_LEN = 256
 _CHUNKED_MIN_LEN_TORCH_OPS = 1024
 
@@ -178,8 +178,7 @@ def _chunked_is_faster(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | No
             or not _native.cpu_has_bf16_matmul()):  # measured on AVX512-BF16 only
         return False
     shortest = min(q.shape[2], k.shape[2])
-    kern = _native.kernels() if chunked_module.use_native else None
-    if kern is not None and kern.vectorized:
+    if chunked_module.use_native and _native.kernels() is not None:
         mask_ok = mask is None or (mask.shape[-1] == k.shape[2] > 1 and mask.stride(-1) == 1)
         return mask_ok and shortest >= _CHUNKED_MIN_LEN
     return shortest >= _CHUNKED_MIN_LEN_TORCH_OPS and torch.get_num_threads() == 1
