@@ -96,9 +96,15 @@ def _compile(source: Path) -> Path:
 _NEEDED = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
 
 
+def _cpu_flags() -> frozenset[str]:
+    if "flags" not in _state:
+        _state["flags"] = frozenset(_cpu_signature().split())
+    return _state["flags"]
+
+
 def cpu_supported() -> bool:
     """Whether this CPU has the instructions the kernels are written in (AVX-512 F/BW/VL/BF16, x86 Linux)."""
-    return set(_NEEDED).issubset(_cpu_signature().split())
+    return _cpu_flags().issuperset(_NEEDED)
 
 
 def build() -> Kernels:
@@ -146,8 +152,8 @@ class Kernels:
 
     @staticmethod
     def mask_supported(mask) -> bool:
-        """Whether an arranged bool mask can go to the kernels: keys contiguous and not broadcast."""
-        return mask is None or (mask.dtype == torch.bool and mask.shape[4] > 1 and mask.stride(4) == 1)
+        """Whether a bool mask (as given, or arranged) can go to the kernels: keys contiguous, not broadcast."""
+        return mask is None or (mask.dtype == torch.bool and mask.shape[-1] > 1 and mask.stride(-1) == 1)
 
     @staticmethod
     def _check(rc: int, name: str) -> None:
@@ -194,7 +200,7 @@ def _load() -> Kernels | None:
         _state["reason"] = "disabled by QKV_NATIVE=0"
         return None
     if not cpu_supported():  # not an error: the torch-op path is the faster one there
-        _state["reason"] = f"this CPU lacks {', '.join(f for f in _NEEDED if f not in _cpu_signature().split())}"
+        _state["reason"] = f"this CPU lacks {', '.join(f for f in _NEEDED if f not in _cpu_flags())}"
         return None
     try:
         return build()
@@ -221,10 +227,7 @@ def unavailable_reason() -> str | None:
 def cpu_has_bf16_matmul() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16): where torch's bf16 matmuls run
     several times faster than float32 ones, which the chunked path's bf16 speed rests on."""
-    if "bf16_matmul" not in _state:
-        flags = _cpu_signature().split()
-        _state["bf16_matmul"] = "avx512_bf16" in flags or "amx_bf16" in flags
-    return _state["bf16_matmul"]
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def supports(t: torch.Tensor) -> bool:

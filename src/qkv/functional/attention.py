@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from qkv.functional import _native
 from qkv.functional import chunked as chunked_module
+from qkv.functional._tracing import tracing
 from qkv.functional.chunked import chunked_attention
 from qkv.functional.masks import causal_mask, check_broadcast
 
@@ -167,20 +168,15 @@ _CHUNKED_MIN_LEN = 256
 _CHUNKED_MIN_LEN_TORCH_OPS = 1024
 
 
-def _tracing() -> bool:
-    """Under torch.compile or tracing (export) torch's kernel stays: the chunked path calls C through ctypes."""
-    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
-    return bool(compiling() or torch.jit.is_tracing())
-
-
 def _chunked_is_faster(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, dropout_p: float) -> bool:
-    if (dropout_p != 0.0 or q.device.type != "cpu" or q.dtype != torch.bfloat16 or _tracing()
-            or not _native.cpu_has_bf16_matmul()):  # measured on AVX512-BF16 only
+    # Traced/compiled graphs keep torch's kernel (the chunked path calls C through ctypes); measured on
+    # AVX512-BF16 CPUs only.
+    if (dropout_p != 0.0 or q.device.type != "cpu" or q.dtype != torch.bfloat16 or tracing()
+            or not _native.cpu_has_bf16_matmul()):
         return False
     shortest = min(q.shape[2], k.shape[2])
-    if chunked_module.use_native and _native.kernels() is not None:
-        mask_ok = mask is None or (mask.shape[-1] == k.shape[2] > 1 and mask.stride(-1) == 1)
-        return mask_ok and shortest >= _CHUNKED_MIN_LEN
+    if chunked_module.native_kernels(q, mask) is not None:
+        return shortest >= _CHUNKED_MIN_LEN
     return shortest >= _CHUNKED_MIN_LEN_TORCH_OPS and torch.get_num_threads() == 1
 
 

@@ -383,21 +383,26 @@ def _accumulate_bias(dbias, ds, qs, qe, ks, ke) -> None:
     target += ds.sum(dims, keepdim=True) if dims else ds
 
 
-def _scaled_queries(q: torch.Tensor, scale: float, H_kv: int) -> torch.Tensor:
-    """``q * scale * log2(e)`` arranged as ``(N, L*G, E)`` in per-thread scratch (the backward rebuilds it
-    instead of keeping a copy): (B, H, L, E) -> (B, H_kv, G, L, E) -> (B, H_kv, L, G, E) -> (N, L*G, E)."""
-    B, H, L, E = q.shape
-    G = H // H_kv
-    q3 = _scratch("q3", q.numel(), q.dtype, q.device).view(B, H_kv, L, G, E)
-    torch.mul(q.reshape(B, H_kv, G, L, E).transpose(2, 3), scale * _LOG2E, out=q3)
-    return q3.view(B * H_kv, L * G, E)
+def _grouped(t: torch.Tensor, H_kv: int) -> torch.Tensor:
+    """(B, H, L, E) -> (B, H_kv, G, L, E) -> (B, H_kv, L, G, E): a view; rows ``i*G + g`` once flattened."""
+    B, H, L, E = t.shape
+    return t.reshape(B, H_kv, H // H_kv, L, E).transpose(2, 3)
 
 
 def _arranged(t: torch.Tensor, H_kv: int) -> torch.Tensor:
-    """(B, H, L, E) -> (B, H_kv, G, L, E) -> (B, H_kv, L, G, E) -> (N, L*G, E) (a view when G == 1)."""
+    """(B, H, L, E) -> (N, L*G, E), the layout of the blocks (a view when G == 1)."""
     B, H, L, E = t.shape
-    G = H // H_kv
-    return t.reshape(B, H_kv, G, L, E).transpose(2, 3).reshape(B * H_kv, L * G, E)
+    return _grouped(t, H_kv).reshape(B * H_kv, L * (H // H_kv), E)
+
+
+def _scaled_queries(q: torch.Tensor, scale: float, H_kv: int) -> torch.Tensor:
+    """``q * scale * log2(e)`` as :func:`_arranged`, in per-thread scratch (the backward rebuilds it instead
+    of keeping a copy)."""
+    B, H, L, E = q.shape
+    grouped = _grouped(q, H_kv)  # (B, H_kv, L, G, E)
+    q3 = _scratch("q3", q.numel(), q.dtype, q.device).view(grouped.shape)
+    torch.mul(grouped, scale * _LOG2E, out=q3)
+    return q3.view(B * H_kv, L * (H // H_kv), E)
 
 
 class _ChunkedAttention(torch.autograd.Function):
@@ -430,8 +435,7 @@ class _ChunkedAttention(torch.autograd.Function):
         dq3, dk, dv, db = _run_backward(q3, k3, v3, _arranged(out, H_kv), lse, _arranged(dout, H_kv), ctx.info,
                                         lengths, need_db)
         dq = q3.new_empty(B, H, L, E)
-        # (N, L*G, E) -> (B, H_kv, L, G, E) -> (B, H_kv, G, L, E) = (B, H, L, E): scaled and cast in one pass
-        torch.mul(dq3.view(B, H_kv, L, G, E).transpose(2, 3), ctx.scale, out=dq.view(B, H_kv, G, L, E))
+        torch.mul(dq3.view(B, H_kv, L, G, E), ctx.scale, out=_grouped(dq, H_kv))  # scaled and cast in one pass
         if db is not None:
             db = _unarrange(db, bias).to(bias.dtype)
         return (dq, dk.view(k_shape), dv.view(v_shape), db, None, None, None, None, None, None, None, None)
@@ -462,10 +466,10 @@ def _sequences(info: dict, lengths, N: int):
     return [(slice(b * n, (b + 1) * n), _batch_info(info, b), int(lengths[b])) for b in range(info["B"])]
 
 
-def _kernels_for(q3: torch.Tensor, info: dict):
-    """The C kernels for this call, or None (torch path): CPU float32/bfloat16 with a bool mask (if any)
-    whose keys are contiguous, and ``use_native``."""
-    if not (use_native and _native.supports(q3)) or not _native.Kernels.mask_supported(info["mask"]):
+def native_kernels(q: torch.Tensor, mask: torch.Tensor | None = None):
+    """The C kernels :func:`chunked_attention` runs its blocks with for these inputs, or None (torch ops):
+    ``use_native``, CPU float32/bfloat16, a bool mask (if any) with contiguous keys, and the kernels built."""
+    if not (use_native and _native.supports(q) and _native.Kernels.mask_supported(mask)):
         return None
     return _native.kernels()
 
@@ -478,7 +482,7 @@ def _run_forward(q3, k3, v3, info, lengths):
     out = (empty_large(*shape, dtype=acc_t, device=q3.device) if acc_t == q3.dtype  # float32/64: returned as is
            else _scratch("out", math.prod(shape), acc_t, q3.device).view(shape))
     lse = q3.new_full((*q3.shape[:2], 1), float("inf"), dtype=acc_t)
-    kern = _kernels_for(q3, info)
+    kern = native_kernels(q3, info["mask"])
     for sl, sub, length in _sequences(info, lengths, q3.shape[0]):
         _forward(q3[sl], k3[sl], v3[sl], sub, k3.shape[1] if length is None else length, out[sl], lse[sl], kern)
     return out, lse
@@ -491,7 +495,7 @@ def _run_backward(q3, k3, v3, out, lse, dout, info, lengths, need_db):
     dq = (torch.empty(q3.shape, dtype=acc_t, device=q3.device) if acc_t == q3.dtype  # float32/64: returned as is
           else _scratch("dq", q3.numel(), acc_t, q3.device).view(q3.shape))
     grads = (dq, torch.empty_like(k3), torch.empty_like(v3))
-    kern = _kernels_for(q3, info)
+    kern = native_kernels(q3, info["mask"])
     dbs = [_backward(q3[sl], k3[sl], v3[sl], out[sl], lse[sl], dout[sl], sub,
                      k3.shape[1] if length is None else length, tuple(g[sl] for g in grads), need_db, kern)
            for sl, sub, length in _sequences(info, lengths, q3.shape[0])]

@@ -29,15 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qkv.functional._tracing import tracing
+
 __all__ = ["DecodeWeights", "Linear"]
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch._C._nn, "mkldnn_linear")
 _PLAIN = (torch.Tensor, nn.Parameter)  # not DTensor (FSDP) or other subclasses: those take F.linear
-
-
-def _exporting() -> bool:
-    """Tracing (TorchScript, ONNX) or compiling (torch.compile, torch.export): use the weight itself."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def _key(t: torch.Tensor | None) -> tuple | None:
@@ -74,7 +71,7 @@ class DecodeWeights:
         D = x.shape[-1]
         if (not self.enabled or torch.is_grad_enabled() or weight.numel() < self.min_elements
                 or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
-                or x.numel() > self.max_rows * D or type(weight) not in _PLAIN or _exporting()):
+                or x.numel() > self.max_rows * D or type(weight) not in _PLAIN or tracing()):
             return F.linear(x, weight, bias)
         rows = x.numel() // max(D, 1)
         x2 = x.reshape(-1, D)

@@ -185,26 +185,26 @@ class Trainer:
     def _scale_and_clip(self, scale: torch.Tensor) -> torch.Tensor | None:
         """Multiply the gradients by ``scale`` and clip them to ``grad_clip``; returns the scaled norm.
 
-        With a fused optimizer (one that takes ``grad_scale``, as torch's fused AdamW does for GradScaler)
-        and unsharded gradients, both factors are handed to the optimizer step instead, which divides each
-        gradient by ``grad_scale`` as it reads it: two passes over every gradient fewer (about 100 small ops
-        per step for a 4-layer model: steps of the char GPT in benchmarks/training.py 3% faster on two CPU
-        threads, median of interleaved chunks against the explicit path).
+        One factor, ``scale`` times the clip coefficient (``clip_grad_norm_``'s), applied once: by a fused
+        optimizer that takes ``grad_scale`` (torch's fused AdamW, as for GradScaler), which divides each
+        gradient by it as it reads it, else by one multiply over the gradients. That is one or two passes over
+        every gradient fewer than scaling and then clipping (about 100 small ops per step for a 4-layer model:
+        steps of the char GPT in benchmarks/training.py 3% faster on two CPU threads, median of interleaved
+        chunks). FSDP's sharded gradients keep torch's clip, which reduces the norm across ranks.
         """
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        fold = getattr(self.optimizer, "_step_supports_amp_scaling", False) and self.config.strategy != "fsdp"
-        if not fold or not grads:
-            if fold:
-                self.optimizer.grad_scale = None
+        if self.config.strategy == "fsdp":
             torch._foreach_mul_(grads, scale)
-            if not self.config.grad_clip:
-                return None
-            return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            clip = self.config.grad_clip
+            return torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip) if clip else None
         factor, norm = scale, None
-        if self.config.grad_clip:
+        if self.config.grad_clip and grads:
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) * scale
-            factor = scale * (self.config.grad_clip / (norm + 1e-6)).clamp(max=1.0)  # as clip_grad_norm_
-        self.optimizer.grad_scale = 1.0 / factor
+            factor = scale * (self.config.grad_clip / (norm + 1e-6)).clamp(max=1.0)
+        if getattr(self.optimizer, "_step_supports_amp_scaling", False):
+            self.optimizer.grad_scale = 1.0 / factor
+        else:
+            torch._foreach_mul_(grads, factor)
         return norm
 
     # ------------------------------------------------------------------------------------ eval
