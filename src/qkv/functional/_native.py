@@ -27,7 +27,8 @@ import torch
 
 __all__ = ["Kernels", "build", "cpu_has_bf16_matmul", "cpu_supported", "kernels", "supports", "unavailable_reason"]
 
-_SOURCE = Path(__file__).with_name("_blocks.c")
+_SOURCES = tuple(Path(__file__).with_name(n) for n in ("_blocks.c", "_short.c"))
+_HEADER = Path(__file__).with_name("_simd.h")
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _lock = threading.Lock()
 _state: dict = {}
@@ -62,10 +63,10 @@ def _torch_libgomp() -> bool:
     return "OpenMP" in torch.__config__.parallel_info() and "/libgomp.so.1" in maps
 
 
-def _compile(source: Path) -> Path:
-    """Build (or find) the shared library for this source, compiler and CPU; atomic rename into the cache."""
+def _compile(sources: tuple[Path, ...], header: Path) -> Path:
+    """Build (or find) the shared library for these sources, compiler and CPU; atomic rename into the cache."""
     cc = os.environ.get("CC", "cc")
-    code = source.read_bytes()
+    code = b"\0".join(p.read_bytes() for p in (*sources, header))
     options = [["-march=native"]]
     if _torch_libgomp():  # an OpenMP build first, sharing torch's thread pool
         options = [["-march=native", "-fopenmp"], *options]
@@ -79,7 +80,7 @@ def _compile(source: Path) -> Path:
     for flags in options:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        cmd = [cc, "-O3", *flags, "-fno-math-errno", "-fPIC", "-shared", str(source), "-o", tmp]
+        cmd = [cc, "-O3", *flags, "-fno-math-errno", "-fPIC", "-shared", *map(str, sources), "-o", tmp]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.TimeoutExpired) as e:
@@ -109,7 +110,7 @@ def cpu_supported() -> bool:
 
 def build() -> Kernels:
     """Compile (or reuse from the cache) and load the kernels; raises RuntimeError/OSError on failure."""
-    return Kernels(ctypes.CDLL(str(_compile(_SOURCE))))
+    return Kernels(ctypes.CDLL(str(_compile(_SOURCES, _HEADER))))
 
 
 def _threads() -> int:
@@ -131,7 +132,12 @@ class Kernels:
         self._accumulate.argtypes = [L, L, L, P, L, L, P, I, I, I]
         self._transpose = lib.qkv_transpose
         self._transpose.argtypes = [L, L, L, P, I, L, L, P, I, L, L, ctypes.c_float, I]
-        for f in (self._forward, self._backward, self._accumulate, self._transpose):
+        self._short_forward = lib.qkv_short_forward
+        self._short_forward.argtypes = [L] * 7 + [P] * 9 + [I, ctypes.c_float, I, I]
+        self._short_backward = lib.qkv_short_backward
+        self._short_backward.argtypes = [L] * 7 + [P] * 17 + [I, ctypes.c_float, I, I]
+        for f in (self._forward, self._backward, self._accumulate, self._transpose, self._short_forward,
+                  self._short_backward):
             f.restype = ctypes.c_int
 
     @staticmethod
@@ -158,7 +164,7 @@ class Kernels:
     @staticmethod
     def _check(rc: int, name: str) -> None:
         if rc:
-            raise MemoryError(f"qkv native {name}: could not allocate its row buffer")
+            raise MemoryError(f"qkv native {name}: could not allocate its scratch buffer")
 
     def forward_tile(self, s, p, m, l, acc, first: bool, iv=None, mask=None) -> None:
         """s, p: (N, R, K) with contiguous rows; m, l: (N, R, 1) float32 with unit row stride; acc (N, R, Ev)
@@ -193,6 +199,30 @@ class Kernels:
                              "(N, B, A), unit last strides)")
         self._transpose(N, A, B, src.data_ptr(), _DTYPES[src.dtype], src.stride(0), src.stride(1), dst.data_ptr(),
                         _DTYPES[dst.dtype], dst.stride(0), dst.stride(1), scale, _threads())
+
+
+    @staticmethod
+    def _rows(t):
+        """A ``(B, H, rows, E)`` tensor with unit last stride as ``(pointer, {batch, head, row} strides)``."""
+        return t.data_ptr(), (ctypes.c_int64 * 3)(t.stride(0), t.stride(1), t.stride(2))
+
+    def short_forward(self, q, k, v, o, lse, scale: float, causal: bool) -> None:
+        """Whole-head attention (``_short.c``): q (B, H, L, E), k (B, H_kv, S, E), v (B, H_kv, S, Ev) and the
+        output o (B, H, L, Ev), one dtype, unit last strides; lse (B, H, L) float32 contiguous (written)."""
+        B, H, L, E = q.shape
+        H_kv, S, Ev = k.shape[1], k.shape[2], v.shape[3]
+        self._check(self._short_forward(
+            B, H, H_kv, L, S, E, Ev, *self._rows(q), *self._rows(k), *self._rows(v), *self._rows(o), lse.data_ptr(),
+            _DTYPES[q.dtype], scale, int(causal), _threads()), "short_forward")
+
+    def short_backward(self, q, k, v, o, do, lse, dq, dk, dv, scale: float, causal: bool) -> None:
+        """Gradients of :meth:`short_forward` into dq, dk, dv (shaped as q, k, v): all one dtype, unit last strides."""
+        B, H, L, E = q.shape
+        H_kv, S, Ev = k.shape[1], k.shape[2], v.shape[3]
+        self._check(self._short_backward(
+            B, H, H_kv, L, S, E, Ev, *self._rows(q), *self._rows(k), *self._rows(v), *self._rows(o), *self._rows(do),
+            lse.data_ptr(), *self._rows(dq), *self._rows(dk), *self._rows(dv), _DTYPES[q.dtype], scale, int(causal),
+            _threads()), "short_backward")
 
 
 def _load() -> Kernels | None:

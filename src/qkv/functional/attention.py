@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from qkv.functional import _native
 from qkv.functional import chunked as chunked_module
+from qkv.functional import short as short_module
 from qkv.functional._tracing import tracing
 from qkv.functional.chunked import chunked_attention
 from qkv.functional.masks import causal_mask, check_broadcast
@@ -166,6 +167,7 @@ def attention_math(
 # on a CPU with AVX512-BF16: elsewhere (bf16 matmuls not native) torch's kernel stays.
 _CHUNKED_MIN_LEN = 256
 _CHUNKED_MIN_LEN_TORCH_OPS = 1024
+_SHORT_MAX_LEN = 128
 
 
 def _chunked_is_faster(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, dropout_p: float) -> bool:
@@ -180,8 +182,17 @@ def _chunked_is_faster(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | No
     return shortest >= _CHUNKED_MIN_LEN_TORCH_OPS and torch.get_num_threads() == 1
 
 
+def _short_is_faster(q, k, v, mask, bias, dropout_p) -> bool:
+    """Short sequences without a mask or bias on CPU: :func:`qkv.functional.short.short_attention`."""
+    return (mask is None and bias is None and dropout_p == 0.0 and q.device.type == "cpu"
+            and max(q.shape[2], k.shape[2]) <= _SHORT_MAX_LEN and short_module.supports(q, k, v)
+            and (not tracing() or short_module.compilable()))
+
+
 def _fused(q, k, v, mask, bias, causal, dropout_p, scale, H_kv) -> torch.Tensor:
     """torch's fused kernel, with fully masked rows forced to zero whatever the backend does."""
+    if _short_is_faster(q, k, v, mask, bias, dropout_p):
+        return short_module.short_attention(q, k, v, causal=causal, scale=scale)
     if _chunked_is_faster(q, k, mask, dropout_p):
         return chunked_attention(q, k, v, mask=mask, bias=bias, causal=causal, scale=scale)
     B, H, L, _ = q.shape
@@ -208,8 +219,14 @@ def _fused(q, k, v, mask, bias, causal, dropout_p, scale, H_kv) -> torch.Tensor:
     return out if row_ok is None else out * row_ok
 
 
+@torch.compiler.assume_constant_result
 def _math_backend_only() -> bool:
-    """True inside ``sdpa_kernel([SDPBackend.MATH])``: torch would run its math (matmul) implementation."""
+    """True inside ``sdpa_kernel([SDPBackend.MATH])``: torch would run its math (matmul) implementation.
+
+    torch.compile cannot put these flag queries (they return Python bools) into a graph and would break it
+    at every attention call (a char GPT's step fell into 27 compiled pieces, slower than eager); the result
+    is read once while tracing instead and baked into the graph, as the backend context is for the compile.
+    """
     b = torch.backends.cuda
     return b.math_sdp_enabled() and not (b.flash_sdp_enabled() or b.mem_efficient_sdp_enabled()
                                          or b.cudnn_sdp_enabled())

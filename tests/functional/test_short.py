@@ -1,0 +1,168 @@
+"""qkv.functional.short: whole-head attention in C for short sequences, against float64 math (outputs and
+gradients), its layouts and errors, and the dispatcher and torch.compile routes to it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qkv.functional import _native
+from qkv.functional import short as short_module
+from qkv.functional.short import MAX_LEN, short_attention
+
+
+@pytest.fixture(autouse=True)
+def _needs_kernels():
+    if _native.kernels() is None:
+        pytest.skip(f"no native kernels: {_native.unavailable_reason()}")
+
+
+def _reference(q, k, v, causal, scale):
+    """float64 softmax(Q K^T * scale) V with lower-right causal masking; rows with no visible key give 0."""
+    q, k, v = (t.double() for t in (q, k, v))
+    G = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(G, 1), v.repeat_interleave(G, 1)
+    s = q @ k.transpose(-1, -2) * scale
+    L, S = q.shape[2], k.shape[2]
+    if causal:
+        visible = torch.arange(S)[None, :] <= torch.arange(L)[:, None] + S - L
+        s = s.masked_fill(~visible, float("-inf"))
+    w = torch.softmax(s, -1)
+    return torch.where(torch.isnan(w), 0.0, w) @ v
+
+
+SHAPES = [  # B, H, H_kv, L, S, E, Ev, causal
+    (2, 4, 4, 64, 64, 32, 32, True),  # the char GPT's attention
+    (1, 2, 1, 17, 40, 20, 33, True),  # grouped kv heads, L < S, head dims not multiples of 16
+    (2, 3, 3, 50, 30, 16, 16, True),  # L > S: the first 20 queries see no key
+    (1, 1, 1, 5, 5, 64, 64, False),
+    (3, 4, 2, 100, 77, 48, 24, False),
+    (1, 2, 2, MAX_LEN, MAX_LEN, 64, 64, True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:7])) + ("-causal" if s[7] else ""))
+def test_matches_float64_math_with_gradients(dtype, shape):
+    B, H, H_kv, L, S, E, Ev, causal = shape
+    torch.manual_seed(0)
+    q = torch.randn(B, H, L, E).to(dtype).requires_grad_()
+    k = torch.randn(B, H_kv, S, E).to(dtype).requires_grad_()
+    v = torch.randn(B, H_kv, S, Ev).to(dtype).requires_grad_()
+    out = short_attention(q, k, v, causal=causal)
+    assert out.dtype == dtype and out.shape == (B, H, L, Ev) and out.transpose(1, 2).is_contiguous()
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = _reference(q64, k64, v64, causal, 1 / math.sqrt(E))
+    grad = torch.randn_like(ref)
+    out.backward(grad.to(dtype))
+    ref.backward(grad)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: rounding of inputs and outputs only
+    torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
+    for mine, theirs in ((q, q64), (k, k64), (v, v64)):
+        assert mine.grad.dtype == dtype and mine.grad.shape == theirs.shape
+        err = (mine.grad.double() - theirs.grad).abs().max() / theirs.grad.abs().max()
+        assert err < (2e-6 if dtype == torch.float32 else 1.5e-2), err
+    if causal and L > S:  # queries with no visible key: zeros and zero gradients, never NaN
+        assert torch.equal(out[:, :, : L - S], torch.zeros_like(out[:, :, : L - S]))
+        assert torch.equal(q.grad[:, :, : L - S], torch.zeros_like(q.grad[:, :, : L - S]))
+        assert not torch.isnan(out).any()
+
+
+def test_reads_strided_views_of_a_fused_projection():
+    """q, k, v as head views of one (B, L, 3 * H * E) projection (what the modules pass): same as contiguous."""
+    torch.manual_seed(1)
+    B, L, H, E = 3, 24, 4, 8
+    proj = torch.randn(B, L, 3 * H * E, requires_grad=True)
+    q, k, v = (t.view(B, L, H, E).transpose(1, 2) for t in proj.split(H * E, dim=-1))
+    out = short_attention(q, k, v, causal=True, scale=0.3)
+    out.sum().backward()
+    qc, kc, vc = (t.detach().contiguous().requires_grad_() for t in (q, k, v))
+    ref = F.scaled_dot_product_attention(qc, kc, vc, is_causal=True, scale=0.3)
+    ref.sum().backward()
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    expected = torch.cat([t.grad.transpose(1, 2).reshape(B, L, H * E) for t in (qc, kc, vc)], dim=-1)
+    torch.testing.assert_close(proj.grad, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:Input #:UserWarning")
+def test_gradcheck_in_float32():
+    """The autograd wiring by finite differences (the kernels compute in float32, so float32 inputs)."""
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 6, 5, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradcheck(lambda q, k, v: short_attention(q, k, v, causal=True), (q, k, v),
+                                    eps=1e-2, atol=5e-3, rtol=5e-3, fast_mode=True)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(4, 4, 33, 16, dtype=torch.bfloat16) for _ in range(3))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = short_attention(q, k, v, causal=True)
+        torch.set_num_threads(2)
+        two = short_attention(q, k, v, causal=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+def test_bad_input_names_the_shapes():
+    q = torch.randn(2, 4, 10, 8)
+    with pytest.raises(ValueError, match=r"q \(2, 4, 10, 8\) torch.float32 cpu, k \(2, 3, 10, 8\)"):
+        short_attention(q, torch.randn(2, 3, 10, 8), torch.randn(2, 3, 10, 8))  # 4 heads over 3 kv heads
+    with pytest.raises(ValueError, match=rf"L, S <= {MAX_LEN}"):
+        short_attention(torch.randn(1, 1, MAX_LEN + 1, 8), torch.randn(1, 1, 4, 8), torch.randn(1, 1, 4, 8))
+    with pytest.raises(ValueError, match="float64"):
+        short_attention(q.double(), q.double(), q.double())
+    with pytest.raises(ValueError, match=r"need q \(B, H, L, E\)"):
+        short_attention(q, torch.randn(2, 4, 10, 8), torch.randn(2, 4, 9, 8))
+
+
+def test_dispatcher_routes_short_unmasked_cpu_attention_here(monkeypatch):
+    """scaled_dot_product_attention sends CPU float32/bf16 without mask, bias or dropout and with L, S up to
+    _SHORT_MAX_LEN here; everything else keeps its path."""
+    import qkv.functional.attention as attention
+
+    calls = []
+    real = short_module.short_attention
+    monkeypatch.setattr(short_module, "short_attention", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    sdpa = attention.scaled_dot_product_attention
+    q, k, v = (torch.randn(2, 4, 64, 16) for _ in range(3))
+    out = sdpa(q, k, v, causal=True)
+    assert len(calls) == 1 and calls[0]["causal"]
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-6, rtol=1e-5)
+    sdpa(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert len(calls) == 2
+    sdpa(q, k, v, mask=torch.ones(64, 64, dtype=torch.bool))  # a mask: not here
+    sdpa(q, k, v, bias=torch.zeros(64, 64))
+    sdpa(q, k, v, dropout_p=0.1)
+    sdpa(q.double(), k.double(), v.double())
+    long = torch.randn(1, 1, attention._SHORT_MAX_LEN + 1, 16)
+    sdpa(long, long, long)
+    assert len(calls) == 2
+
+
+@pytest.mark.skipif(short_module._forward_op is None, reason="needs torch.library.custom_op (torch >= 2.4)")
+def test_torch_compile_traces_the_op_without_graph_breaks():
+    from qkv.functional import scaled_dot_product_attention
+
+    def f(q, k, v):
+        return scaled_dot_product_attention(q, k, v, causal=True)
+
+    torch.manual_seed(4)
+    q, k, v = (torch.randn(2, 2, 24, 16, requires_grad=True) for _ in range(3))
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    out = compiled(q, k, v)
+    out.sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    ref = f(q, k, v)
+    ref.sum().backward()
+    assert torch.equal(out, ref)
+    for a, t in zip(grads, (q, k, v), strict=True):
+        assert torch.equal(a, t.grad)
