@@ -123,8 +123,8 @@ def test_bad_input_names_the_shapes():
 
 
 def test_dispatcher_routes_short_unmasked_cpu_attention_here(monkeypatch):
-    """scaled_dot_product_attention sends CPU float32/bf16 without mask, bias or dropout and with L, S up to
-    _SHORT_MAX_LEN here; everything else keeps its path."""
+    """scaled_dot_product_attention sends CPU float32/bf16 without mask, bias or dropout and with L, S between
+    _SHORT_MIN_LEN (16 bf16, 32 fp32) and _SHORT_MAX_LEN here; everything else keeps its path."""
     import qkv.functional.attention as attention
 
     calls = []
@@ -143,7 +143,11 @@ def test_dispatcher_routes_short_unmasked_cpu_attention_here(monkeypatch):
     sdpa(q.double(), k.double(), v.double())
     long = torch.randn(1, 1, attention._SHORT_MAX_LEN + 1, 16)
     sdpa(long, long, long)
+    sdpa(q[:, :, :1], k, v)  # one query (a decoding step): torch's kernel
+    sdpa(q[:, :, :16], k[:, :, :16], v[:, :, :16])  # float32 at L 16: torch's kernel
     assert len(calls) == 2
+    sdpa(q[:, :, :16].bfloat16(), k[:, :, :16].bfloat16(), v[:, :, :16].bfloat16())
+    assert len(calls) == 3
 
 
 @pytest.mark.skipif(short_module._forward_op is None, reason="needs torch.library.custom_op (torch >= 2.4)")

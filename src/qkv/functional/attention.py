@@ -167,7 +167,13 @@ def attention_math(
 # on a CPU with AVX512-BF16: elsewhere (bf16 matmuls not native) torch's kernel stays.
 _CHUNKED_MIN_LEN = 256
 _CHUNKED_MIN_LEN_TORCH_OPS = 1024
-_SHORT_MAX_LEN = 128
+# Short sequences without mask or bias go to qkv.functional.short (whole heads in C), measured against torch's
+# fused SDPA on the same machine (benchmarks/short_attention.py, 2 threads, B 12 H 4 E 32 and B 4 H 8 E 64,
+# inputs as the modules pass them): bfloat16 forward+backward x4-12 at L 16-128, x1.7-3.0 at 192-256 (forward
+# x1.4-3.2); float32 forward+backward x1.1-1.3 at L 32, x1.3-2.2 at 64-256 (forward x1.1-2.7), but x0.85-1.0
+# at L 16. Shorter (decoding steps: one query) was not measured and stays with torch.
+_SHORT_MAX_LEN = 256
+_SHORT_MIN_LEN = {torch.bfloat16: 16, torch.float32: 32}
 
 
 def _chunked_is_faster(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, dropout_p: float) -> bool:
@@ -184,8 +190,10 @@ def _chunked_is_faster(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | No
 
 def _short_is_faster(q, k, v, mask, bias, dropout_p) -> bool:
     """Short sequences without a mask or bias on CPU: :func:`qkv.functional.short.short_attention`."""
+    lengths = (q.shape[2], k.shape[2])
     return (mask is None and bias is None and dropout_p == 0.0 and q.device.type == "cpu"
-            and max(q.shape[2], k.shape[2]) <= _SHORT_MAX_LEN and short_module.supports(q, k, v)
+            and _SHORT_MIN_LEN.get(q.dtype, _SHORT_MAX_LEN + 1) <= min(lengths) and max(lengths) <= _SHORT_MAX_LEN
+            and short_module.supports(q, k, v)
             and (not tracing() or short_module.compilable()))
 
 
