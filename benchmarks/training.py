@@ -1,17 +1,14 @@
 """Tokens/s of qkv's Trainer vs a plain eager fp32 nanoGPT-style loop, same model, same batches.
 
-Question: how much faster does qkv's trainer (bf16 autocast, attention on plain matmuls instead of the
-CPU flash kernel, fused AdamW, no per-step host syncs; torch.compile as a variant) train the char-level
-GPT of nanoGPT's CPU recipe (4 layers, d 128, 4 heads, block 64, batch 12, vocab 65) than the loop
-nanoGPT's train.py runs, and is its validation loss no worse after the same number of steps? The two
-loops run interleaved, chunk by chunk, in one process, so load from other processes hits both alike;
-the JSON reports medians of per-chunk tokens/s and their ratio. On a shared machine pass
-``--threads 1``: with more OpenMP threads than free cores, both loops slow down ten-fold.
-With two threads qkv's step (many short OpenMP regions) gains from ``OMP_WAIT_POLICY=ACTIVE`` (worker
-threads spin between regions instead of sleeping; a sleeping thread's wake-up is slow on this VM):
-set it in the environment (it acts on both loops; the JSON records it). Measured: default 1.85-2.07x (1.70-1.78x
-before the optimizer took the gradient scale and clip, and softmax lost its casts), ACTIVE 1.82-2.07x (qkv
-34-42k tok/s, plain 18-21k); one thread 2.49x.
+Question: how much faster does qkv's trainer (bf16 autocast, attention in qkv's short-sequence C kernel,
+fused AdamW, no per-step host syncs, the step compiled by torch.compile) train the char-level GPT of
+nanoGPT's CPU recipe (4 layers, d 128, 4 heads, block 64, batch 12, vocab 65) than the loop nanoGPT's
+train.py runs, and is its validation loss no worse after the same number of steps? The two loops run
+interleaved, chunk by chunk, in one process, so load from other processes hits both alike; the JSON reports
+medians of per-chunk tokens/s and their ratio (the first chunk, with the compilation, is reported apart). On
+a shared machine pass ``--threads 1``: with more OpenMP threads than free cores, both loops slow down
+ten-fold. Measured on two threads: 2.03, 2.11, 2.17, 2.28x compiled (one thread 2.53x) (1.85-2.07x before the short-attention kernel,
+when attention ran as ~25 torch ops per layer); eager 2.08x against compiled 2.20x in one interleaved run.
 Run: ``python benchmarks/training.py [--quick] [--steps N] [--threads T]``;
 writes benchmarks/results/training.json. ``--ddp 2`` instead runs qkv's trainer as two one-thread DDP
 processes (torchrun, gloo; each takes half of every global batch of 12) against the plain loop with
