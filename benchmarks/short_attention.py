@@ -3,7 +3,7 @@
 Question: up to which sequence length is ``short_attention`` faster than what the dispatcher would
 otherwise run (torch's fused SDPA; qkv's math path with a cached causal bias under the math backend),
 for training (forward + backward) and inference (forward), float32 and bfloat16, causal and not? This sets
-``_SHORT_MAX_LEN`` in functional/attention.py. Each case times the three paths interleaved, on inputs laid
+``_SHORT_MIN_LEN`` in functional/attention.py. Each case times the three paths interleaved, on inputs laid
 out as the modules pass them (head views of one fused projection, output merged back), gradients included.
 Run: ``python benchmarks/short_attention.py [--quick] [--threads T]``; writes
 benchmarks/results/short_attention_t<threads>.json.

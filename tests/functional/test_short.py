@@ -124,7 +124,7 @@ def test_bad_input_names_the_shapes():
 
 def test_dispatcher_routes_short_unmasked_cpu_attention_here(monkeypatch):
     """scaled_dot_product_attention sends CPU float32/bf16 without mask, bias or dropout and with L, S between
-    _SHORT_MIN_LEN (16 bf16, 32 fp32) and _SHORT_MAX_LEN here; everything else keeps its path."""
+    _SHORT_MIN_LEN (16 bf16, 32 fp32) and the kernel's MAX_LEN here; everything else keeps its path."""
     import qkv.functional.attention as attention
 
     calls = []
@@ -141,7 +141,7 @@ def test_dispatcher_routes_short_unmasked_cpu_attention_here(monkeypatch):
     sdpa(q, k, v, bias=torch.zeros(64, 64))
     sdpa(q, k, v, dropout_p=0.1)
     sdpa(q.double(), k.double(), v.double())
-    long = torch.randn(1, 1, attention._SHORT_MAX_LEN + 1, 16)
+    long = torch.randn(1, 1, MAX_LEN + 1, 16)
     sdpa(long, long, long)
     sdpa(q[:, :, :1], k, v)  # one query (a decoding step): torch's kernel
     sdpa(q[:, :, :16], k[:, :, :16], v[:, :, :16])  # float32 at L 16: torch's kernel

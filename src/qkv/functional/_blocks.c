@@ -10,6 +10,25 @@
  */
 #include "_simd.h"
 
+/* 2**x in float32 (relative error ~2e-7); exactly 0 for x < -126 (and -inf). */
+static inline float fexp2(float x) {
+    float xc = x < -126.0f ? -126.0f : (x > 127.0f ? 127.0f : x);
+    float t = xc + 12582912.0f; /* 1.5 * 2**23: rounds to the nearest integer */
+    float n = t - 12582912.0f;
+    float f = xc - n; /* [-0.5, 0.5] */
+    float p = 1.535336188319500e-4f;
+    p = p * f + 1.339887440266574e-3f;
+    p = p * f + 9.618437357674640e-3f;
+    p = p * f + 5.550332471162809e-2f;
+    p = p * f + 2.402264791363012e-1f;
+    p = p * f + 6.931472028550421e-1f;
+    p = p * f + 1.0f;
+    union { uint32_t u; float f; } sc;
+    sc.u = (uint32_t)((int32_t)n + 127) << 23;
+    float r = p * sc.f;
+    return x < -126.0f ? 0.0f : r;
+}
+
 /* Visible keys of tile row r, as columns [*c0, *c1) of the tile. iv: NULL (all keys) or
  * {p0, G, causal, window (0: none), length, ks}: row r is the query at key position p = p0 + r / G. */
 static void row_interval(const int64_t *iv, long r, long K, long *c0, long *c1) {

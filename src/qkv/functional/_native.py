@@ -1,13 +1,15 @@
-"""Fused C kernels for the elementwise work of a memory-efficient attention block (``_blocks.c``).
+"""qkv's C kernels: the elementwise work of a memory-efficient attention block (``_blocks.c``) and whole-head
+attention over short sequences (``_short.c``, used by :mod:`qkv.functional.short`), sharing ``_simd.h``.
 
 torch runs each elementwise step of a block (exp, subtract, multiply, the bfloat16 <-> float32 casts
 around bf16 matmuls, transposed copies) as its own pass over memory; on a CPU these passes cost about
 as much as the block's matmuls. ``_blocks.c`` does them in one pass per block row, in AVX-512 (F, BW, VL,
 BF16) intrinsics, no Python or torch headers: compiled on first use with the system C compiler (``$CC``,
-else ``cc``) into a per-user cache (``$QKV_CACHE_DIR``, else ``~/.cache/qkv``), keyed by the source,
+else ``cc``) into a per-user cache (``$QKV_CACHE_DIR``, else ``~/.cache/qkv``), keyed by the sources,
 compiler and CPU, and loaded with ctypes (which releases the GIL during calls). On other CPUs, without a
-compiler, or with ``QKV_NATIVE=0``, :func:`kernels` returns None and chunked attention keeps its torch-op
-path; both paths are tested against each other and against torch's fused kernel.
+compiler, or with ``QKV_NATIVE=0``, :func:`kernels` returns None: chunked attention keeps its torch-op
+path (both paths are tested against each other and against torch's fused kernel) and short sequences stay
+on torch's kernels.
 """
 
 from __future__ import annotations
@@ -199,7 +201,6 @@ class Kernels:
                              "(N, B, A), unit last strides)")
         self._transpose(N, A, B, src.data_ptr(), _DTYPES[src.dtype], src.stride(0), src.stride(1), dst.data_ptr(),
                         _DTYPES[dst.dtype], dst.stride(0), dst.stride(1), scale, _threads())
-
 
     @staticmethod
     def _rows(t):

@@ -99,11 +99,6 @@ static void load_transposed(const void *src, int dt, long src_rs, long R, long C
         }
 }
 
-/* dst (Cp x ld) = src (R x Cp) transposed, float32, R rows padded to 16 with zeros. */
-static void transpose_f32(const float *src, long R, long Cp, long src_ld, float *dst, long ld) {
-    load_transposed(src, DT_F32, src_ld, R, Cp, dst, ld);
-}
-
 /* rows r < R of src (dtype dt, row stride src_rs, Cn columns) into float32 dst (R x ld), times mul, zero
  * padded to ld columns. */
 static void load_rows(const void *src, int dt, long src_rs, long R, long Cn, float mul, float *dst, long ld) {
@@ -122,6 +117,11 @@ static void store_rows(const float *src, long ld, long R, long Cn, float mul, vo
         for (long c = 0; c < Cn; c += 16)
             vstore((char *)dst + r * dst_rs * osz, dt, c, _mm512_mul_ps(_mm512_loadu_ps(src + r * ld + c), m),
                    lanes(c, 0, Cn));
+}
+
+/* Head (b, h) of a tensor with {batch, head, row} element strides st and elements of isz bytes. */
+static inline const char *head(const void *base, const int64_t *st, long b, long h, long isz) {
+    return (const char *)base + (b * st[0] + h * st[1]) * isz;
 }
 
 /* Keys visible to query row i: [0, visible(i)). */
@@ -149,9 +149,9 @@ int qkv_short_forward(long B, long H, long Hkv, long L, long S, long E, long Ev,
         }
         float *Q = buf, *Kt = Q + L * Ep, *V = Kt + E * Sp, *P = V + S * Evp, *O = P + L * Sp;
         long b = n / H, h = n % H, hk = h / G;
-        const char *qh = (const char *)q + (b * qs[0] + h * qs[1]) * isz;
-        const char *kh = (const char *)k + (b * ks[0] + hk * ks[1]) * isz;
-        const char *vh = (const char *)v + (b * vs[0] + hk * vs[1]) * isz;
+        const char *qh = head(q, qs, b, h, isz);
+        const char *kh = head(k, ks, b, hk, isz);
+        const char *vh = head(v, vs, b, hk, isz);
         load_rows(qh, dt, qs[2], L, E, scale * LOG2E, Q, Ep);
         load_transposed(kh, dt, ks[2], S, E, Kt, Sp);
         load_rows(vh, dt, vs[2], S, Ev, 1.0f, V, Evp);
@@ -181,7 +181,7 @@ int qkv_short_forward(long B, long H, long Hkv, long L, long S, long E, long Ev,
             lrow[i] = m + log2f(l);
         }
         mm(L, Evp, S, P, Sp, V, Evp, O, Evp, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK, off);
-        store_rows(O, Evp, L, Ev, 1.0f, (char *)o + (b * os[0] + h * os[1]) * isz, dt, os[2]);
+        store_rows(O, Evp, L, Ev, 1.0f, (char *)head(o, os, b, h, isz), dt, os[2]);
     }
     return failed;
 }
@@ -210,16 +210,16 @@ int qkv_short_backward(long B, long H, long Hkv, long L, long S, long E, long Ev
         float *P = dO + L * Evp, *dS = P + L * Sp, *T = dS + L * Sp, *dQ = T + Sp * Lp, *dK = dQ + L * Ep;
         float *dV = dK + S * Ep, *delta = dV + S * Evp;
         long b = n / Hkv, hk = n % Hkv;
-        const char *kh = (const char *)k + (b * ks[0] + hk * ks[1]) * isz;
-        const char *vh = (const char *)v + (b * vs[0] + hk * vs[1]) * isz;
+        const char *kh = head(k, ks, b, hk, isz);
+        const char *vh = head(v, vs, b, hk, isz);
         load_transposed(kh, dt, ks[2], S, E, Kt, Sp);
         load_rows(kh, dt, ks[2], S, E, 1.0f, Kr, Ep);
         load_transposed(vh, dt, vs[2], S, Ev, Vt, Sp);
         for (long g = 0; g < G; g++) {
             long h = hk * G + g;
-            const char *qh = (const char *)q + (b * qs[0] + h * qs[1]) * isz;
-            const char *oh = (const char *)o + (b * os[0] + h * os[1]) * isz;
-            const char *dh = (const char *)dout + (b * dos[0] + h * dos[1]) * isz;
+            const char *qh = head(q, qs, b, h, isz);
+            const char *oh = head(o, os, b, h, isz);
+            const char *dh = head(dout, dos, b, h, isz);
             load_rows(qh, dt, qs[2], L, E, scale, Q, Ep);
             load_rows(dh, dt, dos[2], L, Ev, 1.0f, dO, Evp);
             for (long i = 0; i < L; i++) { /* delta_i = dO_i . O_i */
@@ -235,8 +235,7 @@ int qkv_short_backward(long B, long H, long Hkv, long L, long S, long E, long Ev
             __m512 l2e = _mm512_set1_ps(LOG2E);
             for (long i = 0; i < L; i++) {
                 float *p = P + i * Sp, *ds = dS + i * Sp;
-                long jm = visible(i, S, causal, off);
-                if (jm == 0 || lrow[i] == __builtin_inff()) jm = 0;
+                long jm = visible(i, S, causal, off); /* 0 exactly where the forward stored lse = +inf */
                 __m512 lv = _mm512_set1_ps(jm ? lrow[i] : 0.0f), dl = _mm512_set1_ps(delta[i]);
                 for (long j = 0; j < Sp; j += 16) {
                     __mmask16 kk = lanes(j, 0, jm);
@@ -246,14 +245,14 @@ int qkv_short_backward(long B, long H, long Hkv, long L, long S, long E, long Ev
                 }
             }
             mm(L, Ep, S, dS, Sp, Kr, Ep, dQ, Ep, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK, off);
-            store_rows(dQ, Ep, L, E, scale, (char *)dq + (b * dqs[0] + h * dqs[1]) * isz, dt, dqs[2]);
-            transpose_f32(P, L, Sp, Sp, T, Lp);
+            store_rows(dQ, Ep, L, E, scale, (char *)head(dq, dqs, b, h, isz), dt, dqs[2]);
+            load_transposed(P, DT_F32, Sp, L, Sp, T, Lp);
             mm(S, Evp, L, T, Lp, dO, Evp, dV, Evp, g > 0, NO_MASK, causal ? COL_CAUSAL : NO_MASK, off);
-            transpose_f32(dS, L, Sp, Sp, T, Lp);
+            load_transposed(dS, DT_F32, Sp, L, Sp, T, Lp);
             mm(S, Ep, L, T, Lp, Q, Ep, dK, Ep, g > 0, NO_MASK, causal ? COL_CAUSAL : NO_MASK, off);
         }
-        store_rows(dK, Ep, S, E, 1.0f, (char *)dk + (b * dks[0] + hk * dks[1]) * isz, dt, dks[2]);
-        store_rows(dV, Evp, S, Ev, 1.0f, (char *)dv + (b * dvs[0] + hk * dvs[1]) * isz, dt, dvs[2]);
+        store_rows(dK, Ep, S, E, 1.0f, (char *)head(dk, dks, b, hk, isz), dt, dks[2]);
+        store_rows(dV, Evp, S, Ev, 1.0f, (char *)head(dv, dvs, b, hk, isz), dt, dvs[2]);
     }
     return failed;
 }

@@ -171,8 +171,8 @@ _CHUNKED_MIN_LEN_TORCH_OPS = 1024
 # fused SDPA on the same machine (benchmarks/short_attention.py, 2 threads, B 12 H 4 E 32 and B 4 H 8 E 64,
 # inputs as the modules pass them): bfloat16 forward+backward x4-12 at L 16-128, x1.7-3.0 at 192-256 (forward
 # x1.4-3.2); float32 forward+backward x1.1-1.3 at L 32, x1.3-2.2 at 64-256 (forward x1.1-2.7), but x0.85-1.0
-# at L 16. Shorter (decoding steps: one query) was not measured and stays with torch.
-_SHORT_MAX_LEN = 256
+# at L 16. Shorter (decoding steps: one query) was not measured and stays with torch; the upper end is the
+# kernel's own limit (short.MAX_LEN, checked by short.supports).
 _SHORT_MIN_LEN = {torch.bfloat16: 16, torch.float32: 32}
 
 
@@ -190,15 +190,16 @@ def _chunked_is_faster(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | No
 
 def _short_is_faster(q, k, v, mask, bias, dropout_p) -> bool:
     """Short sequences without a mask or bias on CPU: :func:`qkv.functional.short.short_attention`."""
-    lengths = (q.shape[2], k.shape[2])
-    return (mask is None and bias is None and dropout_p == 0.0 and q.device.type == "cpu"
-            and _SHORT_MIN_LEN.get(q.dtype, _SHORT_MAX_LEN + 1) <= min(lengths) and max(lengths) <= _SHORT_MAX_LEN
-            and short_module.supports(q, k, v)
+    shortest = _SHORT_MIN_LEN.get(q.dtype)
+    return (mask is None and bias is None and dropout_p == 0.0 and shortest is not None
+            and min(q.shape[2], k.shape[2]) >= shortest and short_module.supports(q, k, v)
             and (not tracing() or short_module.compilable()))
 
 
 def _fused(q, k, v, mask, bias, causal, dropout_p, scale, H_kv) -> torch.Tensor:
-    """torch's fused kernel, with fully masked rows forced to zero whatever the backend does."""
+    """The fastest exact path measured for these inputs: qkv's short-sequence or chunked kernels where
+    ``_short_is_faster`` / ``_chunked_is_faster`` say so, else torch's fused kernel (with fully masked rows
+    forced to zero whatever its backend does)."""
     if _short_is_faster(q, k, v, mask, bias, dropout_p):
         return short_module.short_attention(q, k, v, causal=causal, scale=scale)
     if _chunked_is_faster(q, k, mask, dropout_p):
@@ -285,10 +286,11 @@ def scaled_dot_product_attention(
     Returns:
         ``out (B, H, L, Ev)``, or ``(out, weights)`` when ``return_weights``.
 
-    Without weights the output comes from torch's fused kernel, except for CPU bfloat16 with L, S >= 256
-    and no dropout (a bool mask, if any, not broadcast over keys), where
-    :func:`qkv.functional.chunked.chunked_attention` was measured faster and is used instead (see
-    ``_chunked_is_faster``). With weights and autograd
+    Without weights the output comes from torch's fused kernel, except where qkv's own kernels were measured
+    faster and are used instead: CPU float32/bfloat16 without mask, bias or dropout and L, S from 16 (bf16; 32
+    in float32) to 256, :func:`qkv.functional.short.short_attention` (see ``_short_is_faster``); CPU bfloat16
+    with L, S >= 256 and no dropout (a bool mask, if any, not broadcast over keys),
+    :func:`qkv.functional.chunked.chunked_attention` (see ``_chunked_is_faster``). With weights and autograd
     recording, the output still comes from the fused kernel (its backward is the fast one) and the
     weights from one extra ``Q K^T`` + softmax, which measured faster than the all-math path that
     ``nn.MultiheadAttention(need_weights=True)`` takes; under ``no_grad`` (or with dropout) the math

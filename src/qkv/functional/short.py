@@ -54,12 +54,23 @@ def _heads_last(B: int, H: int, L: int, E: int, like: torch.Tensor) -> torch.Ten
     return torch.empty(B, L, H, E, dtype=like.dtype, device=like.device).transpose(1, 2)
 
 
+def _outputs(q: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised forward results: out (B, H, L, Ev) over (B, L, H, Ev) memory and lse (B, H, L) float32."""
+    B, H, L, _ = q.shape
+    return _heads_last(B, H, L, v.shape[3], q), q.new_empty(B, H, L, dtype=torch.float32)
+
+
+def _gradient_buffers(q, k, v) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Uninitialised dq, dk, dv shaped as q, k, v, over (B, L, H, E) memory."""
+    B, H, L, E = q.shape
+    H_kv, S = k.shape[1], k.shape[2]
+    return _heads_last(B, H, L, E, q), _heads_last(B, H_kv, S, E, k), _heads_last(B, H_kv, S, v.shape[3], v)
+
+
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
              causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
-    B, H, L, _ = q.shape
-    out = _heads_last(B, H, L, v.shape[3], q)  # (B, H, L, Ev) over (B, L, H, Ev) memory
-    lse = torch.empty(B, H, L, dtype=torch.float32, device=q.device)
+    out, lse = _outputs(q, v)
     _native.kernels().short_forward(q, k, v, out, lse, scale, causal)
     return out, lse
 
@@ -67,22 +78,20 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
 def _backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
               dout: torch.Tensor, scale: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     q, k, v, dout = _unit_last(q), _unit_last(k), _unit_last(v), _unit_last(dout.to(q.dtype))
-    B, H, L, E = q.shape
-    H_kv, S = k.shape[1], k.shape[2]
-    dq, dk, dv = _heads_last(B, H, L, E, q), _heads_last(B, H_kv, S, E, k), _heads_last(B, H_kv, S, v.shape[3], v)
+    dq, dk, dv = _gradient_buffers(q, k, v)
     _native.kernels().short_backward(q, k, v, out, dout, lse, dq, dk, dv, scale, causal)
     return dq, dk, dv
 
 
-def _fake_forward(q, k, v, scale, causal):
-    B, H, L, _ = q.shape
-    return _heads_last(B, H, L, v.shape[3], q), q.new_empty(B, H, L, dtype=torch.float32)
+def _save(ctx, q, k, v, out, lse, scale: float, causal: bool) -> None:
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.scale, ctx.causal = scale, causal
 
 
-def _fake_backward(q, k, v, out, lse, dout, scale, causal):
-    B, H, L, E = q.shape
-    H_kv, S = k.shape[1], k.shape[2]
-    return _heads_last(B, H, L, E, q), _heads_last(B, H_kv, S, E, k), _heads_last(B, H_kv, S, v.shape[3], v)
+def _input_grads(ctx, dout, backward) -> tuple:
+    """Gradients for ``(q, k, v, scale, causal)`` from what :func:`_save` kept, through ``backward``."""
+    q, k, v, out, lse = ctx.saved_tensors
+    return (*backward(q, k, v, out, lse, dout, ctx.scale, ctx.causal), None, None)
 
 
 class _ShortAttention(torch.autograd.Function):
@@ -91,34 +100,24 @@ class _ShortAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale: float, causal: bool):
         out, lse = _forward(q, k, v, scale, causal)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scale, ctx.causal = scale, causal
+        _save(ctx, q, k, v, out, lse, scale, causal)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, out, lse = ctx.saved_tensors
-        return (*_backward(q, k, v, out, lse, dout, ctx.scale, ctx.causal), None, None)
+        return _input_grads(ctx, dout, _backward)
 
 
 _forward_op = None
-if hasattr(torch.library, "custom_op"):  # torch >= 2.4: the same functions as ops torch.compile/export can trace
+if hasattr(torch.library, "custom_op"):  # torch >= 2.4: the same functions as ops torch.compile can trace
     _forward_op = torch.library.custom_op("qkv::short_attention", _forward, mutates_args=(), device_types="cpu")
-    _forward_op.register_fake(_fake_forward)
+    _forward_op.register_fake(lambda q, k, v, scale, causal: _outputs(q, v))
     _backward_op = torch.library.custom_op("qkv::short_attention_backward", _backward, mutates_args=(),
                                            device_types="cpu")
-    _backward_op.register_fake(_fake_backward)
-
-    def _setup_context(ctx, inputs, output):
-        q, k, v, scale, causal = inputs
-        ctx.save_for_backward(q, k, v, *output)
-        ctx.scale, ctx.causal = scale, causal
-
-    def _grad(ctx, dout, _dlse):
-        q, k, v, out, lse = ctx.saved_tensors
-        return (*_backward_op(q, k, v, out, lse, dout, ctx.scale, ctx.causal), None, None)
-
-    _forward_op.register_autograd(_grad, setup_context=_setup_context)
+    _backward_op.register_fake(lambda q, k, v, out, lse, dout, scale, causal: _gradient_buffers(q, k, v))
+    _forward_op.register_autograd(lambda ctx, dout, _dlse: _input_grads(ctx, dout, _backward_op),
+                                  setup_context=lambda ctx, inputs, output: _save(ctx, *inputs[:3], *output,
+                                                                                  *inputs[3:]))
 
 
 def compilable() -> bool:
