@@ -7,7 +7,7 @@ train.py runs, and is its validation loss no worse after the same number of step
 interleaved, chunk by chunk, in one process, so load from other processes hits both alike; the JSON reports
 medians of per-chunk tokens/s and their ratio (the first chunk, with the compilation, is reported apart). On
 a shared machine pass ``--threads 1``: with more OpenMP threads than free cores, both loops slow down
-ten-fold. Measured on two threads: 2.03, 2.11, 2.17, 2.28, 2.21, 2.08, 2.10x compiled (one thread 2.53x) (1.85-2.07x before the short-attention kernel,
+ten-fold. Measured on two threads: 2.03, 2.11, 2.17, 2.28, 2.21, 2.08, 2.10, 2.27x compiled (one thread 2.53x) (1.85-2.07x before the short-attention kernel,
 when attention ran as ~25 torch ops per layer); eager 2.08x against compiled 2.20x in one interleaved run.
 Run: ``python benchmarks/training.py [--quick] [--steps N] [--threads T]``;
 writes benchmarks/results/training.json. ``--ddp 2`` instead runs qkv's trainer as two one-thread DDP
