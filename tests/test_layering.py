@@ -1,14 +1,15 @@
 """The layering rule of STYLE.md, enforced: functional <- modules <- models <- {generation, training,
-interop, viz} <- cli; data and evaluation sit beside and import no models."""
+interop, viz} <- cli; data and evaluation sit beside and import no models; ``qkv.hardware`` sits at the bottom
+(imports no qkv) and ``functional`` never asks it anything (it reads no CPU flags)."""
 
 import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "qkv"
-LOWER = {"functional", "modules", "models"}
+LOWER = {"functional", "modules", "models", "hardware"}
 ALLOWED = {
     "functional": {"functional"},
-    "modules": {"functional", "modules"},
+    "modules": {"functional", "modules", "hardware"},
     "models": LOWER,
     "generation": LOWER | {"generation"},
     "training": LOWER | {"data", "evaluation", "training"},
@@ -42,3 +43,9 @@ def test_no_upward_or_sideways_imports():
             if not any(mod == a or mod.startswith(a + ".") for a in allowed):
                 bad.append(f"{path.relative_to(SRC)} imports qkv.{mod}")
     assert not bad, "layering violations:\n" + "\n".join(bad)
+
+
+def test_hardware_imports_no_qkv():
+    path = SRC / "hardware.py"
+    assert path.is_file()
+    assert qkv_imports(path) == set(), f"qkv.hardware must import torch only, imports {qkv_imports(path)}"
