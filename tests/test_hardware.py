@@ -1,8 +1,7 @@
 """qkv.hardware: capability detection, the QKV_CPU_ISA cap, and precision resolution."""
 
-import warnings
-
 import dataclasses
+import warnings
 
 import pytest
 import torch
