@@ -1,4 +1,4 @@
-"""Short-sequence attention: qkv's whole-head C kernel (functional.short) vs torch's paths, CPU.
+"""Short-sequence attention: qkv's whole-head C kernel (qkv.kernels.short) vs torch's paths, CPU.
 
 Question: up to which sequence length is ``short_attention`` faster than what the dispatcher would
 otherwise run (torch's fused SDPA; qkv's math path with a cached causal bias under the math backend),
@@ -23,9 +23,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import time_interleaved, write_json  # noqa: E402
 
-from qkv.functional import _native  # noqa: E402
 from qkv.functional.attention import _causal_bias, attention_math  # noqa: E402
-from qkv.functional.short import short_attention  # noqa: E402
+from qkv.kernels import native as _native  # noqa: E402
+from qkv.kernels.short import short_attention  # noqa: E402
 
 
 @dataclass(frozen=True)

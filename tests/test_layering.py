@@ -8,8 +8,9 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "qkv"
 LOWER = {"functional", "modules", "models", "hardware"}
 ALLOWED = {
-    "functional": {"functional"},
-    "modules": {"functional", "modules", "hardware"},
+    "functional": {"functional", "kernels"},  # kernels: until the dispatcher asks them through a registry
+    "kernels": {"functional", "hardware", "kernels"},
+    "modules": {"functional", "kernels", "modules", "hardware"},
     "models": LOWER,
     "generation": LOWER | {"generation"},
     "training": LOWER | {"data", "evaluation", "training"},

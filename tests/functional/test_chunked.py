@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qkv.functional import _native, causal_mask, chunked_attention, padding_mask, sliding_window_mask
+from qkv.functional import causal_mask, chunked_attention, padding_mask, sliding_window_mask
 from qkv.functional import chunked as chunked_module
 from qkv.functional.chunked import _plan
+from qkv.kernels import native as _native
 
 
 @pytest.fixture(autouse=True, params=["native", "torch"])

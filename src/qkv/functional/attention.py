@@ -22,12 +22,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from qkv.functional import _native
 from qkv.functional import chunked as chunked_module
-from qkv.functional import short as short_module
 from qkv.functional._tracing import tracing
 from qkv.functional.chunked import chunked_attention
 from qkv.functional.masks import causal_mask, check_broadcast
+from qkv.kernels import native as _native
+from qkv.kernels import short as short_module
 
 __all__ = ["scaled_dot_product_attention", "attention_math", "masked_softmax", "attention_weights"]
 
@@ -156,7 +156,7 @@ def attention_math(
 
 # Where qkv's memory-efficient kernel (functional.chunked) beats torch's fused one on CPU, measured on this
 # 2-core AVX512-BF16 EPYC with torch 2.13 (benchmarks/long_context.py --only speedups / dispatch; median of
-# interleaved pairs). With its C block kernels (functional._native), bfloat16: B 1, H 8, E 64, L 256:
+# interleaved pairs). With its C block kernels (qkv.kernels.native), bfloat16: B 1, H 8, E 64, L 256:
 # forward x1.8-2.1, forward+backward x1.6-1.9 (1 and 2 threads); L 512 x2.3-2.8 / x2.1-2.4; L 1024 x2.2-3.1 /
 # x1.9-2.3; B 4 L 256 x1.8-2.1; ALiBi bias L 512-1024 x2.0-2.4 / x1.8-2.0; causal chunk after cached keys
 # x1.3-2.5; a bool mask (applied in C, keys contiguous) L 256 x1.5 / x1.45, L 512-1024 x2.0-2.2 / x1.8-2.2.
@@ -167,7 +167,7 @@ def attention_math(
 # on a CPU with AVX512-BF16: elsewhere (bf16 matmuls not native) torch's kernel stays.
 _CHUNKED_MIN_LEN = 256
 _CHUNKED_MIN_LEN_TORCH_OPS = 1024
-# Short sequences without mask or bias go to qkv.functional.short (whole heads in C), measured against torch's
+# Short sequences without mask or bias go to qkv.kernels.short (whole heads in C), measured against torch's
 # fused SDPA on the same machine (benchmarks/short_attention.py, 2 threads, B 12 H 4 E 32 and B 4 H 8 E 64,
 # inputs as the modules pass them): bfloat16 forward+backward x4-12 at L 16-128, x1.7-3.0 at 192-256 (forward
 # x1.4-3.2); float32 forward+backward x1.1-1.3 at L 32, x1.3-2.2 at 64-256 (forward x1.1-2.7), but x0.85-1.0
@@ -189,7 +189,7 @@ def _chunked_is_faster(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | No
 
 
 def _short_is_faster(q, k, v, mask, bias, dropout_p) -> bool:
-    """Short sequences without a mask or bias on CPU: :func:`qkv.functional.short.short_attention`."""
+    """Short sequences without a mask or bias on CPU: :func:`qkv.kernels.short.short_attention`."""
     shortest = _SHORT_MIN_LEN.get(q.dtype)
     return (mask is None and bias is None and dropout_p == 0.0 and shortest is not None
             and min(q.shape[2], k.shape[2]) >= shortest and short_module.supports(q, k, v)
@@ -288,7 +288,7 @@ def scaled_dot_product_attention(
 
     Without weights the output comes from torch's fused kernel, except where qkv's own kernels were measured
     faster and are used instead: CPU float32/bfloat16 without mask, bias or dropout and L, S from 16 (bf16; 32
-    in float32) to 256, :func:`qkv.functional.short.short_attention` (see ``_short_is_faster``); CPU bfloat16
+    in float32) to 256, :func:`qkv.kernels.short.short_attention` (see ``_short_is_faster``); CPU bfloat16
     with L, S >= 256 and no dropout (a bool mask, if any, not broadcast over keys),
     :func:`qkv.functional.chunked.chunked_attention` (see ``_chunked_is_faster``). With weights and autograd
     recording, the output still comes from the fused kernel (its backward is the fast one) and the

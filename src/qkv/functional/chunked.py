@@ -18,7 +18,7 @@ blocks every query sees fully run without a mask; only the boundary blocks build
 In bfloat16/float16 the matmuls run in the input dtype (several times faster than float32 matmuls
 on CPUs with AVX512-BF16) while the running max, sum and output accumulator stay float32.
 
-On CPU, in float32 and bfloat16, each block's elementwise work runs in one C pass (``_native``,
+On CPU, in float32 and bfloat16, each block's elementwise work runs in one C pass (``qkv.kernels.native``,
 ``_blocks.c``) instead of a chain of torch ops: the block's matmuls are torch's, everything between
 them (row max, exp2, sums, rescaling, casts, ``p`` and ``ds`` in the backward, transposed copies) is
 C. The torch-op path is the reference the C path is tested against, and the fallback without a C
@@ -32,9 +32,9 @@ import threading
 
 import torch
 
-from qkv.functional import _native
-from qkv.functional._memory import empty_large
 from qkv.functional.masks import check_broadcast
+from qkv.kernels import native as _native
+from qkv.kernels.memory import empty_large
 
 __all__ = ["chunked_attention"]
 
@@ -260,7 +260,7 @@ def _forward(q3, k3, v3, info, length, out, lse, kern) -> None:
     """Online softmax over key blocks. q3 (N, L*G, E) pre-scaled by scale*log2(e).
 
     Fills ``out (N, L*G, Ev)`` and ``lse (N, L*G, 1)`` (log2 units; left at +inf for fully masked rows).
-    ``kern``: the C kernels (``_native``) for each block's elementwise work, or None for torch ops.
+    ``kern``: the C kernels (``qkv.kernels.native``) for each block's elementwise work, or None for torch ops.
     """
     N, LG, _ = q3.shape
     G, bq, bk = info["G"], info["bq"], info["bk"]

@@ -1,4 +1,4 @@
-"""qkv.functional.short: whole-head attention in C for short sequences, against float64 math (outputs and
+"""qkv.kernels.short: whole-head attention in C for short sequences, against float64 math (outputs and
 gradients), its layouts and errors, and the dispatcher and torch.compile routes to it."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qkv.functional import _native
-from qkv.functional import short as short_module
-from qkv.functional.short import MAX_LEN, short_attention
+from qkv.kernels import native as _native
+from qkv.kernels import short as short_module
+from qkv.kernels.short import MAX_LEN, short_attention
 
 
 @pytest.fixture(autouse=True)

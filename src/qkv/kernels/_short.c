@@ -1,4 +1,4 @@
-/* qkv: exact attention over short sequences, one whole head per pass (see functional/short.py).
+/* qkv: exact attention over short sequences, one whole head per pass (see short.py).
  *
  * For the sequence lengths a model trains on a CPU (the char GPT's 64), torch's math path spends more time
  * in its ~25 ops per layer (casts, copies of transposed operands, the mask, softmax and its backward, six
@@ -9,7 +9,7 @@
  * units), softmax rows (their log-sum-exp kept), O = P V. Backward (per kv head, over its G query heads):
  * P recomputed from the log-sum-exp, dP = dO V^T, dS = P (dP - delta), dQ = dS K, dK += dS^T Q, dV += P^T dO.
  * Causal is lower-right aligned (key j visible to query i iff j <= i + S - L); a row with no visible key
- * gives zeros and zero gradients. Heads run in parallel (OpenMP on torch's threads, see _native.py).
+ * gives zeros and zero gradients. Heads run in parallel (OpenMP on torch's threads, see native.py).
  */
 #include "_simd.h"
 

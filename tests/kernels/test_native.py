@@ -1,4 +1,4 @@
-"""qkv.functional._native: the C block kernels against float64 torch math, and the fallback to the torch path
+"""qkv.kernels.native: the C block kernels against float64 torch math, and the fallback to the torch path
 where they cannot be built (no compiler, QKV_NATIVE=0, a CPU without AVX-512 BF16)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from qkv.functional import _native
+from qkv.kernels import native as _native
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ def test_without_a_compiler_chunked_attention_falls_back_to_torch(tmp_path):
     """No C compiler (or QKV_NATIVE=0): a warning naming the reason, and the same results via torch ops."""
     code = (
         "import warnings, torch\n"
-        "from qkv.functional import _native, chunked_attention\n"
+        "from qkv.functional import chunked_attention\nfrom qkv.kernels import native as _native\n"
         "torch.manual_seed(0)\n"
         "q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))\n"
         "with warnings.catch_warnings(record=True) as w:\n"

@@ -1,5 +1,5 @@
 """qkv's C kernels: the elementwise work of a memory-efficient attention block (``_blocks.c``) and whole-head
-attention over short sequences (``_short.c``, used by :mod:`qkv.functional.short`), sharing ``_simd.h``.
+attention over short sequences (``_short.c``, used by :mod:`qkv.kernels.short`), sharing ``_simd.h``.
 
 torch runs each elementwise step of a block (exp, subtract, multiply, the bfloat16 <-> float32 casts
 around bf16 matmuls, transposed copies) as its own pass over memory; on a CPU these passes cost about

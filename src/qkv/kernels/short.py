@@ -22,8 +22,8 @@ import math
 
 import torch
 
-from qkv.functional import _native
 from qkv.functional._tracing import tracing
+from qkv.kernels import native as _native
 
 __all__ = ["short_attention", "supports", "compilable", "MAX_LEN"]
 

@@ -1,10 +1,10 @@
-/* qkv: the elementwise work of one memory-efficient attention block, fused (see _native.py).
+/* qkv: the elementwise work of one memory-efficient attention block, fused (see native.py).
  *
  * C with AVX-512 intrinsics (F, BW, VL, BF16; no Python, no torch headers): 16 keys per step, bf16 converted
  * on load/store, float32 arithmetic. Conventions follow chunked.py: a tile is N heads x R rows x K keys,
  * row-major, scores in log2 units; row r of a tile is query qs + r / G. Masked entries (-inf in the
  * scores, outside the row's visible key interval, or False in a bool mask) get weights of exactly 0.
- * Loops over rows are OpenMP parallel when built with -fopenmp (on torch's own libgomp, see _native.py).
+ * Loops over rows are OpenMP parallel when built with -fopenmp (on torch's own libgomp, see native.py).
  * CPUs without these instructions use chunked.py's torch-op path instead: a portable C version of these
  * loops measured slower than torch's ops (AVX2 build: bf16 L 1024 forward+backward 59.9 ms vs 36.9 ms).
  */
