@@ -101,3 +101,90 @@ def test_bad_input_raises_naming_argument_and_shape(call, message):
 
 def test_display_token():
     assert [display_token(t) for t in [" ", "a b", "\n", "\t", ""]] == ["\u2423", "a\u2423b", "\u23ce", "\u21e5", "\u2205"]
+
+
+def label_boxes(fig):
+    """Per axis of each heatmap panel: the drawn tick labels' boxes in pixels, from the renderer."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes[:-1]:  # the last axes is the colorbar
+        for labels, along in ((ax.get_xticklabels(), "x"), (ax.get_yticklabels(), "y")):
+            yield along, [t.get_window_extent(renderer) for t in labels if t.get_text()]
+
+
+def assert_labels_readable(fig):
+    """No two tick labels overlap along their axis and every label lies inside the figure."""
+    width, height = fig.canvas.get_width_height()
+    for along, boxes in label_boxes(fig):
+        boxes.sort(key=lambda b: b.x0 if along == "x" else b.y0)
+        for a, b in zip(boxes, boxes[1:], strict=False):
+            gap = b.x0 - a.x1 if along == "x" else b.y0 - a.y1
+            assert gap > 0, f"{along} labels overlap by {-gap:.1f} px"
+        for box in boxes:
+            assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, f"{box} outside {width}x{height}"
+
+
+def tokens(n):
+    return [f"w{i}" for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [60, 200])
+def test_heatmap_grows_with_tokens_and_labels_never_overlap(n):
+    from qkv.viz.heatmap import MAX_SIDE, PITCH
+
+    fig = attention_heatmap(torch.softmax(torch.randn(n, n), -1), tokens(n), tokens(n))
+    assert_labels_readable(fig)
+    shown = tick_texts(fig.axes[0].get_xticklabels())
+    if n * PITCH <= MAX_SIDE:  # readable: every token labelled, the figure as big as that needs
+        assert shown == tokens(n) and tick_texts(fig.axes[0].get_yticklabels()) == tokens(n)
+        assert fig.get_size_inches()[0] >= n * PITCH
+    else:  # past the readable limit: every k-th token, the figure at its largest
+        step = int(shown[1][1:])
+        assert step > 1 and shown == tokens(n)[::step]
+        assert max(fig.get_size_inches()) <= MAX_SIDE + 3
+
+
+def test_heads_grid_grows_with_tokens_and_labels_never_overlap():
+    n = 40
+    fig = attention_heads_grid(torch.softmax(torch.randn(4, n, n), -1), tokens(n), tokens(n), title="t " * 200)
+    assert_labels_readable(fig)
+    for ax in fig.axes[:4]:
+        assert tick_texts(ax.get_xticklabels()) == tokens(n)
+    assert tick_texts(fig.axes[0].get_yticklabels()) == tokens(n)
+
+
+def test_long_tokens_are_clipped_and_still_fit():
+    long = ["x" * 60, "short", "y" * 30]
+    fig = attention_heatmap(torch.rand(3, 3), long, long)
+    assert_labels_readable(fig)
+    texts = tick_texts(fig.axes[0].get_xticklabels())
+    assert texts[1] == "short" and texts[0].endswith("\u2026") and len(texts[0]) <= 20
+
+
+@pytest.mark.parametrize(("L", "S"), [(1, 1), (5, 7), (11, 26)])
+def test_small_inputs_keep_a_reasonable_size(L, S):
+    fig = attention_heatmap(torch.rand(L, S), tokens(L), tokens(S), title="small")
+    width, height = fig.get_size_inches()
+    assert 3 <= width <= 9 and 2.5 <= height <= 6, (width, height)
+    assert_labels_readable(fig)
+    grid = attention_heads_grid(torch.rand(4, L, S), tokens(L), tokens(S))
+    width, height = grid.get_size_inches()
+    assert 2.5 <= width <= 16 and 1.5 <= height <= 10, (width, height)
+    assert_labels_readable(grid)
+
+
+def test_given_figsize_labels_every_kth_token():
+    fig = attention_heatmap(torch.rand(100, 100), tokens(100), tokens(100), figsize=(6, 6))
+    assert_labels_readable(fig)
+    assert 1 < len(fig.axes[0].get_xticklabels()) < 100
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = save_figure(attention_heatmap(torch.rand(2, 2), "ab", "cd"), tmp_path / "a.png", dpi=20)
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by others, like any new file (not mkstemp's 0o600)

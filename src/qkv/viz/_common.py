@@ -86,6 +86,8 @@ def display_token(token: str) -> str:
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     """Writes a file through a temp file in the same folder and ``os.replace``: readers never see half a file.
 
+    The file gets the usual permissions of a new file (``0o666`` less the umask), not the temp file's ``0o600``.
+
     Args:
         path: destination; parent folders are created.
         write: ``write(binary_file)`` fills the temp file.
@@ -99,11 +101,18 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 100) -> Path:

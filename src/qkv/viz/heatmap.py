@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -21,6 +21,62 @@ from qkv.viz._common import check_tokens, display_token, new_figure, to_numpy
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+
+# Label layout, in inches (matplotlib's unit) at the tick label font size FONT_SIZE (points): one label
+# needs PITCH along its axis (its text is about 0.14 in high), so cells are at least PITCH wide while every
+# token is labelled; past MAX_SIDE inches per axis the cells shrink and every k-th token is labelled.
+FONT_SIZE = 9
+PITCH = 0.2
+SMALL_SIDE = 3.0  # a short input gets cells of up to MAX_CELL so that its axis is about this long
+MAX_CELL = 0.4
+MAX_SIDE = 30.0  # longest heatmap axis of attention_heatmap
+MAX_FIGURE = 40.0  # longest side of an attention_heads_grid figure
+MIN_FIGURE = (3.0, 2.5)  # attention_heatmap of one or two tokens
+ASPECT = 1.6  # width / height that attention_heads_grid aims at when it chooses the number of columns
+CHAR_WIDTH = 0.075  # a generous average character width at FONT_SIZE
+MAX_CHARS = 20  # longer labels end with an ellipsis
+
+
+def label_layout(n: int, max_inches: float) -> tuple[float, int]:
+    """Cell size and label stride for ``n`` tokens along an axis of at most ``max_inches``.
+
+    Args:
+        n: number of tokens (cells) along the axis.
+        max_inches: the longest the axis may be.
+
+    Returns:
+        ``(cell, step)``: cell size in inches and ``step``, the stride of labelled tokens (1 = all of them).
+        Labels are ``cell * step >= PITCH`` apart, so they never overlap.
+    """
+    if n * PITCH <= max_inches:
+        return max(PITCH, min(MAX_CELL, SMALL_SIDE / n)), 1
+    step = math.ceil(n * PITCH / max_inches)
+    return max_inches / n, step
+
+
+def _fit(L: int, S: int, max_width: float, max_height: float) -> tuple[float, int, float, int]:
+    """``(cell_x, step_x, cell_y, step_y)``; square cells when every token is labelled on both axes."""
+    cx, sx = label_layout(S, max_width)
+    cy, sy = label_layout(L, max_height)
+    if sx == sy == 1:
+        cx = cy = min(cx, cy)
+    return cx, sx, cy, sy
+
+
+def _stride_for(n: int, inches: float) -> int:
+    """Label stride that keeps labels PITCH apart on an axis of a given (user-chosen) length."""
+    return max(1, math.ceil(n * PITCH / max(inches, PITCH)))
+
+
+def _label(token: str) -> str:
+    shown = display_token(token)
+    return shown if len(shown) <= MAX_CHARS else shown[: MAX_CHARS - 1] + "\u2026"
+
+
+def _label_inches(tokens: Sequence[str]) -> float:
+    """Room for the longest label plus the axis title beside it."""
+    return 0.5 + CHAR_WIDTH * max(len(_label(t)) for t in tokens)
 
 
 def _select_head(array: np.ndarray, batch_index: int, head: int | None) -> np.ndarray:
@@ -45,6 +101,7 @@ def draw_attention(
     vmax: float | None = None,
     cmap: str = "viridis",
     show_query_labels: bool = True,
+    steps: tuple[int, int] = (1, 1),
 ) -> Any:
     """Draws one ``(L, S)`` matrix on ``ax`` with token tick labels; returns the image artist.
 
@@ -56,14 +113,15 @@ def draw_attention(
         vmax: top of the colour scale (default: the matrix maximum).
         cmap: colormap name.
         show_query_labels: label the rows (off for inner panels of a grid).
+        steps: ``(rows, columns)`` label strides: every ``k``-th token is labelled (1 = all).
     """
     image = ax.imshow(matrix, cmap=cmap, vmin=min(0.0, float(matrix.min())), vmax=vmax, aspect="auto")
-    label_kw = {"parse_math": False, "fontsize": 8 if max(matrix.shape) > 30 else 10}
-    ax.set_xticks(range(matrix.shape[1]), [display_token(t) for t in key_tokens], rotation=90, **label_kw)
-    if show_query_labels:
-        ax.set_yticks(range(matrix.shape[0]), [display_token(t) for t in query_tokens], **label_kw)
-    else:
-        ax.set_yticks(range(matrix.shape[0]), [""] * matrix.shape[0])
+    row_step, col_step = steps
+    label_kw = {"parse_math": False, "fontsize": FONT_SIZE}
+    cols = range(0, matrix.shape[1], col_step)
+    ax.set_xticks(cols, [_label(key_tokens[j]) for j in cols], rotation=90, **label_kw)
+    rows = range(0, matrix.shape[0], row_step)
+    ax.set_yticks(rows, [_label(query_tokens[i]) if show_query_labels else "" for i in rows], **label_kw)
     ax.tick_params(length=0)
     return image
 
@@ -92,7 +150,8 @@ def attention_heatmap(
         title: axes title.
         xlabel: x-axis label (e.g. ``"source"``).
         ylabel: y-axis label (e.g. ``"output"``).
-        figsize: inches; default grows with the number of tokens.
+        figsize: inches; by default the cells are big enough for every token's label, up to
+            ``MAX_SIDE`` inches per axis (then every k-th token is labelled).
         cmap: colormap name.
 
     Returns:
@@ -106,16 +165,21 @@ def attention_heatmap(
     L, S = matrix.shape
     query_tokens = check_tokens(query_tokens, L, "query_tokens", "L", array.shape)
     key_tokens = check_tokens(key_tokens, S, "key_tokens", "S", array.shape)
+    left, bottom = _label_inches(query_tokens), _label_inches(key_tokens)
+    right, top = 1.0, 0.5 if title else 0.2  # colorbar; title
     if figsize is None:
-        figsize = (min(16.0, 2.0 + 0.28 * S), min(16.0, 1.5 + 0.28 * L))
+        cx, sx, cy, sy = _fit(L, S, MAX_SIDE, MAX_SIDE)
+        figsize = (max(MIN_FIGURE[0], left + S * cx + right), max(MIN_FIGURE[1], top + L * cy + bottom))
+    else:
+        sx, sy = _stride_for(S, figsize[0] - left - right), _stride_for(L, figsize[1] - top - bottom)
     fig = new_figure(figsize)
     ax = fig.add_subplot()
-    image = draw_attention(ax, matrix, query_tokens, key_tokens, cmap=cmap)
+    image = draw_attention(ax, matrix, query_tokens, key_tokens, cmap=cmap, steps=(sy, sx))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    fig.colorbar(image, ax=ax, shrink=0.8)
+    _colorbar(fig, image, ax, shrink=0.8)
     return fig
 
 
@@ -142,11 +206,12 @@ def attention_heads_grid(
         query_tokens: ``L`` row labels.
         key_tokens: ``S`` column labels.
         batch_index: which example of a 4-D batch.
-        ncols: panels per row (default ``min(H, 4)``).
+        ncols: panels per row (default: the count whose figure is closest to ``ASPECT``).
         title: figure title.
         xlabel: x-axis label of the bottom row.
         ylabel: y-axis label of the first column.
-        panel_size: inches per panel side; default grows with the number of tokens.
+        panel_size: inches per panel side; by default the cells are big enough for every token's label,
+            the whole figure up to ``MAX_FIGURE`` inches per side (then every k-th token is labelled).
         cmap: colormap name.
 
     Returns:
@@ -161,27 +226,72 @@ def attention_heads_grid(
     H, L, S = array.shape
     query_tokens = check_tokens(query_tokens, L, "query_tokens", "L", array.shape)
     key_tokens = check_tokens(key_tokens, S, "key_tokens", "S", array.shape)
-    ncols = min(H, 4) if ncols is None else max(1, min(ncols, H))
+    margins = (_label_inches(query_tokens), _label_inches(key_tokens), 0.5 if title else 0.0)
+    choices = range(1, H + 1) if ncols is None else [max(1, min(ncols, H))]
+    layouts = [_grid_layout(H, L, S, c, margins, panel_size) for c in choices]
+    ncols, figsize, steps, _ = min(layouts, key=lambda g: _grid_score(H, g))
     nrows = math.ceil(H / ncols)
-    size = panel_size or min(6.0, 1.2 + 0.2 * max(L, S))
-    fig = new_figure((ncols * size + 1.0, nrows * size + (0.5 if title else 0.0)))
+    fig = new_figure(figsize)
     vmax = float(array.max())
     image = None
     for h in range(H):
         ax = fig.add_subplot(nrows, ncols, h + 1)
         image = draw_attention(
-            ax, array[h], query_tokens, key_tokens, vmax=vmax, cmap=cmap, show_query_labels=h % ncols == 0
+            ax, array[h], query_tokens, key_tokens, vmax=vmax, cmap=cmap, show_query_labels=h % ncols == 0,
+            steps=steps,
         )
         ax.set_title(f"head {h}", fontsize=10)
         if h % ncols == 0:
             ax.set_ylabel(ylabel)
         if h >= H - ncols:
             ax.set_xlabel(xlabel)
-    fig.colorbar(image, ax=fig.axes, shrink=0.6)
+    _colorbar(fig, image, fig.axes, shrink=0.6)
     if title:  # wrapped to the figure's width (about 11 characters per inch at the default font size)
         width = fig.get_size_inches()[0]
         fig.suptitle(textwrap.fill(title, width=max(20, int(width * 11))))
     return fig
+
+
+class _Grid(NamedTuple):
+    ncols: int
+    figsize: tuple[float, float]
+    steps: tuple[int, int]  # label strides (rows, columns)
+    distortion: float  # |log(cell width / cell height)|: 0 for square cells
+
+
+def _grid_layout(
+    H: int, L: int, S: int, ncols: int, margins: tuple[float, float, float], panel_size: float | None
+) -> _Grid:
+    """The layout of a grid of ``H`` panels, ``ncols`` per row.
+
+    ``margins`` are the inches for the row labels (left), the column labels (below each panel) and the title.
+    """
+    left, bottom, top = margins
+    nrows = math.ceil(H / ncols)
+    title_h, gap, colorbar = 0.3, 0.25, 1.0  # panel titles, space between panels, colorbar
+    if panel_size is None:
+        width = max(1.0, (MAX_FIGURE - left - colorbar) / ncols - gap)
+        height = max(1.0, (MAX_FIGURE - top) / nrows - bottom - title_h)
+        cx, sx, cy, sy = _fit(L, S, width, height)
+        panel_w, panel_h = S * cx, L * cy
+    else:
+        panel_w = panel_h = panel_size
+        sx, sy = _stride_for(S, panel_size), _stride_for(L, panel_size)
+    figsize = (left + ncols * (panel_w + gap) + colorbar, top + nrows * (panel_h + bottom + title_h))
+    return _Grid(ncols, figsize, (sy, sx), abs(math.log(panel_w / S * L / panel_h)))
+
+
+def _colorbar(fig: Figure, image: Any, ax: Any, *, shrink: float) -> None:
+    """A colorbar about 0.2 in wide whatever the figure's size (matplotlib's default grows with it)."""
+    width, height = fig.get_size_inches()
+    fig.colorbar(image, ax=ax, shrink=shrink, fraction=min(0.15, 0.4 / width), aspect=max(20.0, shrink * height / 0.2))
+
+
+def _grid_score(H: int, grid: _Grid) -> float:
+    """Lower is better: the figure's distance from ``ASPECT``, stretched cells, and empty slots."""
+    empty = -H % grid.ncols
+    shape = abs(math.log(grid.figsize[0] / grid.figsize[1] / ASPECT))
+    return shape + grid.distortion + (0.5 if empty else 0.0)
 
 
 def _batch(array: np.ndarray, batch_index: int) -> int:
