@@ -3,9 +3,12 @@
 Notation: B batch, H heads, L query length, S key length.
 
 The page shows, for a chosen attention (e.g. encoder self-attention, decoder cross-attention), layer and
-head, the ``(L, S)`` weight matrix as a heatmap and, beside it, the query tokens and key tokens joined
-by lines whose strength is the weight (in the spirit of bertviz's head view). Hovering a token shows
-where it attends (or what attends to it); hovering a cell shows its value.
+head, the ``(L, S)`` weight matrix as a heatmap with a colour legend and, beside it, the query tokens and
+key tokens joined by lines whose strength is the weight (in the spirit of bertviz's head view); or every
+layer x head as small maps at once (bertviz's model view), a click opening one. It opens on the last layer.
+Hovering a token shows where it attends (or what attends to it), hovering a cell shows its value, and a
+click pins the selection until clicked again. Colours are absolute (weight 0..1) by default, so a
+near-uniform head does not look as sharp as an alignment; each row's or the matrix's maximum are options.
 
 Safety: the data sits in a ``<script type="application/json">`` block with ``<``, ``>``, ``&`` and the
 JS line separators escaped as ``\\uXXXX`` (so no token can close the block), is read with
@@ -16,7 +19,6 @@ network request. The file is written atomically.
 from __future__ import annotations
 
 import html
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from qkv.viz._common import atomic_write, check_tokens, to_numpy
-from qkv.viz._page import CSS, JS, PAGE
+from qkv.viz._explorer_page import EXPLORER_BODY, EXPLORER_CSS, EXPLORER_JS
+from qkv.viz._page import embed_json, html_document
+
+__all__ = ["AttentionView", "attention_explorer_html", "embed_json", "write_attention_explorer"]
 
 
 @dataclass
@@ -70,22 +75,6 @@ def _view_data(view: AttentionView, batch_index: int, digits: int) -> dict[str, 
     return {"name": view.name, "queryTokens": query, "keyTokens": key, "layers": layers}
 
 
-def embed_json(data: Any) -> str:
-    """JSON that is safe inside a ``<script type="application/json">`` element.
-
-    Args:
-        data: JSON-serialisable data (no NaN or infinity).
-
-    Returns:
-        JSON text where ``<``, ``>``, ``&``, U+2028 and U+2029 appear only as ``\\uXXXX`` escapes, so the
-        text cannot end the script element or open a comment; ``json.loads`` gives ``data`` back.
-    """
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    for char in "<>&\u2028\u2029":
-        text = text.replace(char, f"\\u{ord(char):04x}")
-    return text
-
-
 def attention_explorer_html(
     views: AttentionView | Sequence[AttentionView],
     *,
@@ -112,7 +101,8 @@ def attention_explorer_html(
     if not views:
         raise ValueError("views is empty: give at least one AttentionView")
     data = {"title": title, "views": [_view_data(v, batch_index, digits) for v in views]}
-    return PAGE.format(title=html.escape(title), css=CSS, data=embed_json(data), js=JS)
+    body = EXPLORER_BODY.format(title=html.escape(title))
+    return html_document(title, body, css=EXPLORER_CSS, js=EXPLORER_JS, data=data)
 
 
 def write_attention_explorer(
