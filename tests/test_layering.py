@@ -1,5 +1,5 @@
 """The layering rule of STYLE.md, enforced: functional <- modules <- models <- {generation, training,
-interop, viz} <- cli; data and evaluation sit beside and import no models; ``qkv.hardware`` sits at the bottom
+interop, viz} <- recipes <- serve <- cli; data and evaluation sit beside and import no models; ``qkv.hardware`` sits at the bottom
 (imports no qkv) and ``functional`` never asks it anything (it reads no CPU flags)."""
 
 import ast
@@ -18,6 +18,7 @@ ALLOWED = {
     "viz": LOWER | {"viz"},
     "data": {"functional.masks", "data"},
     "evaluation": {"evaluation"},
+    "serve": LOWER | {"data", "evaluation", "generation", "recipes", "training", "viz", "serve"},
 }
 
 

@@ -41,3 +41,30 @@ def test_context_length_reads_the_config():
     assert context_length(tiny.decoder(max_len=24)) == 24
     assert context_length(tiny.decoder(positional="none", max_len=24)) is None
     assert context_length(tiny.LinearLM()) is None
+
+
+def test_kept_weights_match_teacher_forced_attention():
+    """``keep_weights``: each step's last-query attention equals the row of the full teacher-forced maps."""
+    from qkv.generation import DecoderStepper, EncoderDecoderStepper
+    from tests.generation.tiny import decoder, seq2seq
+
+    lm = decoder()
+    ids = torch.randint(4, 13, (2, 5))
+    stepper = DecoderStepper(lm, ids, max_new_tokens=3, keep_weights=True)
+    stepper.start()
+    nxt = torch.tensor([5, 6])
+    stepper.step(nxt)
+    _, full = lm(torch.cat([ids, nxt[:, None]], 1), return_weights=True)
+    for kept, ref in zip(stepper.weights, full, strict=True):
+        torch.testing.assert_close(kept, ref[:, :, -1])  # (B, H, S)
+
+    mt = seq2seq()
+    src, mask = torch.randint(4, 13, (2, 6)), torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    stepper = EncoderDecoderStepper(mt, src, mask, bos_id=1, max_len=4, keep_weights=True)
+    stepper.start()
+    stepper.step(nxt)
+    _, full = mt(src, torch.tensor([[1, 5], [1, 6]]), mask, return_weights=True)
+    for kept, ref in zip(stepper.weights, full["cross"], strict=True):
+        torch.testing.assert_close(kept, ref[:, :, -1])
+    assert float(stepper.weights[0][1, :, 4:].abs().max()) == 0.0  # padded source keys get no weight

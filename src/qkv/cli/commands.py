@@ -170,6 +170,15 @@ def average(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve(args: argparse.Namespace) -> int:
+    try:
+        from qkv.serve.server import serve as run_server
+    except ImportError as e:
+        raise UsageError(f"qkv serve needs the serve extra: pip install 'qkv[serve]' ({e.name} is missing)") from e
+    return run_server(args.run, host=args.host, port=args.port, device=args.device, max_batch=args.max_batch,
+                      queue_size=args.queue_size, timeout=args.timeout)
+
+
 def bench(args: argparse.Namespace) -> int:
     import importlib.util
 

@@ -100,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="default RUN/averaged")
     p.set_defaults(func=commands.average)
 
+    p = sub.add_parser("serve", help="serve a run over HTTP: OpenAI-style API, streaming, playground page at /")
+    p.add_argument("run")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (0: a free one)")
+    p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, ...")
+    p.add_argument("--max-batch", type=int, default=16, help="most requests decoded together")
+    p.add_argument("--queue-size", type=int, default=64, help="most requests waiting; more get 503")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request before it is cut off")
+    p.set_defaults(func=commands.serve)
+
     p = sub.add_parser("bench", help="run the benchmarks (benchmarks/*.py), JSON into benchmarks/results")
     p.add_argument("names", nargs="*", help="attention models long_context generation training (default all)")
     p.add_argument("--quick", action="store_true", help="small sizes, a smoke run")

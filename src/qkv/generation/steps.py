@@ -127,6 +127,8 @@ class DecoderStepper:
         max_new_tokens: how many tokens will be fed after the prompt at most (cache capacity).
         rows: how many rows the session may hold at once (``B x num_beams`` for beam search).
         use_cache: False recomputes the whole prefix at every step (the reference path).
+        keep_weights: keep :attr:`weights`, the self-attention of the last fed position: one ``(B, H, S)``
+            per layer (the model runs with ``return_weights=True``).
     """
 
     def __init__(
@@ -138,9 +140,11 @@ class DecoderStepper:
         max_new_tokens: int,
         rows: int | None = None,
         use_cache: bool = True,
+        keep_weights: bool = False,
     ) -> None:
         B, P = input_ids.shape
-        self.model, self.use_cache = model, use_cache
+        self.model, self.use_cache, self.keep_weights = model, use_cache, keep_weights
+        self.weights: list[torch.Tensor] | None = None
         self.ids = input_ids  # (B, P + t) in the uncached path, the prompt otherwise
         self.padded = key_padding is not None and not bool(key_padding.all())
         capacity = P + max(max_new_tokens, 1)
@@ -160,7 +164,10 @@ class DecoderStepper:
     def _run(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         kp = self.key_padding[:, : self.length] if self.padded else None
         pos = positions if self.padded else None
-        logits = self.model(ids, key_padding=kp, positions=pos, cache=self.cache)  # (B, L, V)
+        if not self.keep_weights:
+            return self.model(ids, key_padding=kp, positions=pos, cache=self.cache)[:, -1]  # (B, V)
+        logits, weights = self.model(ids, key_padding=kp, positions=pos, cache=self.cache, return_weights=True)
+        self.weights = [w[:, :, -1] for w in weights]  # per layer (B, H, S)
         return logits[:, -1]
 
     def start(self) -> torch.Tensor:
@@ -201,6 +208,8 @@ class EncoderDecoderStepper:
         max_len: how many tokens will be fed at most (BOS included): cache capacity.
         rows: the most rows held at once (``B x num_beams`` for beam search).
         use_cache: False re-decodes the whole target prefix at every step (the reference path).
+        keep_weights: keep :attr:`weights`, the cross-attention of the last fed position: one ``(B, H, S)``
+            per layer (the model runs with ``return_weights=True``).
     """
 
     def __init__(
@@ -213,9 +222,11 @@ class EncoderDecoderStepper:
         max_len: int,
         rows: int | None = None,
         use_cache: bool = True,
+        keep_weights: bool = False,
     ) -> None:
         B = src.shape[0]
-        self.model, self.use_cache = model, use_cache
+        self.model, self.use_cache, self.keep_weights = model, use_cache, keep_weights
+        self.weights: list[torch.Tensor] | None = None
         self.src_mask = src_mask
         self.memory = model.encode(src, src_mask)  # (B, S, D)
         self.bos = torch.full((B,), bos_id, dtype=torch.long, device=src.device)
@@ -236,7 +247,10 @@ class EncoderDecoderStepper:
             tgt = tokens[:, None]  # (B, 1)
         else:
             self.tgt = tgt = torch.cat([self.tgt, tokens[:, None]], dim=1)  # (B, t)
-        logits = self.model.decode(tgt, self.memory, self.src_mask, cache=self.cache)  # (B, L, V)
+        if not self.keep_weights:
+            return self.model.decode(tgt, self.memory, self.src_mask, cache=self.cache)[:, -1]  # (B, V)
+        logits, weights = self.model.decode(tgt, self.memory, self.src_mask, cache=self.cache, return_weights=True)
+        self.weights = [w[:, :, -1] for w in weights["cross"]]  # per layer (B, H, S)
         return logits[:, -1]
 
     def select(self, index: torch.Tensor) -> None:

@@ -1,0 +1,185 @@
+"""The serving engine: one thread owns the model; requests wait in a bounded queue.
+
+The HTTP handlers (asyncio) never touch the model. They :meth:`Engine.submit` work and read events back
+through a :class:`Channel`. The engine thread takes, in arrival order, either one call (classify, embed,
+beam search: run alone) or up to ``max_batch`` completion rows, which it decodes together as a
+:class:`~qkv.serve.wave.Wave`; requests that arrive meanwhile wait for the next wave. A full queue is
+refused at once (the handler answers 503); a row whose client left, or whose deadline passed, leaves
+the batch at the next step; queued work past its deadline is dropped unstarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from qkv.serve.backends import BadRequest, GenerativeBackend
+from qkv.serve.wave import Row, Wave
+
+__all__ = ["Channel", "Call", "Engine", "EngineStats", "QueueFull"]
+
+
+class QueueFull(RuntimeError):
+    """The engine's queue holds ``queue_size`` requests already."""
+
+
+class Channel:
+    """Events from the engine thread to one asyncio handler (thread-safe put, async get).
+
+    Args:
+        loop: the handler's event loop.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.queue = loop, asyncio.Queue()
+        self.closed = threading.Event()  # the client went away: the engine stops working for it
+
+    def put(self, event: dict[str, Any]) -> None:
+        if self.closed.is_set():
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:  # the loop is gone
+            self.closed.set()
+
+    async def get(self, timeout: float) -> dict[str, Any]:
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+
+@dataclass(eq=False)
+class Call:
+    """A function run alone on the engine thread; its result (or error) goes to ``channel``: as
+    ``{"result": value}``, or, with ``events=True``, as ``{"events": [event, ...]}`` (a beam search's tokens)."""
+
+    fn: Callable[[], Any]
+    channel: Channel
+    deadline: float
+    events: bool = False
+
+    def run(self) -> None:
+        try:
+            self.channel.put({"events" if self.events else "result": self.fn()})
+        except BadRequest as e:
+            self.channel.put({"error": e})
+        except Exception as e:  # noqa: BLE001 - reported to the client as a 500, the engine keeps serving
+            self.channel.put({"error": BadRequest(None, f"{type(e).__name__}: {e}", 500)})
+
+
+@dataclass
+class EngineStats:
+    """Counters: waves started, batched model calls (steps), rows stepped, the largest batch, refusals."""
+
+    waves: int = 0
+    steps: int = 0
+    rows_stepped: int = 0
+    max_rows: int = 0
+    calls: int = 0
+    rejected: int = 0
+    expired: int = 0
+
+
+class Engine:
+    """Runs queued work on one background thread.
+
+    Args:
+        backend: what the model does (generative or encoder backend).
+        max_batch: most completion rows decoded together.
+        queue_size: most requests waiting (not yet started); more are refused with :class:`QueueFull`.
+    """
+
+    def __init__(self, backend: Any, *, max_batch: int = 16, queue_size: int = 64) -> None:
+        if max_batch < 1 or queue_size < 1:
+            raise ValueError(f"max_batch ({max_batch}) and queue_size ({queue_size}) must be >= 1")
+        self.backend, self.max_batch, self.queue_size = backend, max_batch, queue_size
+        self.stats = EngineStats()
+        self._pending: collections.deque[Row | Call] = collections.deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop = False
+            self._thread = threading.Thread(target=self._loop, name="qkv-serve-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def submit(self, item: Row | Call) -> None:
+        """Queue a completion row or a call; raises :class:`QueueFull` when the queue is full."""
+        with self._cond:
+            if len(self._pending) >= self.queue_size:
+                self.stats.rejected += 1
+                raise QueueFull(f"the server queue is full ({self.queue_size} waiting); retry later")
+            self._pending.append(item)
+            self._cond.notify()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._cond:
+            return {**asdict(self.stats), "waiting": len(self._pending), "max_batch": self.max_batch,
+                    "queue_size": self.queue_size}
+
+    def _take(self) -> list[Row | Call] | None:
+        """The next unit of work: one call, or the completion rows at the head of the queue."""
+        with self._cond:
+            while not self._stop:
+                self._drop_expired()
+                if self._pending:
+                    break
+                self._cond.wait(timeout=0.5)
+            if self._stop:
+                return None
+            if isinstance(self._pending[0], Call):
+                return [self._pending.popleft()]
+            rows: list[Row | Call] = []
+            while self._pending and isinstance(self._pending[0], Row) and len(rows) < self.max_batch:
+                rows.append(self._pending.popleft())
+            return rows
+
+    def _drop_expired(self) -> None:
+        now, kept = time.monotonic(), collections.deque()
+        for item in self._pending:
+            gone = item.cancelled() if isinstance(item, Row) else item.channel.closed.is_set()
+            if gone or now > item.deadline:
+                self.stats.expired += 1
+                (item.emit if isinstance(item, Row) else item.channel.put)({"finish_reason": "timeout"})
+            else:
+                kept.append(item)
+        self._pending = kept
+
+    def _count_step(self, n: int) -> None:
+        self.stats.steps += 1
+        self.stats.rows_stepped += n
+        self.stats.max_rows = max(self.stats.max_rows, n)
+
+    def _loop(self) -> None:
+        while True:
+            work = self._take()
+            if work is None:
+                return
+            if isinstance(work[0], Call):
+                self.stats.calls += 1
+                work[0].run()
+                continue
+            self.stats.waves += 1
+            rows = [w for w in work if isinstance(w, Row)]
+            try:
+                Wave(self.backend, rows, self._count_step).run()
+            except Exception as e:  # noqa: BLE001 - every row of the failed wave gets the error
+                for r in rows:
+                    r.emit({"error": BadRequest(None, f"{type(e).__name__}: {e}", 500)})
+
+
+def is_generative(backend: Any) -> bool:
+    return isinstance(backend, GenerativeBackend)
