@@ -1,6 +1,6 @@
 """The layering rule of STYLE.md, enforced: functional <- modules <- models <- {generation, training,
-interop, viz} <- recipes <- serve <- cli; data and evaluation sit beside and import no models; ``qkv.hardware`` sits at the bottom
-(imports no qkv) and ``functional`` never asks it anything (it reads no CPU flags)."""
+interop, viz} <- recipes <- serve <- cli; data and evaluation sit beside and import no models; ``qkv.hardware``
+sits at the bottom (imports no qkv) and ``functional`` never asks it anything (it reads no CPU flags)."""
 
 import ast
 from pathlib import Path

@@ -9,27 +9,8 @@ import torch
 
 from qkv.generation import generate, translate
 from qkv.recipes import load_run
-from qkv.serve import create_app
 
-testclient = pytest.importorskip("fastapi.testclient")
-
-
-@pytest.fixture(scope="module")
-def lm(lm_dir):
-    with testclient.TestClient(create_app(lm_dir, max_batch=8)) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def mt(mt_dir):
-    with testclient.TestClient(create_app(mt_dir, max_batch=8)) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def enc(enc_dir):
-    with testclient.TestClient(create_app(enc_dir)) as client:
-        yield client
+pytest.importorskip("fastapi", reason="qkv serve needs the serve extra")
 
 
 def stream_events(client, body):

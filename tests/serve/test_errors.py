@@ -8,22 +8,9 @@ import sys
 import pytest
 
 from qkv.cli import main
-from qkv.serve import create_app
 
-testclient = pytest.importorskip("fastapi.testclient")
-
-
-@pytest.fixture(scope="module")
-def mt(mt_dir):
-    with testclient.TestClient(create_app(mt_dir, max_batch=4)) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def lm(lm_dir):
-    with testclient.TestClient(create_app(lm_dir)) as client:
-        yield client
-
+testclient = pytest.importorskip("fastapi.testclient", reason="qkv serve needs the serve extra")
+from qkv.serve import create_app  # noqa: E402
 
 GOOD = {"prompt": "3 mars 2019", "max_tokens": 5, "temperature": 0}
 
@@ -71,17 +58,16 @@ def test_malformed_json_and_wrong_body_types(mt):
     assert r.status_code == 413
 
 
-def test_classify_on_a_translator_and_completion_on_an_encoder(mt, enc_dir):
+def test_classify_on_a_translator_and_completion_on_an_encoder(mt, enc):
     for path in ("/v1/classify", "/v1/embeddings"):
         r = mt.post(path, json={"input": "hello"})
         assert r.status_code == 400 and "cannot classify" in r.json()["error"]["message"]
-    with testclient.TestClient(create_app(enc_dir)) as enc:
-        r = enc.post("/v1/completions", json=GOOD)
-        assert r.status_code == 400 and "encoder" in r.json()["error"]["message"]
-        for body, param in (({"input": []}, "input"), ({"input": [""]}, "input"), ({"input": 3}, "input"),
-                            ({"input": "a", "x": 1}, "x")):
-            r = enc.post("/v1/classify", json=body)
-            assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    r = enc.post("/v1/completions", json=GOOD)
+    assert r.status_code == 400 and "encoder" in r.json()["error"]["message"]
+    for body, param in (({"input": []}, "input"), ({"input": [""]}, "input"), ({"input": 3}, "input"),
+                        ({"input": "a", "x": 1}, "x")):
+        r = enc.post("/v1/classify", json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
 
 
 def test_unknown_route_and_server_still_answers(mt):
