@@ -45,8 +45,15 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, repeats: int = 5, 
 
 
 def machine() -> dict[str, object]:
+    from qkv.hardware import capabilities, resolve_precision
+
+    caps = capabilities("cpu")
     return {
         "torch": torch.__version__,
+        "cpu_isa": caps.isa,
+        "cpu_isa_cap": caps.isa_cap,
+        "native_bf16": caps.native_bf16,
+        "precision_auto": resolve_precision("auto", "cpu"),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),

@@ -1,15 +1,15 @@
 """Tokens/s of qkv's Trainer vs a plain eager fp32 nanoGPT-style loop, same model, same batches.
 
-Question: how much faster does qkv's trainer (bf16 autocast, attention in qkv's short-sequence C kernel,
-fused AdamW, no per-step host syncs, the step compiled by torch.compile) train the char-level GPT of
-nanoGPT's CPU recipe (4 layers, d 128, 4 heads, block 64, batch 12, vocab 65) than the loop nanoGPT's
-train.py runs, and is its validation loss no worse after the same number of steps? The two loops run
-interleaved, chunk by chunk, in one process, so load from other processes hits both alike; the JSON reports
-medians of per-chunk tokens/s and their ratio (the first chunk, with the compilation, is reported apart). On
-a shared machine pass ``--threads 1``: with more OpenMP threads than free cores, both loops slow down
-ten-fold. Measured on two threads: 2.03, 2.11, 2.17, 2.28, 2.21, 2.08, 2.10, 2.27x compiled (one thread 2.53x) (1.85-2.07x before the short-attention kernel,
-when attention ran as ~25 torch ops per layer); eager 2.08x against compiled 2.20x in one interleaved run.
-Run: ``python benchmarks/training.py [--quick] [--steps N] [--threads T]``;
+Question: how much faster does qkv's trainer at its defaults (precision ``auto``: bf16 autocast where this
+CPU multiplies bf16 natively, fp32 elsewhere; attention through qkv's dispatcher; fused AdamW; no per-step
+host syncs; the step compiled by torch.compile) train the char-level GPT of nanoGPT's CPU recipe (4 layers,
+d 128, 4 heads, block 64, batch 12, vocab 65) than the loop nanoGPT's train.py runs, and is its validation
+loss no worse after the same number of steps? The two loops run interleaved, chunk by chunk, in one process,
+so load from other processes hits both alike; the JSON reports medians of per-chunk tokens/s and their ratio
+(the first chunk, with the compilation, is reported apart), the precision ``auto`` resolved to and the CPU
+class (``qkv.hardware``). On a shared machine pass ``--threads 1``: with more OpenMP threads than free
+cores, both loops slow down ten-fold. Figures: README ("Speed"), per CPU class.
+Run: ``python benchmarks/training.py [--quick] [--steps N] [--threads T] [--precision P]``;
 writes benchmarks/results/training.json. ``--ddp 2`` instead runs qkv's trainer as two one-thread DDP
 processes (torchrun, gloo; each takes half of every global batch of 12) against the plain loop with
 torch's threads: two cores either way (plain loop timed before and after; benchmarks/results/training_ddp.json).
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json  # noqa: E402
 
+from qkv.hardware import capabilities  # noqa: E402
 from qkv.models import DecoderModel  # noqa: E402
 from qkv.models.registry import config as model_config  # noqa: E402
 from qkv.training import TrainConfig, Trainer  # noqa: E402
@@ -57,8 +58,8 @@ class Case:
     weight_decay: float = 0.1
     eval_batches: int = 40
     seed: int = 1337
-    precision: str = "bf16"
-    compile: bool = True  # one graph per step (attention included: qkv::short_attention); eager ~5% slower
+    precision: str = "auto"  # the Trainer's default: resolved by qkv.hardware.resolve_precision
+    compile: bool = True  # one graph per step (attention included where a qkv kernel serves it)
     attention: str | None = "math"  # qkv's SDPA backend; the plain loop always lets torch choose
 
 
@@ -226,7 +227,8 @@ def run_case(case: Case) -> dict:
     ratios = [q / p for q, p in zip(samples["qkv"], samples["plain"], strict=True)]
     losses = {"plain": val_loss(plain_model, val, case), "qkv": val_loss(qkv_model, val, case)}
     return {
-        **asdict(case), "data": source, "vocab": vocab, "threads": torch.get_num_threads(),
+        **asdict(case), "precision_resolved": trainer.precision, "cpu": str(capabilities("cpu")),
+        "data": source, "vocab": vocab, "threads": torch.get_num_threads(),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "steps_done": trainer.step,
         "tokens_per_s_plain": tps["plain"], "tokens_per_s_qkv": tps["qkv"],
@@ -291,8 +293,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--quick", action="store_true", help="few steps: a smoke run")
     p.add_argument("--steps", type=int, default=None, help="training steps of each loop")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (both loops)")
+    p.add_argument("--precision", default="auto", help="the trainer's precision: auto (default), fp32, bf16")
     p.add_argument("--variants", action="store_true",
-                   help="also time bf16 with torch's attention backends, fp32, and bf16 eager (no torch.compile)")
+                   help="also time torch's attention backends, explicit fp32 and bf16, and eager (no torch.compile)")
     p.add_argument("--ddp", type=int, default=0, metavar="N",
                    help="instead: qkv's trainer as N one-thread DDP processes (torchrun, gloo) vs the plain loop "
                         "with torch's threads in this process")
@@ -301,8 +304,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     base = Case(steps=60, chunk=10, eval_batches=5) if args.quick else Case()
-    if args.steps:
-        base = Case(**{**asdict(base), "steps": args.steps})
+    base = Case(**{**asdict(base), "precision": args.precision, **({"steps": args.steps} if args.steps else {})})
     if args.ddp_worker:
         ddp_worker(base)
         return []
@@ -316,14 +318,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return [row]
     cases = [base]
     if args.variants and not args.quick:
-        cases += [Case(**{**asdict(base), "attention": None}),  # bf16 with torch's (flash) attention
+        cases += [Case(**{**asdict(base), "attention": None}),  # torch's (flash) attention
                   Case(**{**asdict(base), "precision": "fp32", "attention": None}),  # the trainer's own cost
+                  Case(**{**asdict(base), "precision": "bf16"}),  # bf16 where it is not native too
                   Case(**{**asdict(base), "compile": False})]  # eager
     rows = []
     for case in cases:
         row = run_case(case)
         rows.append(row)
-        print(f"{case.precision} compile={case.compile!s:5} attention={case.attention} steps={case.steps}: plain "
+        print(f"{case.precision}->{row['precision_resolved']} compile={case.compile!s:5} attention={case.attention} steps={case.steps}: plain "
               f"{row['tokens_per_s_plain']:8.0f} tok/s  qkv {row['tokens_per_s_qkv']:8.0f} tok/s  "
               f"qkv/plain {row['ratio_qkv_over_plain']:.2f} (per chunk {row['ratio_per_chunk_min']:.2f}.."
               f"{row['ratio_per_chunk_max']:.2f})  val loss plain {row['val_loss_plain']:.4f} "

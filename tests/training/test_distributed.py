@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent(
     out = {{}}
     for strategy in ("ddp", "fsdp"):
         torch.manual_seed(0)
-        cfg = TrainConfig(steps={STEPS}, lr=3e-2, warmup=1, log_every=1, progress=False, device="cpu",
+        cfg = TrainConfig(steps={STEPS}, lr=3e-2, warmup=1, log_every=1, progress=False, device="cpu", precision="fp32",
                           out_dir=sys.argv[1] + "/" + strategy, fused=False, strategy=strategy)
         train = Sharded(ShuffledBatches(), info.rank, info.world_size)
         evals = Sharded(ShuffledBatches(seed=1), info.rank, info.world_size)
@@ -65,7 +65,7 @@ def test_two_processes_ddp_and_fsdp_match_one_process(tmp_path):
     ddp = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
     torch.manual_seed(0)
-    cfg = TrainConfig(steps=STEPS, lr=3e-2, warmup=1, log_every=1, progress=False, device="cpu",
+    cfg = TrainConfig(steps=STEPS, lr=3e-2, warmup=1, log_every=1, progress=False, device="cpu", precision="fp32",
                       grad_accum=2, fused=False)
     single = Trainer(TinyLM(dropout=0.0), lm_loss, ShuffledBatches(), cfg, eval_data=ShuffledBatches(seed=1))
     result = single.fit()
@@ -93,7 +93,7 @@ RESUME_SCRIPT = textwrap.dedent(
 
     def trainer(strategy, name):
         torch.manual_seed(0)
-        cfg = TrainConfig(steps=4, lr=3e-2, warmup=1, log_every=1, progress=False, device="cpu", fused=False,
+        cfg = TrainConfig(steps=4, lr=3e-2, warmup=1, log_every=1, progress=False, device="cpu", precision="fp32", fused=False,
                           strategy=strategy, out_dir=sys.argv[1] + "/" + strategy + "-" + name)
         return Trainer(TinyLM(dropout=0.0), lm_loss, Sharded(ShuffledBatches(), info.rank, info.world_size), cfg,
                        dist=info)

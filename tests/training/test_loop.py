@@ -12,7 +12,7 @@ from tests.training.training_fixtures import PAD, ShuffledBatches, TinyLM, lm_lo
 
 def _cfg(tmp_path=None, **kw):
     base = dict(steps=10, lr=3e-2, warmup=2, log_every=1, progress=False, device="cpu",
-                out_dir=str(tmp_path) if tmp_path else None, fused=False)
+                out_dir=str(tmp_path) if tmp_path else None, fused=False, precision="fp32")
     return TrainConfig(**{**base, **kw})
 
 
@@ -170,8 +170,8 @@ def test_bf16_autocast_is_used_and_learns():
 
 
 def test_config_validation_prints_values():
-    with pytest.raises(ValueError, match="'fp16'"):
-        TrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match="'fp8' is not one of auto, fp32, bf16, fp16"):
+        TrainConfig(precision="fp8")
     with pytest.raises(ValueError, match="d_model"):
         TrainConfig(schedule="inverse_sqrt")
     with pytest.raises(ValueError, match=r"\['lrr'\]"):

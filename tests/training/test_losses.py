@@ -48,7 +48,8 @@ def test_decoder_on_packed_text_resumes_bit_exactly_through_loader_skip(tmp_path
     tok = CharTokenizer.train([TEXT])
     data = PackedTextDataset.from_text(TEXT, tok, block_size=16)
     cfg = _tiny_decoder(tok.vocab_size)
-    kw = dict(steps=6, lr=1e-2, warmup=2, log_every=1, eval_every=3, progress=False, device="cpu", fused=False)
+    kw = dict(steps=6, lr=1e-2, warmup=2, log_every=1, eval_every=3, progress=False, device="cpu", fused=False,
+              precision="fp32")
 
     def trainer(out):
         loader = make_loader(data, batch_size=16, seed=0)  # 4 batches per epoch

@@ -51,10 +51,14 @@ def demo(args: argparse.Namespace) -> int:
 
         run_attention_demo(seed=args.seed)
         return 0
+    from qkv.hardware import cpu_isa
     from qkv.recipes.demo import demo_recipe, run_demo
 
+    if args.precision not in ("auto", "fp32", "bf16"):
+        raise UsageError(f"--precision {args.precision!r} is not one of auto, fp32, bf16")
+    cpu_isa()  # a bad QKV_CPU_ISA is an error before any work
     recipe = demo_recipe(rnn=args.rnn, out_dir=args.out, steps=args.steps, time_limit=args.time_limit,
-                         n_train=args.n_train, n_test=args.n_test, seed=args.seed)
+                         n_train=args.n_train, n_test=args.n_test, seed=args.seed, precision=args.precision)
     run_demo(recipe)
     return 0
 
@@ -177,6 +181,12 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(f"qkv serve needs the serve extra: pip install 'qkv[serve]' ({e.name} is missing)") from e
     return run_server(args.run, host=args.host, port=args.port, device=args.device, max_batch=args.max_batch,
                       queue_size=args.queue_size, timeout=args.timeout)
+
+
+def doctor(args: argparse.Namespace) -> int:
+    from qkv.cli.doctor import main as run_doctor
+
+    return run_doctor(bench=args.bench, device=args.device)
 
 
 def bench(args: argparse.Namespace) -> int:

@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=int, default=1000, help="held-out test pairs")
     p.add_argument("--out", default=None, help="run directory (default runs/demo or runs/demo-rnn)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto",
+                   help="auto (default): bf16 where this device runs bf16 matmuls natively, else fp32; or fp32, bf16")
     p.add_argument("--attention-only", action="store_true", help="only print the attention core on a toy example")
     p.set_defaults(func=commands.demo)
 
@@ -109,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-size", type=int, default=64, help="most requests waiting; more get 503")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request before it is cut off")
     p.set_defaults(func=commands.serve)
+
+    p = sub.add_parser("doctor", help="this machine as qkv sees it (versions, CPU class, bf16, precision, kernels)")
+    p.add_argument("--bench", action="store_true", help="also time fp32 against bf16 matmuls (~5 s)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
+    p.set_defaults(func=commands.doctor)
 
     p = sub.add_parser("bench", help="run the benchmarks (benchmarks/*.py), JSON into benchmarks/results")
     p.add_argument("names", nargs="*", help="attention models long_context generation training (default all)")

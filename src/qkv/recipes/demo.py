@@ -32,8 +32,13 @@ class DemoResult:
 
 def demo_recipe(*, rnn: bool = False, out_dir: str | None = None, steps: int | None = None,
                 time_limit: float | None = 300.0, n_train: int = 40000, n_test: int = 1000,
-                seed: int = 0) -> Recipe:
-    """The demo's recipe; ``steps``/``n_train`` shrink it for a quick run."""
+                seed: int = 0, precision: str = "auto") -> Recipe:
+    """The demo's recipe; ``steps``/``n_train`` shrink it for a quick run.
+
+    With a ``time_limit`` the schedule is fitted to it (``TrainConfig.fit_schedule``): a CPU that makes fewer
+    steps in the time gets a shorter but complete cosine. ``precision`` ``auto`` is bf16 where bf16 matmuls
+    are native and fp32 elsewhere (:func:`qkv.hardware.resolve_precision`).
+    """
     if rnn:
         model, options, lr, default_steps = "rnn-attention-small", {"embed_dim": 64, "hidden_size": 128,
                                                                     "dropout": 0.0}, 3e-3, 1000
@@ -49,8 +54,10 @@ def demo_recipe(*, rnn: bool = False, out_dir: str | None = None, steps: int | N
                         seed=seed),
         train=TrainConfig(steps=steps, lr=lr, warmup=min(100, steps // 10), schedule="cosine", min_lr_ratio=0.05,
                           weight_decay=0.01, eval_every=max(steps // 4, 1), log_every=10, seed=seed,
-                          keep_last=1, time_limit=time_limit, monitor="exact_match", mode="max",
-                          precision="fp32" if rnn else "bf16", attention_backend=None if rnn else "math"),
+                          keep_last=1, time_limit=time_limit, fit_schedule=time_limit is not None,
+                          monitor="exact_match", mode="max",
+                          precision="fp32" if rnn and precision == "auto" else precision,
+                          attention_backend=None if rnn else "math"),
         decode=DecodeConfig(strategy="greedy", max_len=12),
         out_dir=out_dir or ("runs/demo-rnn" if rnn else "runs/demo"),
     )
@@ -63,7 +70,7 @@ def run_demo(recipe: Recipe, *, n_show: int = 5, n_pictures: int = 3, echo=print
          f"{recipe.data.n_train} generated training pairs, up to {recipe.train.steps} steps"
          + (f" or {recipe.train.time_limit:.0f} s" if recipe.train.time_limit else ""))
     t0 = time.perf_counter()
-    result, parts = train(recipe)
+    result, parts = train(recipe, echo=echo)
     seconds = time.perf_counter() - t0
     model, pair, data = parts["model"], parts["tokenizer"], parts["data"]
     test = data.test

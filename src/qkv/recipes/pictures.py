@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qkv.viz import AttentionView, attention_heads_grid, save_figure, training_curves, write_attention_explorer
+from qkv.viz import (
+    AttentionView,
+    attention_heads_grid,
+    read_metrics_jsonl,
+    save_figure,
+    training_curves,
+    write_attention_explorer,
+)
 
 __all__ = ["curve_png", "translation_attention_pictures", "translation_views"]
 
@@ -15,7 +22,8 @@ def curve_png(run_dir: str | Path, path: str | Path) -> Path | None:
     metrics = Path(run_dir) / "metrics.jsonl"
     if not metrics.is_file():
         return None
-    return save_figure(training_curves(metrics), path)
+    curves = [r for r in read_metrics_jsonl(metrics) if r.get("split") in ("train", "eval")]  # not run/plan
+    return save_figure(training_curves(curves), path)
 
 
 def translation_views(maps: dict[str, Any]) -> list[AttentionView]:

@@ -21,6 +21,7 @@ from qkv.data import load_tokenizer
 from qkv.data.tokenizer_pair import TokenizerPair, load_tokenizer_pair
 from qkv.data.tokenizers import atomic_write_text
 from qkv.evaluation import accuracy, corpus_bleu, exact_match
+from qkv.hardware import capabilities
 from qkv.models import registry
 from qkv.models.config import DecoderConfig, EncoderConfig, RNNSeq2SeqConfig, Seq2SeqConfig
 from qkv.recipes import classify, lm, translation
@@ -123,8 +124,12 @@ PARTS: dict[str, Callable[[Recipe], dict[str, Any]]] = {
 }
 
 
-def train(recipe: Recipe, *, resume: bool = False) -> tuple[TrainResult, dict[str, Any]]:
-    """Build data, tokenizer and model for ``recipe`` and train; returns the result and the parts built."""
+def train(recipe: Recipe, *, resume: bool = False,
+          echo: Callable[[str], Any] | None = print) -> tuple[TrainResult, dict[str, Any]]:
+    """Build data, tokenizer and model for ``recipe`` and train; returns the result and the parts built.
+
+    ``echo`` (when given) gets one line before training: the device and the precision the run resolved to.
+    """
     parts = PARTS[recipe.task](recipe)
     torch.manual_seed(recipe.train.seed)
     model = parts.get("model")
@@ -142,6 +147,9 @@ def train(recipe: Recipe, *, resume: bool = False) -> tuple[TrainResult, dict[st
     )
     if resume and (out / "latest").exists():
         trainer.resume(out / "latest")
+    if echo is not None:
+        echo(f"training on {capabilities(trainer.device)}; precision {trainer.precision} "
+             f"(train.precision: {tcfg.precision})")
     result = trainer.fit()
     parts["model"], parts["trainer"] = trainer.model, trainer
     return result, parts

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from qkv.hardware import PRECISIONS
 from qkv.training.optim import SCHEDULES
 
-PRECISIONS = ("fp32", "bf16")
 ATTENTION_BACKENDS = ("math", "flash", "efficient", "cudnn")
 
 
@@ -29,7 +29,10 @@ class TrainConfig:
         fused: fused AdamW; ``None`` picks it where available.
         grad_clip: clip the global gradient norm to this (``None`` or 0: no clipping).
         grad_accum: micro-batches per update (the loss is averaged over all their tokens).
-        precision: ``fp32`` or ``bf16`` (autocast on CPU and GPU; weights and optimiser stay fp32).
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``; resolved once on the training device by
+            :func:`qkv.hardware.resolve_precision`: ``auto`` is bf16 where bf16 matmuls are native (CUDA with
+            bf16, CPUs with AVX512-BF16 or AMX) and fp32 elsewhere. bf16/fp16 autocast the forward passes
+            (weights and optimiser stay fp32); fp16 needs CUDA and scales the loss (``torch.amp.GradScaler``).
         compile: run the forward and loss through ``torch.compile``.
         attention_backend: restrict ``scaled_dot_product_attention`` to one backend during training and
             evaluation (``math``, ``flash``, ``efficient``, ``cudnn``); ``None`` lets torch choose. On CPU
@@ -51,7 +54,18 @@ class TrainConfig:
         strategy: data parallelism under torchrun: ``ddp`` or ``fsdp``.
         progress: show a tqdm progress bar on rank 0.
         time_limit: stop (with a checkpoint) after this many seconds of training (``None``: no limit);
-            the schedule still runs over ``steps``.
+            the schedule still runs over ``steps`` unless ``fit_schedule`` is set.
+        fit_schedule: with ``time_limit``, fit the schedule to the time: after ``plan_after`` updates the
+            trainer times its updates (from update ``plan_after // 2`` on, so compilation and warm-up do not
+            count) and plans the run over the updates that fit in the time left, keeping a tenth of it for
+            evaluations and checkpoints (at most ``steps``; warm-up at most a fifth of them). The schedule
+            (cosine: its decay to ``min_lr_ratio``) then ends where the run ends, so a slower machine gets a
+            shorter but complete schedule instead of one cut off at a high learning rate. The plan is made
+            once, from rank 0's clock, and saved in checkpoints: a resumed run continues the same plan, and
+            everything after the plan is deterministic (bit-exact resume). The time limit still stops a run
+            that the machine slows down past its plan.
+        plan_after: updates timed before ``fit_schedule`` plans (keep it <= ``warmup`` so that the learning
+            rates before the plan do not depend on it).
     """
 
     steps: int = 1000
@@ -66,7 +80,7 @@ class TrainConfig:
     fused: bool | None = None
     grad_clip: float | None = 1.0
     grad_accum: int = 1
-    precision: str = "fp32"
+    precision: str = "auto"
     compile: bool = False
     attention_backend: str | None = None
     eval_every: int = 0
@@ -84,6 +98,8 @@ class TrainConfig:
     strategy: str = "ddp"
     progress: bool = True
     time_limit: float | None = None
+    fit_schedule: bool = False
+    plan_after: int = 20
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # from YAML/JSON lists
@@ -96,7 +112,7 @@ class TrainConfig:
         if self.schedule == "inverse_sqrt" and not self.d_model:
             raise ValueError("schedule 'inverse_sqrt' needs d_model")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
+            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.attention_backend is not None and self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend {self.attention_backend!r} is not one of {ATTENTION_BACKENDS}")
         if self.mode not in ("min", "max"):
@@ -105,6 +121,9 @@ class TrainConfig:
             raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
         if self.time_limit is not None and self.time_limit <= 0:
             raise ValueError(f"time_limit must be > 0 seconds or None, got {self.time_limit}")
+        if self.fit_schedule and (self.time_limit is None or self.plan_after < 2):
+            raise ValueError(f"fit_schedule needs a time_limit (got {self.time_limit}) and plan_after >= 2 "
+                             f"(got {self.plan_after})")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
 

@@ -1,4 +1,4 @@
-"""The training loop: accumulation, clipping, bf16 autocast, compile, evaluation, checkpoints, signals.
+"""The training loop: accumulation, clipping, autocast, compile, evaluation, checkpoints, signals.
 
 A *loss function* ``loss_fn(model, batch) -> (loss, n_tokens)`` returns the mean loss over the
 batch's counted tokens and their number (a tensor or int). The trainer weights each micro-batch by its
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn.attention import sdpa_kernel
 
+from qkv.hardware import resolve_precision
 from qkv.training import checkpoint as ckpt
 from qkv.training.average import average_last, list_checkpoints, prune_checkpoints
 from qkv.training.config import TrainConfig
@@ -38,6 +39,7 @@ from qkv.training.distributed import (
 )
 from qkv.training.metrics import MetricsWriter, perplexity
 from qkv.training.optim import build_optimizer, build_scheduler, schedule_fn
+from qkv.training.plan import StepTimer, steps_that_fit
 from qkv.training.runtime import (
     SDPA_BACKENDS,
     LossFn,
@@ -81,6 +83,13 @@ class Trainer:
         model_config: saved as ``config.json`` in checkpoints (a dataclass with ``to_dict()``).
         tokenizer: saved into checkpoints through ``tokenizer.save(folder)``.
         dist: the process's place in a torchrun job (default: single process).
+
+    Attributes:
+        precision: the precision the run uses, ``config.precision`` resolved once on the training device
+            (``"fp32"`` or ``"bf16"``; see :func:`qkv.hardware.resolve_precision`); saved in checkpoints and
+            written to the metrics as the ``run`` record.
+        planned_steps: the run's length as planned by ``config.fit_schedule`` (``None`` before the plan, or
+            without it); :attr:`total_steps` is the length in force.
     """
 
     def __init__(
@@ -100,6 +109,10 @@ class Trainer:
         self.config = config
         self.dist = dist or DistInfo(device=resolve_device(config.device))
         self.device = self.dist.device
+        self.precision = resolve_precision(config.precision, self.device)
+        if self.precision == "fp16":
+            raise ValueError("precision 'fp16' is not supported by the Trainer (it has no loss scaling); "
+                             "use auto or bf16")
         seed_everything(config.seed)
         self.model = model.to(self.device)
         self.loss_fn, self.eval_loss_fn = loss_fn, eval_loss_fn or loss_fn
@@ -112,9 +125,10 @@ class Trainer:
             self.model, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas,
             eps=config.eps, fused=config.fused,
         )
-        fn = schedule_fn(config.schedule, warmup=config.warmup, total=config.steps,
-                         d_model=config.d_model, min_ratio=config.min_lr_ratio)
-        self.scheduler = build_scheduler(self.optimizer, fn)
+        self.scheduler = build_scheduler(self.optimizer, self._schedule(config.steps))
+        self.planned_steps: int | None = None
+        sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
+        self._timer = StepTimer(config.plan_after, sync)
         self.out_dir = Path(config.out_dir) if config.out_dir else None
         self.writer = MetricsWriter(self.out_dir if self.dist.is_main else None)
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -124,6 +138,45 @@ class Trainer:
         self._stop_signal: int | None = None
         self._deadline: float | None = None
         self._timed_out = False
+
+    # ------------------------------------------------------------------------------------ schedule
+    def _schedule(self, total: int) -> Callable[[int], float]:
+        cfg = self.config
+        warmup = cfg.warmup if total == cfg.steps else min(cfg.warmup, max(1, total // 5))
+        return schedule_fn(cfg.schedule, warmup=warmup, total=total, d_model=cfg.d_model, min_ratio=cfg.min_lr_ratio)
+
+    @property
+    def total_steps(self) -> int:
+        """The run's length: the planned steps once ``fit_schedule`` has planned, else ``config.steps``."""
+        return self.config.steps if self.planned_steps is None else self.planned_steps
+
+    def plan(self, steps: int) -> None:
+        """Run ``steps`` updates in all, with the schedule planned over them (what ``fit_schedule`` does).
+
+        Args:
+            steps: the planned length, in ``[1, config.steps]``; its warm-up is at most a fifth of it.
+        """
+        if not 1 <= steps <= self.config.steps:
+            raise ValueError(f"planned steps ({steps}) must be in [1, steps={self.config.steps}]")
+        self.planned_steps = steps
+        fn = self._schedule(steps)
+        self.scheduler.lr_lambdas = [fn] * len(self.optimizer.param_groups)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            group["lr"] = base * fn(self.scheduler.last_epoch)  # the next update already follows the plan
+
+    def _maybe_plan(self) -> None:
+        """``fit_schedule``: once this ``fit`` call has timed its first updates, plan the run (rank 0's plan)."""
+        if not self.config.fit_schedule or self.planned_steps is not None or self._deadline is None:
+            return
+        per_step = self._timer.seconds_per_step(self.step)
+        if per_step is None:
+            return
+        steps = steps_that_fit(self._deadline - time.perf_counter(), per_step, done=self.step, most=self.config.steps)
+        if self.dist.enabled:
+            steps = int(all_reduce_sum(torch.tensor(float(steps if self.dist.is_main else 0),
+                                                    device=self.device)).item())
+        self.plan(steps)
+        self.writer.write("plan", self.step, {"planned_steps": steps, "seconds_per_step": per_step})
 
     # ------------------------------------------------------------------------------------ data
     def _next_batch(self) -> Any:
@@ -143,8 +196,8 @@ class Trainer:
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
-        """bf16 autocast (if configured) and the configured attention backend, around forward passes."""
-        enabled = self.config.precision == "bf16"
+        """bf16 autocast (if the run's precision is bf16) and the attention backend, around forward passes."""
+        enabled = self.precision == "bf16"
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled))
             if self.config.attention_backend is not None:
@@ -268,6 +321,7 @@ class Trainer:
         return {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "best": self.best, "bad_evals": self.bad_evals, "config": self.config.to_dict(),
+            "precision": self.precision, "planned_steps": self.planned_steps,
         }
 
     def save(self, name: str | None = None, *, best: bool = False) -> Path | None:
@@ -302,6 +356,8 @@ class Trainer:
             loaded = ckpt.load_checkpoint(path, self.model, optimizer=self.optimizer, scheduler=self.scheduler)
         st = loaded.trainer_state
         self.step, self.epoch, self.best, self.bad_evals = st["step"], st["epoch"], st["best"], st["bad_evals"]
+        if st.get("planned_steps") is not None:
+            self.plan(st["planned_steps"])
         self._iter, self.batch_in_epoch = None, 0
         skip = st["batch_in_epoch"]
         if skip and accepts_skip(self.train_data):  # qkv loaders start mid-epoch without reading
@@ -314,23 +370,27 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ fit
     def fit(self, until: int | None = None) -> TrainResult:
-        """Train to ``config.steps``, or early stop, or SIGINT/SIGTERM (checkpoint, then return).
+        """Train to :attr:`total_steps`, or early stop, or SIGINT/SIGTERM (checkpoint, then return).
 
         Args:
-            until: stop (with a checkpoint) once this step is reached, before ``config.steps``; the
-                schedule still runs over ``config.steps``, so a later :meth:`resume` continues the run.
+            until: stop (with a checkpoint) once this step is reached, before the end; the schedule still
+                runs over :attr:`total_steps`, so a later :meth:`resume` continues the run.
 
         Returns:
             What happened, with the paths of the last, best and averaged checkpoints.
         """
         result = TrainResult(step=self.step)
+        self._timer.begin(self.step)
         self._deadline = None if self.config.time_limit is None else time.perf_counter() + self.config.time_limit
+        if not any(r["split"] == "run" for r in self.writer.records):  # once per Trainer
+            self.writer.write("run", self.step, {"precision": self.precision, "requested": self.config.precision,
+                                                 "device": str(self.device)})
         with self._signals(), self._progress() as bar:
-            self._loop(result, bar, self.config.steps if until is None else min(until, self.config.steps))
+            self._loop(result, bar, self.total_steps if until is None else until)
         result.step, result.best = self.step, self.best
         if self.out_dir is not None and (self.out_dir / "best").exists():
             result.best_path = (self.out_dir / "best").resolve()
-        finished = not result.interrupted and (result.stopped_early or self.step >= self.config.steps
+        finished = not result.interrupted and (result.stopped_early or self.step >= self.total_steps
                                                or self._timed_out)
         if self.config.average_last and self.out_dir is not None and finished:
             # A run cut short by its time limit may hold fewer checkpoints than asked for: average those.
@@ -346,16 +406,18 @@ class Trainer:
         loss_acc = torch.zeros((), device=self.device)
         n_acc = torch.zeros((), device=self.device)
         t0 = time.perf_counter()
-        while self.step < until:
+        while self.step < min(until, self.total_steps):
             loss_sum, n, norm = self.train_step()
             loss_acc += loss_sum
             n_acc += n
+            self._maybe_plan()
+            bar.total = self.total_steps
             bar.update(1)
-            stop = self._should_stop() or self.step == until
+            stop = self._should_stop() or self.step >= min(until, self.total_steps)
             if self.step % cfg.log_every == 0 or stop:
                 t0 = self._log(loss_acc, n_acc, norm, t0, bar)
                 loss_acc.zero_(), n_acc.zero_()
-            # Running out of time ends the run like reaching config.steps: a final evaluation (so the best
+            # Running out of time ends the run like reaching its planned steps: a final evaluation (so the best
             # checkpoint covers the last model) and checkpoint averaging. A signal only saves.
             saved, early = self._evaluate_and_save(result, final=stop and self._timed_out)
             if early:
@@ -370,7 +432,7 @@ class Trainer:
     def _evaluate_and_save(self, result: TrainResult, *, final: bool = False) -> tuple[bool, bool]:
         """Evaluate/checkpoint when due (or ``final``); returns ``(saved, patience exhausted)``."""
         cfg = self.config
-        at_end = self.step == cfg.steps or final
+        at_end = self.step == self.total_steps or final
         if (cfg.eval_every and self.step % cfg.eval_every == 0) or at_end:
             metrics = self.evaluate()
             if metrics:
@@ -440,7 +502,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         disable = not (self.config.progress and self.dist.is_main)
-        bar = tqdm(total=self.config.steps, initial=self.step, disable=disable, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=disable, unit="step", dynamic_ncols=True)
         try:
             yield bar
         finally:
