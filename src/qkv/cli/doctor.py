@@ -22,12 +22,12 @@ __all__ = ["kernel_lines", "matmul_probe", "report"]
 
 def kernel_lines() -> list[str]:
     """What qkv's accelerated kernels are on this machine: built or not, and why not."""
-    from qkv.functional import _native
+    from qkv.kernels import native
 
-    if _native.kernels() is not None:
-        return ["native C kernels (_blocks.c, _short.c): built and loaded; CPU attention uses them where "
-                "qkv.functional's dispatcher routes (chunked blocks, short sequences)"]
-    return [f"native C kernels: not used ({_native.unavailable_reason()}); attention runs on torch's kernels"]
+    if native.kernels() is not None:
+        return ["native C kernels (qkv.kernels: _blocks.c, _short.c): built and loaded; CPU attention uses them "
+                "where the dispatcher routes (chunked blocks, short sequences)"]
+    return [f"native C kernels: not used ({native.unavailable_reason()}); attention runs on torch's kernels"]
 
 
 def matmul_probe(seconds: float = 5.0, n: int = 512, device: str = "cpu") -> dict[str, float]:
