@@ -21,11 +21,12 @@ def _train(folder: Path, yaml: str) -> Path:
 
 
 def lm_run(folder: Path) -> Path:
-    """A byte-level BPE language model (multi-byte characters split across tokens)."""
+    """A byte-level BPE language model (multi-byte characters split across tokens); no positional table, so
+    no context limit: requests may run long (up to the server's 512 tokens)."""
     (folder / "text.txt").write_text(TEXT, encoding="utf-8")
     return _train(folder, (
         "task: lm\nmodel: gpt-char-small\n"
-        "model_options: {num_layers: 2, d_model: 32, num_heads: 2, dropout: 0.0}\n"
+        "model_options: {num_layers: 2, d_model: 32, num_heads: 2, dropout: 0.0, positional: none}\n"
         f"data: {{source: files, train: {folder / 'text.txt'}, block_size: 48, batch_size: 4}}\n"
         "tokenizer: {kind: bpe, vocab_size: 300, min_frequency: 2}\n"
         "train: {steps: 4, eval_every: 4, progress: false}\n"))

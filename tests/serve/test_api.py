@@ -107,3 +107,17 @@ def test_classify_and_embeddings(enc, enc_dir):
     emb = enc.post("/v1/embeddings", json={"input": "good fine movie"}).json()
     torch.testing.assert_close(torch.tensor(emb["data"][0]["embedding"]), embed(run.model, run.tokenizer, texts[:1])[0],
                                atol=1e-5, rtol=0)
+
+
+def test_playground_page_is_self_contained(mt, enc):
+    import html
+    import re
+
+    for client, task in ((mt, "translation"), (enc, "classify")):
+        r = client.get("/")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        page = r.text
+        assert "window.QkvHeatmap" in page and f'"task":"{task}"' in page  # the explorer's drawing code, reused
+        assert not re.search(r"<(link|img|iframe)\b|\bsrc=|https?://", page)  # nothing loaded from anywhere
+        csp = html.unescape(re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', page).group(1))
+        assert "connect-src 'self'" in csp and "default-src 'none'" in csp

@@ -17,13 +17,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qkv.generation import LogitsSettings
 from qkv.recipes.run import LoadedRun, load_run
 from qkv.serve.backends import BadRequest, EncoderBackend, GenerativeBackend, backend_for
 from qkv.serve.engine import Call, Channel, Engine, QueueFull
+from qkv.serve.page import playground_html
 from qkv.serve.responses import Completion, error_body, sse
 from qkv.serve.schemas import AttentionRequest, CompletionRequest, TextsRequest
 from qkv.serve.wave import Row
@@ -173,6 +174,13 @@ def _failure(event: dict[str, Any], timeout: float) -> tuple[int, str, str | Non
 
 
 def _routes(app: FastAPI, server: _Server) -> None:
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        backend = server.backend
+        cross = isinstance(backend, GenerativeBackend) and backend.cross
+        max_tokens = min(40, backend.max_tokens) if isinstance(backend, GenerativeBackend) else 1
+        return HTMLResponse(playground_html(server.name, server.run.task, cross=cross, max_tokens=max_tokens))
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         entry = {"id": server.name, "object": "model", "created": int(server.run.path.stat().st_mtime),

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from qkv.serve.backends import BadRequest, GenerativeBackend
-from qkv.serve.wave import Row, Wave
+from qkv.serve.wave import EngineStats, Row, Wave
 
 __all__ = ["Channel", "Call", "Engine", "EngineStats", "QueueFull"]
 
@@ -70,17 +71,6 @@ class Call:
             self.channel.put({"error": BadRequest(None, f"{type(e).__name__}: {e}", 500)})
 
 
-@dataclass
-class EngineStats:
-    """Counters: waves started, batched model calls (steps), rows stepped, the largest batch, refusals."""
-
-    waves: int = 0
-    steps: int = 0
-    rows_stepped: int = 0
-    max_rows: int = 0
-    calls: int = 0
-    rejected: int = 0
-    expired: int = 0
 
 
 class Engine:
@@ -127,7 +117,8 @@ class Engine:
 
     def snapshot(self) -> dict[str, Any]:
         with self._cond:
-            return {**asdict(self.stats), "waiting": len(self._pending), "max_batch": self.max_batch,
+            counts = {f.name: copy.copy(getattr(self.stats, f.name)) for f in fields(self.stats)}  # dict copy: atomic
+            return {**counts, "waiting": len(self._pending), "max_batch": self.max_batch,
                     "queue_size": self.queue_size}
 
     def _take(self) -> list[Row | Call] | None:
@@ -158,11 +149,6 @@ class Engine:
                 kept.append(item)
         self._pending = kept
 
-    def _count_step(self, n: int) -> None:
-        self.stats.steps += 1
-        self.stats.rows_stepped += n
-        self.stats.max_rows = max(self.stats.max_rows, n)
-
     def _loop(self) -> None:
         while True:
             work = self._take()
@@ -175,7 +161,7 @@ class Engine:
             self.stats.waves += 1
             rows = [w for w in work if isinstance(w, Row)]
             try:
-                Wave(self.backend, rows, self._count_step).run()
+                Wave(self.backend, rows, self.stats).run()
             except Exception as e:  # noqa: BLE001 - every row of the failed wave gets the error
                 for r in rows:
                     r.emit({"error": BadRequest(None, f"{type(e).__name__}: {e}", 500)})

@@ -23,7 +23,22 @@ from qkv.serve.backends import GenerativeBackend, Prepared
 from qkv.serve.schemas import AttentionRequest
 from qkv.serve.text import IncrementalText
 
-__all__ = ["Row", "Wave", "head_view"]
+__all__ = ["EngineStats", "Row", "Wave", "head_view"]
+
+
+@dataclass
+class EngineStats:
+    """Counters: waves started, batched model calls (steps), rows stepped, the largest batch, calls run
+    alone, requests refused (queue full) or dropped unstarted, and finished rows by reason."""
+
+    waves: int = 0
+    steps: int = 0
+    rows_stepped: int = 0
+    max_rows: int = 0
+    calls: int = 0
+    rejected: int = 0
+    expired: int = 0
+    finished: dict[str, int] = field(default_factory=dict)
 
 
 def head_view(weights: torch.Tensor, head: int | str) -> list:
@@ -87,11 +102,11 @@ class Wave:
     Args:
         backend: the language model or translator.
         rows: the requests (validated, at most the engine's ``max_batch``).
-        on_step: called with the number of rows after each batched model call (statistics).
+        stats: the engine's counters, updated after each batched model call and finished row.
     """
 
-    def __init__(self, backend: GenerativeBackend, rows: list[Row], on_step: Callable[[int], None]) -> None:
-        self.backend, self.rows, self.on_step = backend, rows, on_step
+    def __init__(self, backend: GenerativeBackend, rows: list[Row], stats: EngineStats) -> None:
+        self.backend, self.rows, self.stats = backend, rows, stats
         keep = any(r.attention is not None for r in rows)
         self.stepper, keys = backend.stepper([r.prepared for r in rows], keep_weights=keep)
         for r, k in zip(rows, keys, strict=True):
@@ -103,7 +118,7 @@ class Wave:
         active = list(self.rows)
         logits = self.stepper.start()  # (N, V)
         while active:
-            self.on_step(len(active))
+            self._count(len(active))
             weights = self.backend.weights(self.stepper)
             tokens, keep = [], []
             now = time.monotonic()
@@ -126,6 +141,11 @@ class Wave:
                 active = [active[i] for i in keep]
             logits = self.stepper.step(torch.tensor(tokens, device=logits.device))
 
+    def _count(self, n: int) -> None:
+        self.stats.steps += 1
+        self.stats.rows_stepped += n
+        self.stats.max_rows = max(self.stats.max_rows, n)
+
     @staticmethod
     def row_logits(logits: torch.Tensor, i: int) -> torch.Tensor:
         return logits[i : i + 1].float()  # (1, V)
@@ -143,6 +163,7 @@ class Wave:
 
     def finish(self, row: Row, reason: str) -> None:
         """Send the held-back text and the finish event."""
+        self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
         if row.text is not None:
             rest = row.text.finish()
             if rest:
