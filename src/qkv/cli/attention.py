@@ -17,20 +17,21 @@ def _lm_or_encoder_maps(run, text: str) -> tuple[list[torch.Tensor], list[str]]:
         raise UsageError("--text is empty after tokenisation")
     if run.task == "classify" and tok.bos_id is not None:  # as the classifier saw it (pretrained files add [CLS])
         ids = [tok.bos_id] + ids
-    x = torch.tensor([ids])
+    x = torch.tensor([ids], device=next(run.model.parameters()).device)
     with torch.no_grad():
         _, weights = run.model(x, return_weights=True)
     labels = [tok.id_to_token(i) if hasattr(tok, "id_to_token") else tok.decode([i]) for i in ids]
-    return [w[0] for w in weights], labels
+    return [w[0].cpu() for w in weights], labels
 
 
 def render(args: argparse.Namespace) -> list[Path]:
     """Write ``layer<k>.png`` (one panel per head) and ``attention.html`` into ``args.out``."""
+    from qkv.cli.commands import _device
     from qkv.recipes import load_run, pictures
     from qkv.recipes.translation import attention_maps, translate_texts
     from qkv.viz import AttentionView, attention_heads_grid, save_figure
 
-    run = load_run(args.run)
+    run = load_run(args.run, device=_device(args))
     out = Path(args.out)
     if not args.text.strip():
         raise UsageError("--text is empty")

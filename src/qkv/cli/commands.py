@@ -39,6 +39,13 @@ class _Output:
             self.f.close()
 
 
+def _device(args: argparse.Namespace):
+    """The ``--device`` of a command (``auto``: CUDA, else MPS, else CPU); an absent device is a usage error."""
+    from qkv.hardware import resolve_device
+
+    return resolve_device(getattr(args, "device", "auto"))
+
+
 def _decode(run, args: argparse.Namespace):
     from qkv.recipes.run import decode_config
 
@@ -68,6 +75,11 @@ def train(args: argparse.Namespace) -> int:
     from qkv.recipes import train as run_training
 
     recipe = load_recipe(args.config, args.overrides)
+    if args.list_keys:
+        from qkv.recipes.keys import format_keys
+
+        print(format_keys(recipe))
+        return 0
     result, _ = run_training(recipe, resume=args.resume)
     last = result.evals[-1] if result.evals else {}
     print(f"trained {result.step} steps; last evaluation: {json.dumps(last)}")
@@ -82,7 +94,7 @@ def translate(args: argparse.Namespace) -> int:
     from qkv.recipes import load_run
     from qkv.recipes.translation import translate_texts
 
-    run = load_run(args.run, task="translation")
+    run = load_run(args.run, task="translation", device=_device(args))
     lines = _lines(args.input)
     with _Output(args.output) as out:
         for hyp in translate_texts(run.model, run.tokenizer, lines, _decode(run, args)):
@@ -95,7 +107,7 @@ def generate(args: argparse.Namespace) -> int:
     from qkv.recipes.config import DecodeConfig
     from qkv.recipes.lm import sample_text
 
-    run = load_run(args.run, task="lm")
+    run = load_run(args.run, task="lm", device=_device(args))
     dec = DecodeConfig(strategy="greedy" if args.greedy else "sample", temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p)
     sys.stdout.write(args.prompt)
@@ -109,7 +121,7 @@ def classify(args: argparse.Namespace) -> int:
     from qkv.recipes import load_run
     from qkv.recipes.classify import predict
 
-    run = load_run(args.run, task="classify")
+    run = load_run(args.run, task="classify", device=_device(args))
     names = run.extra.get("labels") or [str(i) for i in range(run.config.num_classes)]
     lines = _lines(args.input)
     with _Output(args.output) as out:
@@ -125,13 +137,14 @@ def _embeddings(args: argparse.Namespace, lines: list[str]):
         except ImportError as e:
             raise UsageError(f"--model needs qkv.interop, which this install lacks: {e}") from e
         model, tokenizer = load_pretrained(args.model)
+        model = model.to(_device(args))
         return sentence_embeddings(model, tokenizer, lines)
     if not args.run:
         raise UsageError("give a qkv encoder run directory or --model FOLDER")
     from qkv.recipes import load_run
     from qkv.recipes.classify import embed
 
-    run = load_run(args.run, task="classify")
+    run = load_run(args.run, task="classify", device=_device(args))
     return embed(run.model, run.tokenizer, lines)
 
 
@@ -153,7 +166,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from qkv.cli import evaluate as ev
     from qkv.recipes import load_run
 
-    run = load_run(args.run)
+    run = load_run(args.run, device=_device(args))
     return {"translation": ev.translation, "lm": ev.lm, "classify": ev.classification}[run.task](run, args)
 
 

@@ -56,11 +56,13 @@ def lm(run, args: argparse.Namespace) -> int:
     block = run.config.max_len
     ds = PackedTextDataset.from_text(read_text(args.data), run.tokenizer, block)
     total, n = 0.0, 0
+    device = next(run.model.parameters()).device
     for i, b in enumerate(make_loader(ds, batch_size=16, shuffle=False)):
         if args.limit and i >= args.limit:
             break
-        logits = run.model(b.input)
-        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), b.target.flatten(), reduction="sum").item()
+        target = b.target.to(device)
+        logits = run.model(b.input.to(device))
+        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum").item()
         n += b.target.numel()
     if n == 0:
         raise UsageError(f"{args.data} is shorter than one block of {block + 1} tokens")

