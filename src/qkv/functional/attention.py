@@ -211,8 +211,9 @@ def _fused(q, k, v, mask, bias, causal, dropout_p, scale, H_kv) -> torch.Tensor:
             # Torch's math kernel rebuilds the mask and checks for empty rows on every call; the math path
             # with a cached additive mask (no row is empty when L == S) trains the char GPT of
             # benchmarks/training.py ~1.2x faster on CPU in bf16.
-            return attention_math(q, k, v, bias=_causal_bias(L, q.dtype, q.device), dropout_p=dropout_p,
-                                  scale=scale)[0]
+            # Under torch.compile the mask is built in the graph (Dynamo warns at an lru_cache, then ignores it).
+            bias = (_causal_bias.__wrapped__ if tracing() else _causal_bias)(L, q.dtype, q.device)
+            return attention_math(q, k, v, bias=bias, dropout_p=dropout_p, scale=scale)[0]
         return _sdpa(q, k, v, None, True, dropout_p, scale, H_kv)
     mask = _full_mask(mask, causal, L, S, q.device)
     row_ok = None
