@@ -33,6 +33,15 @@ def test_heatmap_labels_and_matrix():
     assert tick_texts(two_d.get_yticklabels()) == ["J", "a", "n", "\u2423", "x"]
 
 
+def test_near_uniform_attention_stays_dark_unless_asked_to_stretch():
+    near_uniform = torch.softmax(torch.randn(len(QUERIES), len(KEYS)) * 0.01, dim=-1)  # ~1/7 everywhere
+    absolute = attention_heatmap(near_uniform, QUERIES, KEYS).axes[0].images[0]
+    assert absolute.get_clim() == (0.0, 1.0)
+    assert absolute.to_rgba(near_uniform.max().item())[1] < 0.3  # dark, far from the bright top of the scale
+    stretched = attention_heatmap(near_uniform, QUERIES, KEYS, vmax=None).axes[0].images[0]
+    assert stretched.get_clim()[1] == pytest.approx(near_uniform.max().item())
+
+
 def test_heatmap_png_has_the_expected_size(tmp_path):
     fig = attention_heatmap(weights(), QUERIES, KEYS, figsize=(4, 3))
     path = save_figure(fig, tmp_path / "deep" / "heatmap.png", dpi=50)
@@ -69,7 +78,9 @@ def test_grid_one_panel_per_head_with_shared_scale(tmp_path):
         expected_rows = ["J", "a", "n", "\u2423", "$x$"] if h % 3 == 0 else [""] * 5
         assert tick_texts(ax.get_yticklabels()) == expected_rows
     assert len({ax.images[0].get_clim() for ax in heads}) == 1
-    assert heads[0].images[0].get_clim()[1] == pytest.approx(float(w[1].max()))
+    assert heads[0].images[0].get_clim() == (0.0, 1.0)  # weights are probabilities: absolute scale
+    stretched = attention_heads_grid(w, QUERIES, KEYS, batch_index=1, vmax=None).axes[0]
+    assert stretched.images[0].get_clim()[1] == pytest.approx(float(w[1].max()))
     assert [ax.get_xlabel() for ax in heads] == ["", "", "source", "source", "source"]
     image = mpimg.imread(save_figure(fig, tmp_path / "grid.png", dpi=40))
     width, height = fig.get_size_inches() * 40

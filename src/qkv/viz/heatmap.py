@@ -138,6 +138,7 @@ def attention_heatmap(
     ylabel: str = "queries",
     figsize: tuple[float, float] | None = None,
     cmap: str = "viridis",
+    vmax: float | None = 1.0,
 ) -> Figure:
     """Heatmap of one attention matrix: query tokens down the side, key tokens along the bottom.
 
@@ -153,6 +154,9 @@ def attention_heatmap(
         figsize: inches; by default the cells are big enough for every token's label, up to
             ``MAX_SIDE`` inches per axis (then every k-th token is labelled).
         cmap: colormap name.
+        vmax: top of the colour scale. ``1.0`` (default) shows weights as the probabilities they are, so a
+            near-uniform head stays dark and only a sharp alignment is bright (as in the HTML explorer);
+            ``None`` stretches the scale to the largest weight shown.
 
     Returns:
         The figure (save it with :func:`qkv.viz.save_figure`).
@@ -174,7 +178,7 @@ def attention_heatmap(
         sx, sy = _stride_for(S, figsize[0] - left - right), _stride_for(L, figsize[1] - top - bottom)
     fig = new_figure(figsize)
     ax = fig.add_subplot()
-    image = draw_attention(ax, matrix, query_tokens, key_tokens, cmap=cmap, steps=(sy, sx))
+    image = draw_attention(ax, matrix, query_tokens, key_tokens, vmax=vmax, cmap=cmap, steps=(sy, sx))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
@@ -195,8 +199,9 @@ def attention_heads_grid(
     ylabel: str = "queries",
     panel_size: float | None = None,
     cmap: str = "viridis",
+    vmax: float | None = 1.0,
 ) -> Figure:
-    """One heatmap panel per head of a layer, on a shared colour scale.
+    """One heatmap panel per head of a layer, on one colour scale.
 
     For a translator, pass the last decoder layer's cross-attention ``(B, H, L, S)`` with the output
     tokens as ``query_tokens`` and the source tokens as ``key_tokens``.
@@ -213,6 +218,9 @@ def attention_heads_grid(
         panel_size: inches per panel side; by default the cells are big enough for every token's label,
             the whole figure up to ``MAX_FIGURE`` inches per side (then every k-th token is labelled).
         cmap: colormap name.
+        vmax: top of the colour scale. ``1.0`` (default) shows weights as the probabilities they are, so a
+            near-uniform head stays dark and only a sharp alignment is bright (as in the HTML explorer);
+            ``None`` stretches the scale to the largest weight of any head.
 
     Returns:
         The figure; ``fig.axes[h]`` is head ``h`` (then the colorbar).
@@ -232,7 +240,7 @@ def attention_heads_grid(
     ncols, figsize, steps, _ = min(layouts, key=lambda g: _grid_score(H, g))
     nrows = math.ceil(H / ncols)
     fig = new_figure(figsize)
-    vmax = float(array.max())
+    vmax = float(array.max()) if vmax is None else vmax
     image = None
     for h in range(H):
         ax = fig.add_subplot(nrows, ncols, h + 1)
