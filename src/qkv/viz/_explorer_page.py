@@ -62,7 +62,8 @@ EXPLORER_JS = r"""
   var state = { view: 0, layer: 0, head: 0, scale: "absolute", grid: false };
   var meanCache = {}, ready = false;
   function $(id) { return document.getElementById(id); }
-  var hm = Q.create($("heatmap"), { scale: state.scale });
+  var side = Math.max(400, Math.min(900, window.innerWidth - 520));  // the lines pane fits beside it
+  var hm = Q.create($("heatmap"), { scale: state.scale, maxSide: side });
   var gridLegend = new Q.Legend($("grid-legend"));
 
   function rgba(hex, alpha) {
@@ -181,7 +182,9 @@ EXPLORER_JS = r"""
         c.className = "thumb" + (l === state.layer && h === state.head ? " current" : "");
         c.dataset.layer = String(l); c.dataset.head = String(h); c.title = layer.name + ", head " + h;
         Q.thumbnail(c, layer.heads[h], state.scale, THUMB);
+        c.tabIndex = 0;
         c.addEventListener("click", open.bind(null, l, h));
+        c.addEventListener("keydown", function (e) { if (e.key === "Enter") e.target.click(); });
         cells.push(c);
       }
     });
