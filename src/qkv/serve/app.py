@@ -23,7 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from qkv.generation import LogitsSettings
 from qkv.recipes.run import LoadedRun, load_run
 from qkv.serve.backends import BadRequest, EncoderBackend, GenerativeBackend, backend_for
-from qkv.serve.engine import Call, Channel, Engine, QueueFull
+from qkv.serve.channel import Channel
+from qkv.serve.engine import Call, Engine, QueueFull
 from qkv.serve.page import playground_html
 from qkv.serve.responses import Completion, error_body, sse
 from qkv.serve.schemas import AttentionRequest, CompletionRequest, TextsRequest
@@ -126,9 +127,8 @@ class _Server:
             return att
         settings = LogitsSettings(temperature=body.temperature or 1.0, top_k=body.top_k, top_p=body.top_p)
         seed = body.seed if body.seed is not None else int.from_bytes(os.urandom(6), "little")
-        self.engine.submit(Row(prepared, settings, greedy=body.temperature == 0.0, seed=seed, emit=channel.put,
-                               cancelled=channel.closed.is_set, deadline=deadline, logprobs=body.logprobs,
-                               attention=body.attention()))
+        self.engine.submit(Row(prepared, settings, greedy=body.temperature == 0.0, seed=seed, channel=channel,
+                               deadline=deadline, logprobs=body.logprobs, attention=body.attention()))
         return att
 
 

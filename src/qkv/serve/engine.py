@@ -1,16 +1,15 @@
 """The serving engine: one thread owns the model; requests wait in a bounded queue.
 
 The HTTP handlers (asyncio) never touch the model. They :meth:`Engine.submit` work and read events back
-through a :class:`Channel`. The engine thread takes, in arrival order, either one call (classify, embed,
-beam search: run alone) or up to ``max_batch`` completion rows, which it decodes together as a
-:class:`~qkv.serve.wave.Wave`; requests that arrive meanwhile wait for the next wave. A full queue is
+through a :class:`~qkv.serve.channel.Channel`. The engine thread takes, in arrival order, either one call
+(classify, embed, beam search: run alone) or up to ``max_batch`` completion rows, which it decodes together
+as a :class:`~qkv.serve.wave.Wave`; requests that arrive meanwhile wait for the next wave. A full queue is
 refused at once (the handler answers 503); a row whose client left, or whose deadline passed, leaves
 the batch at the next step; queued work past its deadline is dropped unstarted.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import copy
 import threading
@@ -19,37 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from qkv.serve.backends import BadRequest, GenerativeBackend
+from qkv.serve.backends import BadRequest
+from qkv.serve.channel import Channel, deliver
 from qkv.serve.wave import EngineStats, Row, Wave
 
-__all__ = ["Channel", "Call", "Engine", "EngineStats", "QueueFull"]
+__all__ = ["Call", "Engine", "EngineStats", "QueueFull"]
 
 
 class QueueFull(RuntimeError):
     """The engine's queue holds ``queue_size`` requests already."""
-
-
-class Channel:
-    """Events from the engine thread to one asyncio handler (thread-safe put, async get).
-
-    Args:
-        loop: the handler's event loop.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop, self.queue = loop, asyncio.Queue()
-        self.closed = threading.Event()  # the client went away: the engine stops working for it
-
-    def put(self, event: dict[str, Any]) -> None:
-        if self.closed.is_set():
-            return
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-        except RuntimeError:  # the loop is gone
-            self.closed.set()
-
-    async def get(self, timeout: float) -> dict[str, Any]:
-        return await asyncio.wait_for(self.queue.get(), timeout)
 
 
 @dataclass(eq=False)
@@ -69,6 +46,7 @@ class Call:
             self.channel.put({"error": e})
         except Exception as e:  # noqa: BLE001 - reported to the client as a 500, the engine keeps serving
             self.channel.put({"error": BadRequest(None, f"{type(e).__name__}: {e}", 500)})
+        deliver([self.channel])
 
 
 
@@ -141,10 +119,10 @@ class Engine:
     def _drop_expired(self) -> None:
         now, kept = time.monotonic(), collections.deque()
         for item in self._pending:
-            gone = item.cancelled() if isinstance(item, Row) else item.channel.closed.is_set()
-            if gone or now > item.deadline:
+            if item.channel.closed.is_set() or now > item.deadline:
                 self.stats.expired += 1
-                (item.emit if isinstance(item, Row) else item.channel.put)({"finish_reason": "timeout"})
+                item.channel.put({"finish_reason": "timeout"})
+                deliver([item.channel])
             else:
                 kept.append(item)
         self._pending = kept
@@ -164,8 +142,6 @@ class Engine:
                 Wave(self.backend, rows, self.stats).run()
             except Exception as e:  # noqa: BLE001 - every row of the failed wave gets the error
                 for r in rows:
-                    r.emit({"error": BadRequest(None, f"{type(e).__name__}: {e}", 500)})
+                    r.channel.put({"error": BadRequest(None, f"{type(e).__name__}: {e}", 500)})
+                deliver(r.channel for r in rows)
 
-
-def is_generative(backend: Any) -> bool:
-    return isinstance(backend, GenerativeBackend)

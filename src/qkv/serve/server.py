@@ -43,6 +43,7 @@ def serve(run: str, *, host: str = "127.0.0.1", port: int = 8000, device: str = 
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # connections made from now on wait in the backlog until uvicorn accepts them
     except OSError as e:
         sock.close()
         raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}") from e

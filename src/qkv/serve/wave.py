@@ -20,6 +20,7 @@ import torch
 
 from qkv.generation import LogitsSettings
 from qkv.serve.backends import GenerativeBackend, Prepared
+from qkv.serve.channel import Channel, deliver
 from qkv.serve.schemas import AttentionRequest
 from qkv.serve.text import IncrementalText
 
@@ -56,16 +57,16 @@ def head_view(weights: torch.Tensor, head: int | str) -> list:
 class Row:
     """One completion request inside the engine.
 
-    ``emit`` receives event dicts (``{"text", "token", "logprob", "top_logprobs", "attention"}`` per token,
-    then ``{"finish_reason", "usage"}``); ``cancelled`` is polled between steps.
+    ``channel`` receives event dicts (``{"text", "token", "label", "logprob", "top_logprobs", "attention"}``
+    per token, then ``{"finish_reason", "usage"}``); its ``closed`` flag (the client left) is polled between
+    steps.
     """
 
     prepared: Prepared
     settings: LogitsSettings
     greedy: bool
     seed: int
-    emit: Callable[[dict[str, Any]], None]
-    cancelled: Callable[[], bool]
+    channel: Channel
     deadline: float
     logprobs: int | None = None
     attention: AttentionRequest | None = None
@@ -73,6 +74,12 @@ class Row:
     keys: slice = field(default_factory=lambda: slice(None))
     generated: int = 0
     generator: torch.Generator | None = None
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self.channel.put(event)
+
+    def cancelled(self) -> bool:
+        return self.channel.closed.is_set()
 
     def choose(self, logits: torch.Tensor) -> int:
         """The next token from ``logits (1, V)``: argmax, or a draw from the shaped distribution."""
@@ -134,6 +141,7 @@ class Wave:
                 else:
                     tokens.append(token)
                     keep.append(i)
+            deliver(r.channel for r in active)
             if not keep:
                 return
             if len(keep) < len(active):
