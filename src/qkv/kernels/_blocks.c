@@ -1,14 +1,15 @@
 /* qkv: the elementwise work of one memory-efficient attention block, fused (see native.py).
  *
- * C with AVX-512 intrinsics (F, BW, VL, BF16; no Python, no torch headers): 16 keys per step, bf16 converted
- * on load/store, float32 arithmetic. Conventions follow chunked.py: a tile is N heads x R rows x K keys,
+ * C on _simd.h's vectors (no Python, no torch headers; one build per instruction set): VW keys per step,
+ * bf16 converted on load/store, float32 arithmetic. Conventions follow chunked.py: a tile is N heads x R rows x K keys,
  * row-major, scores in log2 units; row r of a tile is query qs + r / G. Masked entries (-inf in the
  * scores, outside the row's visible key interval, or False in a bool mask) get weights of exactly 0.
  * Loops over rows are OpenMP parallel when built with -fopenmp (on torch's own libgomp, see native.py).
- * CPUs without these instructions use chunked.py's torch-op path instead: a portable C version of these
- * loops measured slower than torch's ops (AVX2 build: bf16 L 1024 forward+backward 59.9 ms vs 36.9 ms).
  */
 #include "_simd.h"
+
+/* The build's variant, checked by the loader against the one it asked for. */
+const char *qkv_variant(void) { return QKV_VARIANT; }
 
 /* 2**x in float32 (relative error ~2e-7); exactly 0 for x < -126 (and -inf). */
 static inline float fexp2(float x) {
@@ -49,63 +50,58 @@ static void row_interval(const int64_t *iv, long r, long K, long *c0, long *c1) 
     *c1 = hi < *c0 ? *c0 : (hi > K ? K : hi);
 }
 
-/* In the loops below a chunk of 16 keys inside [c0, c1) takes the unmasked path; only the edges of the
+/* In the loops below a chunk of VW keys inside [c0, c1) takes the unmasked path; only the edges of the
  * visible interval (and a tail past K) compute lane masks. */
 
 /* A bool mask row (one byte per key, nonzero = may attend) as lanes; all lanes without a mask. */
-static inline __mmask16 mask_bits(const uint8_t *mk, long c, __mmask16 k) {
-    if (!mk) return k;
-    return k & _mm_cmpneq_epi8_mask(_mm_maskz_loadu_epi8(k, mk + c), _mm_setzero_si128());
-}
+QKV_INLINE vmask mask_bits(const uint8_t *mk, long c, vmask k) { return mk ? vm_bytes(mk, c, k) : k; }
 
 /* Forward row: returns the row max over [c0, c1) where the mask allows (-inf if nothing). */
-static inline __attribute__((always_inline)) float vrow_max(const void *s, int dt, long c0, long c1,
-                                                            const uint8_t *mk) {
-    __m512 m = _mm512_set1_ps(-__builtin_inff());
-    for (long c = c0 & ~15L; c < c1; c += 16) {
-        if (c >= c0 && c + 16 <= c1 && !mk) {
-            m = _mm512_max_ps(m, vloadu(s, dt, c));
+QKV_INLINE float vrow_max(const void *s, int dt, long c0, long c1, const uint8_t *mk) {
+    vf m = vset1(-__builtin_inff());
+    for (long c = c0 & ~(long)(VW - 1); c < c1; c += VW) {
+        if (c >= c0 && c + VW <= c1 && !mk) {
+            m = vmax(m, vloadu(s, dt, c));
         } else {
-            __mmask16 k = mask_bits(mk, c, lanes(c, c0, c1));
-            m = _mm512_mask_max_ps(m, k, m, vload(s, dt, c, k));
+            vmask k = mask_bits(mk, c, vm_lanes(c, c0, c1));
+            m = vmask_max(m, k, vload(s, dt, c, k));
         }
     }
-    return _mm512_reduce_max_ps(m);
+    return vreduce_max(m);
 }
 
 /* p = 2**(s - sub) on [c0, c1) where the mask allows, 0 elsewhere in [0, K), stored in pdt; returns the sum. */
-static inline __attribute__((always_inline)) float vrow_exp2(const void *s, int dt, void *p, int pdt, long K, long c0,
-                                                             long c1, float sub, const uint8_t *mk) {
-    __m512 acc = _mm512_setzero_ps(), b = _mm512_set1_ps(sub);
-    for (long c = 0; c < K; c += 16) {
-        __m512 e;
-        if (c >= c0 && c + 16 <= c1 && !mk) {
-            e = vexp2(_mm512_sub_ps(vloadu(s, dt, c), b), pdt == DT_F32);
+QKV_INLINE float vrow_exp2(const void *s, int dt, void *p, int pdt, long K, long c0, long c1, float sub,
+                           const uint8_t *mk) {
+    vf acc = vzero(), b = vset1(sub);
+    for (long c = 0; c < K; c += VW) {
+        vf e;
+        if (c >= c0 && c + VW <= c1 && !mk) {
+            e = vexp2(vsub(vloadu(s, dt, c), b), pdt == DT_F32);
             vstoreu(p, pdt, c, e);
         } else {
-            __mmask16 t = lanes(c, 0, K), k = mask_bits(mk, c, lanes(c, c0, c1));
-            e = _mm512_maskz_mov_ps(k, vexp2(_mm512_sub_ps(vload(s, dt, c, k), b), pdt == DT_F32));
+            vmask t = vm_lanes(c, 0, K), k = mask_bits(mk, c, vm_lanes(c, c0, c1));
+            e = vmaskz(k, vexp2(vsub(vload(s, dt, c, k), b), pdt == DT_F32));
             vstore(p, pdt, c, e, t);
         }
-        acc = _mm512_add_ps(acc, e);
+        acc = vadd(acc, e);
     }
-    return _mm512_reduce_add_ps(acc);
+    return vreduce_add(acc);
 }
 
-static inline __attribute__((always_inline)) void vrow_grad(const void *s, const void *dp, int dt, void *pr, void *dr,
-                                                            int odt, long K, long c0, long c1, float lse, float delta,
-                                                            const uint8_t *mk) {
-    __m512 b = _mm512_set1_ps(lse), d = _mm512_set1_ps(delta);
-    for (long c = 0; c < K; c += 16) {
-        if (c >= c0 && c + 16 <= c1 && !mk) {
-            __m512 e = vexp2(_mm512_sub_ps(vloadu(s, dt, c), b), odt == DT_F32);
-            __m512 g = _mm512_mul_ps(e, _mm512_sub_ps(vloadu(dp, dt, c), d));
+QKV_INLINE void vrow_grad(const void *s, const void *dp, int dt, void *pr, void *dr, int odt, long K, long c0,
+                          long c1, float lse, float delta, const uint8_t *mk) {
+    vf b = vset1(lse), d = vset1(delta);
+    for (long c = 0; c < K; c += VW) {
+        if (c >= c0 && c + VW <= c1 && !mk) {
+            vf e = vexp2(vsub(vloadu(s, dt, c), b), odt == DT_F32);
+            vf g = vmul(e, vsub(vloadu(dp, dt, c), d));
             if (pr) vstoreu(pr, odt, c, e);
             vstoreu(dr, odt, c, g);
         } else {
-            __mmask16 t = lanes(c, 0, K), k = mask_bits(mk, c, lanes(c, c0, c1));
-            __m512 e = _mm512_maskz_mov_ps(k, vexp2(_mm512_sub_ps(vload(s, dt, c, k), b), odt == DT_F32));
-            __m512 g = _mm512_mul_ps(e, _mm512_sub_ps(vload(dp, dt, c, k), d));
+            vmask t = vm_lanes(c, 0, K), k = mask_bits(mk, c, vm_lanes(c, c0, c1));
+            vf e = vmaskz(k, vexp2(vsub(vload(s, dt, c, k), b), odt == DT_F32));
+            vf g = vmul(e, vsub(vload(dp, dt, c, k), d));
             if (pr) vstore(pr, odt, c, e, t);
             vstore(dr, odt, c, g, t);
         }
@@ -219,18 +215,16 @@ int qkv_transpose(long N, long A, long B, const void *src, int sdt, long s_hs, l
     long isz = sdt == DT_BF16 ? 2 : 4, osz = ddt == DT_BF16 ? 2 : 4;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nt) if (nt > 1)
     for (long n = 0; n < N; n++)
-        for (long a0 = 0; a0 < A; a0 += 16)
-            for (long b0 = 0; b0 < B; b0 += 16) {
-                long na = A - a0 < 16 ? A - a0 : 16, nb = B - b0 < 16 ? B - b0 : 16;
+        for (long a0 = 0; a0 < A; a0 += VW)
+            for (long b0 = 0; b0 < B; b0 += VW) {
+                long na = A - a0 < VW ? A - a0 : VW, nb = B - b0 < VW ? B - b0 : VW;
                 const char *sp = (const char *)src + (n * s_hs + a0 * s_rs + b0) * isz;
                 char *dp = (char *)dst + (n * d_hs + b0 * d_rs + a0) * osz;
-                __m512 r[16];
-                __mmask16 kb = lanes(0, 0, nb), ka = lanes(0, 0, na);
-                __m512 sc = _mm512_set1_ps(scale);
-                for (long i = 0; i < 16; i++)
-                    r[i] = i < na ? vload(sp + i * s_rs * isz, sdt, 0, kb) : _mm512_setzero_ps();
-                transpose16(r);
-                for (long j = 0; j < nb; j++) vstore(dp + j * d_rs * osz, ddt, 0, _mm512_mul_ps(r[j], sc), ka);
+                vf r[VW], sc = vset1(scale);
+                vmask kb = vm_lanes(0, 0, nb), ka = vm_lanes(0, 0, na);
+                for (long i = 0; i < VW; i++) r[i] = i < na ? vload(sp + i * s_rs * isz, sdt, 0, kb) : vzero();
+                vtranspose(r);
+                for (long j = 0; j < nb; j++) vstore(dp + j * d_rs * osz, ddt, 0, vmul(r[j], sc), ka);
             }
     return 0;
 }

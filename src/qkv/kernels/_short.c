@@ -5,7 +5,8 @@
  * batched matmuls of 64 x 64 x 32) than in arithmetic, and its flash kernel is slower still. Here each head
  * is one task: its q, k, v (any batch/head/row strides, unit last stride, float32 or bfloat16) are read into
  * float32 scratch that stays in the core's L1/L2, and every product is a register-tiled float32 micro-GEMM
- * (4 rows x 64 columns of accumulators) that skips what the causal mask hides. Forward: S = Q K^T (log2
+ * (TILE_ROWS rows x TILE_VECS vectors of accumulators, per instruction set: _simd.h) that skips what the
+ * causal mask hides. Forward: S = Q K^T (log2
  * units), softmax rows (their log-sum-exp kept), O = P V. Backward (per kv head, over its G query heads):
  * P recomputed from the log-sum-exp, dP = dO V^T, dS = P (dP - delta), dQ = dS K, dK += dS^T Q, dV += P^T dO.
  * Causal is lower-right aligned (key j visible to query i iff j <= i + S - L); a row with no visible key
@@ -16,8 +17,6 @@
 #include <math.h>
 
 #define LOG2E 1.4426950408889634f
-
-static inline long up16(long x) { return (x + 15) & ~15L; }
 
 /* Per-thread float32 scratch, grown on demand and kept (OpenMP's threads persist between calls). */
 static _Thread_local float *scratch_buf;
@@ -32,51 +31,68 @@ static float *scratch(size_t n) {
     return scratch_buf;
 }
 
-/* rows x (16 * nv) block of C (=|+=) A B over k in [k0, k1): accumulators stay in registers. */
-static inline __attribute__((always_inline)) void tile(int rows, int nv, long k0, long k1, const float *A, long lda,
-                                                       const float *B, long ldb, float *C, long ldc, int acc) {
-    __m512 c[4][4];
+/* rows x (VW * nv) block of C (=|+=) A B over k in [k0, k1): accumulators stay in registers. */
+QKV_INLINE void tile(int rows, int nv, long k0, long k1, const float *A, long lda, const float *B, long ldb, float *C,
+                     long ldc, int acc) {
+    vf c[TILE_ROWS][TILE_VECS];
     for (int r = 0; r < rows; r++)
-        for (int v = 0; v < nv; v++) c[r][v] = acc ? _mm512_loadu_ps(C + r * ldc + 16 * v) : _mm512_setzero_ps();
+        for (int v = 0; v < nv; v++) c[r][v] = acc ? vloadf(C + r * ldc + VW * v) : vzero();
     for (long k = k0; k < k1; k++) {
-        __m512 b[4];
-        for (int v = 0; v < nv; v++) b[v] = _mm512_loadu_ps(B + k * ldb + 16 * v);
+        vf b[TILE_VECS];
+        for (int v = 0; v < nv; v++) b[v] = vloadf(B + k * ldb + VW * v);
         for (int r = 0; r < rows; r++) {
-            __m512 a = _mm512_set1_ps(A[r * lda + k]);
-            for (int v = 0; v < nv; v++) c[r][v] = _mm512_fmadd_ps(a, b[v], c[r][v]);
+            vf a = vset1(A[r * lda + k]);
+            for (int v = 0; v < nv; v++) c[r][v] = vfmadd(a, b[v], c[r][v]);
         }
     }
     for (int r = 0; r < rows; r++)
-        for (int v = 0; v < nv; v++) _mm512_storeu_ps(C + r * ldc + 16 * v, c[r][v]);
+        for (int v = 0; v < nv; v++) vstoref(C + r * ldc + VW * v, c[r][v]);
 }
+
+/* Every (rows, vectors) shape of a tile up to TILE_ROWS x TILE_VECS, as constants: each unrolls into registers. */
+#define TILE_ROW(R) T(R, 1) IF_VECS2(T(R, 2)) IF_VECS4(T(R, 3) T(R, 4))
+#if TILE_VECS == 4
+#define IF_VECS2(x) x
+#define IF_VECS4(x) x
+#elif TILE_VECS == 2
+#define IF_VECS2(x) x
+#define IF_VECS4(x)
+#else
+#define IF_VECS2(x)
+#define IF_VECS4(x)
+#endif
+#if TILE_ROWS == 6
+#define TILE_SHAPES TILE_ROW(1) TILE_ROW(2) TILE_ROW(3) TILE_ROW(4) TILE_ROW(5) TILE_ROW(6)
+#else
+#define TILE_SHAPES TILE_ROW(1) TILE_ROW(2) TILE_ROW(3) TILE_ROW(4)
+#endif
 
 #define NO_MASK 0
 #define ROW_CAUSAL 1 /* row r: A[r][k] = 0 for k > r + off (columns: only c <= r + off are needed) */
 #define COL_CAUSAL 2 /* row r: A[r][k] = 0 for k < r - off */
 
-/* C[r][c] (=|+=) sum_k A[r][k] B[k][c], r < M, c < N (a multiple of 16), float32 row-major. kmode says which
+/* C[r][c] (=|+=) sum_k A[r][k] B[k][c], r < M, c < N (a multiple of VW), float32 row-major. kmode says which
  * A entries are zero (skipped); cmode ROW_CAUSAL computes only the columns rows can see (the others are
  * left as they are: the caller overwrites them). */
 static void mm(long M, long N, long K, const float *A, long lda, const float *B, long ldb, float *C, long ldc,
                int acc, int cmode, int kmode, long off) {
-    for (long r0 = 0; r0 < M; r0 += 4) {
-        int rows = M - r0 < 4 ? (int)(M - r0) : 4;
+    for (long r0 = 0; r0 < M; r0 += TILE_ROWS) {
+        int rows = M - r0 < TILE_ROWS ? (int)(M - r0) : TILE_ROWS;
         long last = r0 + rows - 1, k0 = 0, k1 = K, n1 = N;
         if (kmode == ROW_CAUSAL) k1 = last + off + 1 < K ? last + off + 1 : K;
         if (kmode == COL_CAUSAL) k0 = r0 - off > 0 ? r0 - off : 0;
         if (k1 < k0) k1 = k0;
         if (cmode == ROW_CAUSAL) {
-            n1 = up16(last + off + 1);
+            n1 = upw(last + off + 1);
             n1 = n1 < 0 ? 0 : (n1 > N ? N : n1);
         }
-        for (long c0 = 0; c0 < n1; c0 += 64) {
-            int nv = (n1 - c0) / 16 < 4 ? (int)((n1 - c0) / 16) : 4;
+        for (long c0 = 0; c0 < n1; c0 += VW * TILE_VECS) {
+            int nv = (n1 - c0) / VW < TILE_VECS ? (int)((n1 - c0) / VW) : TILE_VECS;
             const float *a = A + r0 * lda, *b = B + c0;
             float *c = C + r0 * ldc + c0;
-            switch (rows * 4 + nv) { /* constant shapes, so each case unrolls into registers */
-#define T(R, V) case R * 4 + V: tile(R, V, k0, k1, a, lda, b, ldb, c, ldc, acc); break;
-                T(1, 1) T(1, 2) T(1, 3) T(1, 4) T(2, 1) T(2, 2) T(2, 3) T(2, 4)
-                T(3, 1) T(3, 2) T(3, 3) T(3, 4) T(4, 1) T(4, 2) T(4, 3) T(4, 4)
+            switch (rows * 8 + nv) {
+#define T(R, V) case R * 8 + V: tile(R, V, k0, k1, a, lda, b, ldb, c, ldc, acc); break;
+                TILE_SHAPES
 #undef T
             }
         }
@@ -84,18 +100,18 @@ static void mm(long M, long N, long K, const float *A, long lda, const float *B,
 }
 
 /* dst[c][r] = src[r][c] for r < R (rows of src, stride src_rs, dtype dt), c < Cn; dst is float32 with
- * leading dimension ld (>= up16(R)); columns r in [R, up16(R)) of dst are zero. */
+ * leading dimension ld (>= upw(R)); columns r in [R, upw(R)) of dst are zero. */
 static void load_transposed(const void *src, int dt, long src_rs, long R, long Cn, float *dst, long ld) {
     long isz = dt == DT_BF16 ? 2 : 4;
-    for (long r0 = 0; r0 < R; r0 += 16)
-        for (long c0 = 0; c0 < Cn; c0 += 16) {
-            __m512 t[16];
-            __mmask16 kc = lanes(c0, 0, Cn);
-            for (long i = 0; i < 16; i++)
-                t[i] = r0 + i < R ? vload((const char *)src + (r0 + i) * src_rs * isz, dt, c0, kc) : _mm512_setzero_ps();
-            transpose16(t);
-            long nc = Cn - c0 < 16 ? Cn - c0 : 16;
-            for (long j = 0; j < nc; j++) _mm512_storeu_ps(dst + (c0 + j) * ld + r0, t[j]);
+    for (long r0 = 0; r0 < R; r0 += VW)
+        for (long c0 = 0; c0 < Cn; c0 += VW) {
+            vf t[VW];
+            vmask kc = vm_lanes(c0, 0, Cn);
+            for (long i = 0; i < VW; i++)
+                t[i] = r0 + i < R ? vload((const char *)src + (r0 + i) * src_rs * isz, dt, c0, kc) : vzero();
+            vtranspose(t);
+            long nc = Cn - c0 < VW ? Cn - c0 : VW;
+            for (long j = 0; j < nc; j++) vstoref(dst + (c0 + j) * ld + r0, t[j]);
         }
 }
 
@@ -103,20 +119,18 @@ static void load_transposed(const void *src, int dt, long src_rs, long R, long C
  * padded to ld columns. */
 static void load_rows(const void *src, int dt, long src_rs, long R, long Cn, float mul, float *dst, long ld) {
     long isz = dt == DT_BF16 ? 2 : 4;
-    __m512 m = _mm512_set1_ps(mul);
+    vf m = vset1(mul);
     for (long r = 0; r < R; r++)
-        for (long c = 0; c < ld; c += 16)
-            _mm512_storeu_ps(dst + r * ld + c,
-                             _mm512_mul_ps(vload((const char *)src + r * src_rs * isz, dt, c, lanes(c, 0, Cn)), m));
+        for (long c = 0; c < ld; c += VW)
+            vstoref(dst + r * ld + c, vmul(vload((const char *)src + r * src_rs * isz, dt, c, vm_lanes(c, 0, Cn)), m));
 }
 
 static void store_rows(const float *src, long ld, long R, long Cn, float mul, void *dst, int dt, long dst_rs) {
     long osz = dt == DT_BF16 ? 2 : 4;
-    __m512 m = _mm512_set1_ps(mul);
+    vf m = vset1(mul);
     for (long r = 0; r < R; r++)
-        for (long c = 0; c < Cn; c += 16)
-            vstore((char *)dst + r * dst_rs * osz, dt, c, _mm512_mul_ps(_mm512_loadu_ps(src + r * ld + c), m),
-                   lanes(c, 0, Cn));
+        for (long c = 0; c < Cn; c += VW)
+            vstore((char *)dst + r * dst_rs * osz, dt, c, vmul(vloadf(src + r * ld + c), m), vm_lanes(c, 0, Cn));
 }
 
 /* Head (b, h) of a tensor with {batch, head, row} element strides st and elements of isz bytes. */
@@ -137,7 +151,7 @@ static inline long visible(long i, long S, int causal, long off) {
 int qkv_short_forward(long B, long H, long Hkv, long L, long S, long E, long Ev, const void *q, const int64_t *qs,
                       const void *k, const int64_t *ks, const void *v, const int64_t *vs, void *o, const int64_t *os,
                       float *lse, int dt, float scale, int causal, int nt) {
-    long G = H / Hkv, Sp = up16(S), Ep = up16(E), Evp = up16(Ev), off = S - L, isz = dt == DT_BF16 ? 2 : 4;
+    long G = H / Hkv, Sp = upw(S), Ep = upw(E), Evp = upw(Ev), off = S - L, isz = dt == DT_BF16 ? 2 : 4;
     size_t need = (size_t)(L * Ep + E * Sp + S * Evp + L * Sp + L * Evp);
     int failed = 0;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
@@ -165,19 +179,18 @@ int qkv_short_forward(long B, long H, long Hkv, long L, long S, long E, long Ev,
                 lrow[i] = __builtin_inff();
                 continue;
             }
-            __m512 mx = _mm512_set1_ps(-__builtin_inff()), sum = _mm512_setzero_ps();
-            for (long j = 0; j < jm; j += 16)
-                mx = _mm512_mask_max_ps(mx, lanes(j, 0, jm), mx, _mm512_loadu_ps(p + j));
-            float m = _mm512_reduce_max_ps(mx);
-            __m512 mv = _mm512_set1_ps(m);
-            for (long j = 0; j < Sp; j += 16) {
-                __m512 e = _mm512_maskz_mov_ps(lanes(j, 0, jm), vexp2(_mm512_sub_ps(_mm512_loadu_ps(p + j), mv), 1));
-                _mm512_storeu_ps(p + j, e);
-                sum = _mm512_add_ps(sum, e);
+            vf mx = vset1(-__builtin_inff()), sum = vzero();
+            for (long j = 0; j < jm; j += VW) mx = vmask_max(mx, vm_lanes(j, 0, jm), vloadf(p + j));
+            float m = vreduce_max(mx);
+            vf mv = vset1(m);
+            for (long j = 0; j < Sp; j += VW) {
+                vf e = vmaskz(vm_lanes(j, 0, jm), vexp2(vsub(vloadf(p + j), mv), 1));
+                vstoref(p + j, e);
+                sum = vadd(sum, e);
             }
-            float l = _mm512_reduce_add_ps(sum);
-            __m512 inv = _mm512_set1_ps(1.0f / l);
-            for (long j = 0; j < jm; j += 16) _mm512_storeu_ps(p + j, _mm512_mul_ps(_mm512_loadu_ps(p + j), inv));
+            float l = vreduce_add(sum);
+            vf inv = vset1(1.0f / l);
+            for (long j = 0; j < jm; j += VW) vstoref(p + j, vmul(vloadf(p + j), inv));
             lrow[i] = m + log2f(l);
         }
         mm(L, Evp, S, P, Sp, V, Evp, O, Evp, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK, off);
@@ -194,7 +207,7 @@ int qkv_short_backward(long B, long H, long Hkv, long L, long S, long E, long Ev
                        const int64_t *os, const void *dout, const int64_t *dos, const float *lse, void *dq,
                        const int64_t *dqs, void *dk, const int64_t *dks, void *dv, const int64_t *dvs, int dt,
                        float scale, int causal, int nt) {
-    long G = H / Hkv, Sp = up16(S), Lp = up16(L), Ep = up16(E), Evp = up16(Ev), off = S - L;
+    long G = H / Hkv, Sp = upw(S), Lp = upw(L), Ep = upw(E), Evp = upw(Ev), off = S - L;
     long isz = dt == DT_BF16 ? 2 : 4;
     size_t need = (size_t)(L * Ep + E * Sp + S * Ep + Ev * Sp + L * Evp + 2 * L * Sp + Sp * Lp + L * Ep + S * Ep +
                            S * Evp + Lp);
@@ -223,25 +236,25 @@ int qkv_short_backward(long B, long H, long Hkv, long L, long S, long E, long Ev
             load_rows(qh, dt, qs[2], L, E, scale, Q, Ep);
             load_rows(dh, dt, dos[2], L, Ev, 1.0f, dO, Evp);
             for (long i = 0; i < L; i++) { /* delta_i = dO_i . O_i */
-                __m512 s = _mm512_setzero_ps();
+                vf s = vzero();
                 const char *orow = oh + i * os[2] * isz;
-                for (long c = 0; c < Ev; c += 16)
-                    s = _mm512_fmadd_ps(_mm512_loadu_ps(dO + i * Evp + c), vload(orow, dt, c, lanes(c, 0, Ev)), s);
-                delta[i] = _mm512_reduce_add_ps(s);
+                for (long c = 0; c < Ev; c += VW)
+                    s = vfmadd(vloadf(dO + i * Evp + c), vload(orow, dt, c, vm_lanes(c, 0, Ev)), s);
+                delta[i] = vreduce_add(s);
             }
             mm(L, Sp, E, Q, Ep, Kt, Sp, P, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off);
             mm(L, Sp, Ev, dO, Evp, Vt, Sp, dS, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off);
             const float *lrow = lse + (b * H + h) * L;
-            __m512 l2e = _mm512_set1_ps(LOG2E);
+            vf l2e = vset1(LOG2E);
             for (long i = 0; i < L; i++) {
                 float *p = P + i * Sp, *ds = dS + i * Sp;
                 long jm = visible(i, S, causal, off); /* 0 exactly where the forward stored lse = +inf */
-                __m512 lv = _mm512_set1_ps(jm ? lrow[i] : 0.0f), dl = _mm512_set1_ps(delta[i]);
-                for (long j = 0; j < Sp; j += 16) {
-                    __mmask16 kk = lanes(j, 0, jm);
-                    __m512 e = _mm512_maskz_mov_ps(kk, vexp2(_mm512_fmsub_ps(_mm512_loadu_ps(p + j), l2e, lv), 1));
-                    _mm512_storeu_ps(p + j, e);
-                    _mm512_storeu_ps(ds + j, _mm512_maskz_mul_ps(kk, e, _mm512_sub_ps(_mm512_loadu_ps(ds + j), dl)));
+                vf lv = vset1(jm ? lrow[i] : 0.0f), dl = vset1(delta[i]);
+                for (long j = 0; j < Sp; j += VW) {
+                    vmask kk = vm_lanes(j, 0, jm);
+                    vf e = vmaskz(kk, vexp2(vfmsub(vloadf(p + j), l2e, lv), 1));
+                    vstoref(p + j, e);
+                    vstoref(ds + j, vmaskz_mul(kk, e, vsub(vloadf(ds + j), dl)));
                 }
             }
             mm(L, Ep, S, dS, Sp, Kr, Ep, dQ, Ep, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK, off);

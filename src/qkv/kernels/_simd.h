@@ -1,5 +1,30 @@
-/* qkv native kernels: shared AVX-512 helpers (F, BW, VL, BF16) of _blocks.c and _short.c.
- * float32 arithmetic on 16 lanes; bfloat16 converted on load and store (dt: DT_F32 or DT_BF16). */
+/* qkv native kernels: the vector layer under _blocks.c and _short.c.
+ *
+ * The kernels are written once against the small vocabulary below and compiled once per instruction-set
+ * variant (see _native.py), which picks one by defining QKV_SIMD_<VARIANT>:
+ *   QKV_SIMD_AVX512    _simd_avx512.h    16 lanes, lane masks in k registers; with __AVX512BF16__ the
+ *                                         float32 -> bfloat16 rounding is one instruction (the avx512_bf16
+ *                                         build), otherwise integer round-to-nearest-even (the avx512 build)
+ *   QKV_SIMD_AVX2      _simd_avx2.h      8 lanes (AVX2 + FMA), lane masks as all-ones lanes
+ *   QKV_SIMD_PORTABLE  _simd_portable.h  8 lanes as plain C arrays the compiler vectorises for its target
+ *                                         (SSE2 on any x86-64, NEON on ARM): the build every machine can run
+ *
+ * Every variant computes in float32 and keeps bfloat16 as storage only (widened on load, rounded to nearest
+ * even on store), so they agree to float32 rounding; sums may be ordered differently.
+ *
+ * Vocabulary (VW lanes; TILE_ROWS x TILE_VECS is the register tile of _short.c's micro-GEMM):
+ *   vf, vmask                 a vector of VW floats, a lane mask
+ *   vm_lanes(c, c0, c1)       lanes i with c0 <= c + i < c1
+ *   vm_and, vm_bytes(mk, c, k) lanes of k whose byte mk[c + i] is nonzero (reads only lanes in k)
+ *   vzero, vset1, vadd, vsub, vmul, vmax, vfmadd(a, b, c) = a * b + c, vfmsub = a * b - c
+ *   vmaskz(k, v), vmaskz_mul(k, a, b), vmask_max(m, k, x)   zero / keep lanes outside k
+ *   vloadf, vstoref            float32, all lanes;  vload / vstore (row, dt, c, [v,] k): element c of a row of
+ *                             dtype dt, lanes in k only (others read as 0, memory outside k untouched);
+ *                             vloadu / vstoreu: all lanes
+ *   vreduce_max, vreduce_add, vtranspose(r[VW]): r[i] row i -> r[j] column j
+ *   vm_ge(x, t), vround (to nearest), vldexp(p, n) = p * 2**n for integral n in [-126, 127] (others: any
+ *                             value; vexp2 masks those lanes), from which this file builds vexp2(x, precise)
+ */
 #ifndef QKV_SIMD_H
 #define QKV_SIMD_H
 
@@ -10,100 +35,56 @@
 #define DT_F32 0
 #define DT_BF16 1
 
+#define QKV_INLINE static inline __attribute__((always_inline))
+
 static inline float bf2f(uint16_t h) {
     union { uint32_t u; float f; } v;
     v.u = (uint32_t)h << 16;
     return v.f;
 }
 
-#if !(defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512BF16__))
-#error "qkv block kernels need AVX-512 (F, BW, VL, BF16): build with -march=native on such a CPU"
+/* float32 -> bfloat16, rounded to nearest even (NaN stays a quiet NaN), as torch converts. */
+static inline uint16_t f2bf(float f) {
+    union { uint32_t u; float f; } v;
+    v.f = f;
+    if (f != f) return 0x7FC0;
+    return (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);
+}
+
+#if defined(QKV_SIMD_AVX512)
+#include "_simd_avx512.h"
+#elif defined(QKV_SIMD_AVX2)
+#include "_simd_avx2.h"
+#elif defined(QKV_SIMD_PORTABLE)
+#include "_simd_portable.h"
+#else
+#error "define QKV_SIMD_AVX512, QKV_SIMD_AVX2 or QKV_SIMD_PORTABLE (see _native.py)"
 #endif
-#include <immintrin.h>
 
-/* Rows: 16 keys per step, converted on load/store, the visible interval and bool masks as lane masks. */
+/* Rounds up to whole vectors. */
+static inline long upw(long x) { return (x + VW - 1) & ~(long)(VW - 1); }
 
-static inline __mmask16 lanes(long c, long c0, long c1) { /* lanes i with c0 <= c + i < c1 */
-    long lo = c0 - c, hi = c1 - c;
-    lo = lo < 0 ? 0 : (lo > 16 ? 16 : lo);
-    hi = hi < 0 ? 0 : (hi > 16 ? 16 : hi);
-    return (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u));
-}
-
-static inline __attribute__((always_inline)) __m512 vload(const void *row, int dt, long c, __mmask16 k) {
-    if (dt == DT_BF16)
-        return _mm512_castsi512_ps(
-            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, (const uint16_t *)row + c)), 16));
-    return _mm512_maskz_loadu_ps(k, (const float *)row + c);
-}
-
-static inline __attribute__((always_inline)) void vstore(void *row, int dt, long c, __m512 v, __mmask16 k) {
-    if (dt == DT_BF16)
-        _mm256_mask_storeu_epi16((uint16_t *)row + c, k, (__m256i)_mm512_cvtneps_pbh(v));
-    else
-        _mm512_mask_storeu_ps((float *)row + c, k, v);
-}
-
-/* 2**x as fexp2 for x <= 127 (scores minus their row maximum or log-sum-exp are <= ~0): polynomials fitted
- * to relative error on [-0.5, 0.5], degree 5 (8e-8) for float32 results, degree 4 (3e-6) where the result is
- * stored as bfloat16 (whose rounding is 2e-3); scalef applies 2**n and gives 0 far below -126; lanes below
- * -126 (and -inf, whose NaN the polynomial would carry) are set to exactly 0. */
-static inline __attribute__((always_inline)) __m512 vexp2(__m512 x, int precise) {
-    __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_GE_OQ);
-    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(x, n), p;
+/* 2**x for x <= 127 (scores minus their row maximum or log-sum-exp are <= ~0) as 2**n * p(x - n), n the
+ * nearest integer; p fitted to relative error on [-0.5, 0.5], degree 5 (8e-8) for float32 results, degree 4
+ * (3e-6) where the result is stored as bfloat16 (whose rounding is 2e-3). Lanes below -126 (and -inf, whose
+ * NaN the polynomial would carry) are exactly 0. */
+QKV_INLINE vf vexp2(vf x, int precise) {
+    vf n = vround(x), f = vsub(x, n), p;
     if (precise) {
-        p = _mm512_set1_ps(1.3266979925354236e-3f);
-        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.675469395424727e-3f));
-        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550742675406998e-2f));
-        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022121576227418e-1f));
-        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931469490692166e-1f));
-        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.000000071065166f));
+        p = vset1(1.3266979925354236e-3f);
+        p = vfmadd(p, f, vset1(9.675469395424727e-3f));
+        p = vfmadd(p, f, vset1(5.550742675406998e-2f));
+        p = vfmadd(p, f, vset1(2.4022121576227418e-1f));
+        p = vfmadd(p, f, vset1(6.931469490692166e-1f));
+        p = vfmadd(p, f, vset1(1.000000071065166f));
     } else {
-        p = _mm512_set1_ps(9.560519830953837e-3f);
-        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5917122821504475e-2f));
-        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4024981650208516e-1f));
-        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931219575521044e-1f));
-        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.999991904524186e-1f));
+        p = vset1(9.560519830953837e-3f);
+        p = vfmadd(p, f, vset1(5.5917122821504475e-2f));
+        p = vfmadd(p, f, vset1(2.4024981650208516e-1f));
+        p = vfmadd(p, f, vset1(6.931219575521044e-1f));
+        p = vfmadd(p, f, vset1(9.999991904524186e-1f));
     }
-    return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(p, n));
-}
-
-static inline __attribute__((always_inline)) __m512 vloadu(const void *row, int dt, long c) {
-    if (dt == DT_BF16)
-        return _mm512_castsi512_ps(
-            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + c))), 16));
-    return _mm512_loadu_ps((const float *)row + c);
-}
-
-static inline __attribute__((always_inline)) void vstoreu(void *row, int dt, long c, __m512 v) {
-    if (dt == DT_BF16)
-        _mm256_storeu_si256((__m256i *)((uint16_t *)row + c), (__m256i)_mm512_cvtneps_pbh(v));
-    else
-        _mm512_storeu_ps((float *)row + c, v);
-}
-
-/* 16 x 16 float32 transpose in registers: r[i] holds row i; afterwards r[j] holds column j. */
-static inline void transpose16(__m512 r[16]) {
-    __m512 t[16], u[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int j = 0; j < 4; j++) { /* u[4j + k], 128-bit lane L: column 4L + k of rows 4j..4j+3 */
-        u[4 * j] = _mm512_shuffle_ps(t[4 * j], t[4 * j + 2], 0x44);
-        u[4 * j + 1] = _mm512_shuffle_ps(t[4 * j], t[4 * j + 2], 0xEE);
-        u[4 * j + 2] = _mm512_shuffle_ps(t[4 * j + 1], t[4 * j + 3], 0x44);
-        u[4 * j + 3] = _mm512_shuffle_ps(t[4 * j + 1], t[4 * j + 3], 0xEE);
-    }
-    for (int k = 0; k < 4; k++) {
-        __m512 a = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x88), b = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x88);
-        __m512 c = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xDD), d = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xDD);
-        r[k] = _mm512_shuffle_f32x4(a, b, 0x88);
-        r[8 + k] = _mm512_shuffle_f32x4(a, b, 0xDD);
-        r[4 + k] = _mm512_shuffle_f32x4(c, d, 0x88);
-        r[12 + k] = _mm512_shuffle_f32x4(c, d, 0xDD);
-    }
+    return vmaskz(vm_ge(x, -126.0f), vldexp(p, n));
 }
 
 #endif

@@ -1,15 +1,24 @@
 """qkv's C kernels: the elementwise work of a memory-efficient attention block (``_blocks.c``) and whole-head
-attention over short sequences (``_short.c``, used by :mod:`qkv.kernels.short`), sharing ``_simd.h``.
+attention over short sequences (``_short.c``, used by :mod:`qkv.kernels.short`), built for each CPU class.
 
 torch runs each elementwise step of a block (exp, subtract, multiply, the bfloat16 <-> float32 casts
-around bf16 matmuls, transposed copies) as its own pass over memory; on a CPU these passes cost about
-as much as the block's matmuls. ``_blocks.c`` does them in one pass per block row, in AVX-512 (F, BW, VL,
-BF16) intrinsics, no Python or torch headers: compiled on first use with the system C compiler (``$CC``,
-else ``cc``) into a per-user cache (``$QKV_CACHE_DIR``, else ``~/.cache/qkv``), keyed by the sources,
-compiler and CPU, and loaded with ctypes (which releases the GIL during calls). On other CPUs, without a
-compiler, or with ``QKV_NATIVE=0``, :func:`kernels` returns None: chunked attention keeps its torch-op
-path (both paths are tested against each other and against torch's fused kernel) and short sequences stay
-on torch's kernels.
+around bf16 matmuls, transposed copies) as its own pass over memory; ``_blocks.c`` does them in one pass per
+block row. Both sources are written once against the vector layer ``_simd.h`` and compiled once per
+instruction-set variant (:data:`VARIANTS`), as llama.cpp does:
+
+* ``avx512_bf16``: AVX-512 F/BW/VL with the AVX512-BF16 conversion instructions;
+* ``avx512``: AVX-512 F/BW/VL, bfloat16 rounded in integer instructions;
+* ``avx2``: AVX2 + FMA (8 lanes); bfloat16 is storage only, widened to float32, on every variant;
+* ``portable``: plain C the compiler vectorises for its own target (SSE2 on x86-64, NEON on ARM): what every
+  other CPU runs, and the variant every test run checks.
+
+:func:`kernels` loads the variant of this CPU's class (:func:`qkv.hardware.cpu_isa`, so ``QKV_CPU_ISA=avx2``
+selects the AVX2 build on a larger CPU); ``kernels(variant)`` loads a named one if the CPU can execute it. Each
+is compiled on first use with the system C compiler (``$CC``, else ``cc``; no Python or torch headers) into a
+per-user cache (``$QKV_CACHE_DIR``, else ``~/.cache/qkv``), keyed by the sources, the variant and the compiler,
+and loaded with ctypes (which releases the GIL during calls). Without a compiler, or with ``QKV_NATIVE=0``,
+:func:`kernels` returns None (a failed build warns once): chunked attention keeps its torch-op path and short
+sequences stay on torch's kernels.
 """
 
 from __future__ import annotations
@@ -27,23 +36,49 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Kernels", "build", "cpu_has_bf16_matmul", "cpu_supported", "kernels", "supports", "unavailable_reason"]
+from qkv.hardware import capabilities, cpu_isa
 
-_SOURCES = tuple(Path(__file__).with_name(n) for n in ("_blocks.c", "_short.c"))
-_HEADER = Path(__file__).with_name("_simd.h")
+__all__ = ["VARIANTS", "Kernels", "build", "can_execute", "cpu_has_bf16_matmul", "kernels", "supports",
+           "unavailable_reason", "variant_for"]
+
+_DIR = Path(__file__).parent
+_SOURCES = tuple(_DIR / n for n in ("_blocks.c", "_short.c"))
+_HEADERS = tuple(_DIR / n for n in ("_simd.h", "_simd_avx512.h", "_simd_avx2.h", "_simd_portable.h"))
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _lock = threading.Lock()
 _state: dict = {}
 
+VARIANTS = ("avx512_bf16", "avx512", "avx2", "portable")
+# Compiler flags of each variant: explicit instruction sets (never -march=native, which would let the compiler
+# use instructions of the build machine that the variant's CPU class lacks).
+_FLAGS = {
+    "avx512_bf16": ("-DQKV_SIMD_AVX512", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mavx512bf16"),
+    "avx512": ("-DQKV_SIMD_AVX512", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma"),
+    "avx2": ("-DQKV_SIMD_AVX2", "-mavx2", "-mfma"),
+    "portable": ("-DQKV_SIMD_PORTABLE",),
+}
+# The CPU classes (qkv.hardware.ISA_CLASSES) that execute each variant; the portable one runs everywhere.
+_RUNS_ON = {
+    "avx512_bf16": frozenset({"avx512_bf16", "amx"}),
+    "avx512": frozenset({"avx512", "avx512_bf16", "amx"}),
+    "avx2": frozenset({"avx2", "avx512", "avx512_bf16", "amx"}),
+}
 
-def _cpu_signature() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+
+def variant_for(isa: str) -> str:
+    """The fastest variant a CPU of class ``isa`` (one of :data:`qkv.hardware.ISA_CLASSES`) executes."""
+    return next(v for v in VARIANTS if v == "portable" or isa in _RUNS_ON[v])
+
+
+def can_execute(variant: str) -> bool:
+    """Whether this CPU, as qkv treats it (:func:`qkv.hardware.cpu_isa`), executes ``variant``'s instructions.
+
+    Raises:
+        ValueError: ``variant`` is not one of :data:`VARIANTS`.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"kernel variant {variant!r} is not one of {', '.join(VARIANTS)}")
+    return variant == "portable" or cpu_isa() in _RUNS_ON[variant]
 
 
 def _cache_dir() -> Path:
@@ -65,16 +100,27 @@ def _torch_libgomp() -> bool:
     return "OpenMP" in torch.__config__.parallel_info() and "/libgomp.so.1" in maps
 
 
-def _compile(sources: tuple[Path, ...], header: Path) -> Path:
-    """Build (or find) the shared library for these sources, compiler and CPU; atomic rename into the cache."""
+def _compiler_version(cc: str) -> str:
+    """The compiler's own ``--version`` banner (part of the cache key: a new compiler builds afresh)."""
+    if ("cc", cc) not in _state:
+        try:
+            done = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise RuntimeError(f"C compiler {cc!r} unusable: {e}") from e
+        _state[("cc", cc)] = done.stdout
+    return _state[("cc", cc)]
+
+
+def _compile(variant: str) -> Path:
+    """Build (or find) the shared library of one variant for this compiler; atomic rename into the cache."""
     cc = os.environ.get("CC", "cc")
-    code = b"\0".join(p.read_bytes() for p in (*sources, header))
-    options = [["-march=native"]]
+    code = b"\0".join(p.read_bytes() for p in (*_SOURCES, *_HEADERS))
+    options = [list(_FLAGS[variant])]
     if _torch_libgomp():  # an OpenMP build first, sharing torch's thread pool
-        options = [["-march=native", "-fopenmp"], *options]
-    key = hashlib.sha256(b"\0".join([code, cc.encode(), _cpu_signature().encode(), sys.platform.encode(),
-                                     repr(options).encode()]))
-    target = _cache_dir() / f"qkv_blocks_{key.hexdigest()[:16]}.so"
+        options = [[*options[0], "-fopenmp"], *options]
+    key = hashlib.sha256(b"\0".join(x.encode() if isinstance(x, str) else x for x in (
+        code, variant, cc, _compiler_version(cc), sys.platform, platform.machine(), repr(options))))
+    target = _cache_dir() / f"qkv_kernels_{variant}_{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +128,7 @@ def _compile(sources: tuple[Path, ...], header: Path) -> Path:
     for flags in options:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        cmd = [cc, "-O3", *flags, "-fno-math-errno", "-fPIC", "-shared", *map(str, sources), "-o", tmp]
+        cmd = [cc, "-O3", *flags, "-fno-math-errno", "-fPIC", "-shared", *map(str, _SOURCES), "-o", tmp]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.TimeoutExpired) as e:
@@ -96,23 +142,17 @@ def _compile(sources: tuple[Path, ...], header: Path) -> Path:
     raise RuntimeError("; ".join(errors))
 
 
-_NEEDED = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+def build(variant: str) -> Kernels:
+    """Compile (or reuse from the cache) and load one variant; raises RuntimeError/OSError on failure.
 
-
-def _cpu_flags() -> frozenset[str]:
-    if "flags" not in _state:
-        _state["flags"] = frozenset(_cpu_signature().split())
-    return _state["flags"]
-
-
-def cpu_supported() -> bool:
-    """Whether this CPU has the instructions the kernels are written in (AVX-512 F/BW/VL/BF16, x86 Linux)."""
-    return _cpu_flags().issuperset(_NEEDED)
-
-
-def build() -> Kernels:
-    """Compile (or reuse from the cache) and load the kernels; raises RuntimeError/OSError on failure."""
-    return Kernels(ctypes.CDLL(str(_compile(_SOURCES, _HEADER))))
+    It does not check that this CPU executes the variant (see :func:`can_execute`): loading is safe, calling
+    is not."""
+    lib = ctypes.CDLL(str(_compile(variant)))
+    lib.qkv_variant.restype = ctypes.c_char_p
+    built = lib.qkv_variant().decode()
+    if built != variant:
+        raise RuntimeError(f"the {variant} build of qkv's kernels reports itself as {built}")
+    return Kernels(lib, variant)
 
 
 def _threads() -> int:
@@ -124,7 +164,8 @@ class Kernels:
     """ctypes bindings of ``_blocks.c``. Tensors are passed by data pointer; callers guarantee dtypes,
     devices (CPU) and the layouts named in each method."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
+    def __init__(self, lib: ctypes.CDLL, variant: str) -> None:
+        self.variant = variant
         L, I, P = ctypes.c_long, ctypes.c_int, ctypes.c_void_p
         self._forward = lib.qkv_forward_tile
         self._forward.argtypes = [L, L, L, P, I, L, P, I, L, P, P, L, P, L, L, L, I, P, P, P, I]
@@ -226,39 +267,56 @@ class Kernels:
             _threads()), "short_backward")
 
 
-def _load() -> Kernels | None:
-    if os.environ.get("QKV_NATIVE", "1") == "0":
-        _state["reason"] = "disabled by QKV_NATIVE=0"
-        return None
-    if not cpu_supported():  # not an error: the torch-op path is the faster one there
-        _state["reason"] = f"this CPU lacks {', '.join(f for f in _NEEDED if f not in _cpu_flags())}"
+def _load(variant: str) -> Kernels | None:
+    if not can_execute(variant):  # not an error: the torch path serves this CPU
+        _state["reason", variant] = f"this CPU (class {cpu_isa()}) cannot execute the {variant} build"
         return None
     try:
-        return build()
+        return build(variant)
     except (OSError, RuntimeError, AttributeError) as e:
-        _state["reason"] = str(e)
-        warnings.warn(f"qkv: native attention kernels unavailable, using the torch path ({e})", stacklevel=3)
+        _state["reason", variant] = str(e)
+        warnings.warn(f"qkv: native attention kernels ({variant}) unavailable, using the torch path ({e})",
+                      stacklevel=3)
         return None
 
 
-def kernels() -> Kernels | None:
-    """The compiled kernels, built on first call; None where they cannot be (see :func:`unavailable_reason`)."""
-    if "kernels" not in _state:
+def kernels(variant: str | None = None) -> Kernels | None:
+    """The compiled kernels of ``variant`` (default: this CPU class's, see :func:`variant_for`), built on first
+    call; None where they cannot be (see :func:`unavailable_reason`). ``QKV_NATIVE=0`` turns the default off;
+    a named variant is still built (tests check every variant the CPU executes).
+
+    Raises:
+        ValueError: ``variant`` is not one of :data:`VARIANTS`.
+    """
+    if variant is None:
+        if os.environ.get("QKV_NATIVE", "1") == "0":
+            _state["reason", None] = "disabled by QKV_NATIVE=0"
+            return None
+        variant = variant_for(cpu_isa())
+        _state.pop(("reason", None), None)
+    elif variant not in VARIANTS:
+        raise ValueError(f"kernel variant {variant!r} is not one of {', '.join(VARIANTS)}")
+    if variant not in _state:
         with _lock:
-            if "kernels" not in _state:
-                _state["kernels"] = _load()
-    return _state["kernels"]
+            if variant not in _state:
+                _state[variant] = _load(variant)
+    return _state[variant]
 
 
-def unavailable_reason() -> str | None:
-    """Why :func:`kernels` returned None (None when it did not, or has not been called)."""
-    return _state.get("reason")
+def unavailable_reason(variant: str | None = None) -> str | None:
+    """Why ``kernels(variant)`` returned None (None when it did not, or has not been called)."""
+    if variant is None:
+        if ("reason", None) in _state:
+            return _state["reason", None]
+        variant = variant_for(cpu_isa())
+    return _state.get(("reason", variant))
 
 
 def cpu_has_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16): where torch's bf16 matmuls run
-    several times faster than float32 ones, which the chunked path's bf16 speed rests on."""
-    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    """Whether this CPU multiplies bfloat16 natively (:attr:`qkv.hardware.Capabilities.native_bf16`): where
+    torch's bf16 matmuls run several times faster than float32 ones, which the chunked path's bf16 speed
+    rests on."""
+    return capabilities("cpu").native_bf16
 
 
 def supports(t: torch.Tensor) -> bool:
