@@ -1,5 +1,6 @@
-"""qkv.kernels.native: the C block kernels against float64 torch math, and the fallback to the torch path
-where they cannot be built (no compiler, QKV_NATIVE=0, a CPU without AVX-512 BF16)."""
+"""qkv.kernels.native: every instruction-set variant of the C block kernels the CPU executes against
+float64 torch math (the portable one on every machine), which variant a CPU class gets, and the fallback to the
+torch path where they cannot be built (no compiler, QKV_NATIVE=0)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,24 @@ import sys
 import pytest
 import torch
 
+from qkv.hardware import cpu_isa
 from qkv.kernels import native as _native
 
 
-@pytest.fixture
-def kern():
-    k = _native.kernels()
-    if k is None:
-        pytest.skip(f"no native kernels: {_native.unavailable_reason()}")
+def variant_kernels(variant: str) -> _native.Kernels:
+    """The build of ``variant``; skips only a variant this CPU cannot execute (never the portable one) and fails
+    on a build that should work but does not."""
+    if not _native.can_execute(variant):
+        pytest.skip(f"this CPU (class {cpu_isa()}) cannot execute the {variant} build")
+    k = _native.kernels(variant)
+    assert k is not None, f"the {variant} build failed: {_native.unavailable_reason(variant)}"
+    assert k.variant == variant
     return k
+
+
+@pytest.fixture(params=_native.VARIANTS)
+def kern(request):
+    return variant_kernels(request.param)
 
 
 def _interval_mask(R, K, p0, G, causal, window, length, ks):
@@ -148,18 +158,34 @@ def test_without_a_compiler_chunked_attention_falls_back_to_torch(tmp_path):
         assert done.returncode == 0, done.stderr
         first, warned = done.stdout.splitlines()
         assert first.startswith("True True"), first
-        if "CC" in env and not _native.cpu_supported():
-            assert "this CPU lacks" in first and warned == "[]"  # never compiled here
-        elif "CC" in env:
-            assert "no-such-cc" in first and "native attention kernels unavailable" in warned
+        if "CC" in env:
+            assert "no-such-cc" in first and warned.count("native attention kernels") == 1, warned
         else:
             assert "QKV_NATIVE=0" in first and warned == "[]"
 
 
-def test_cpus_without_avx512_bf16_keep_the_torch_path(monkeypatch):
-    """No build is attempted where the instructions are missing; the reason names them."""
-    monkeypatch.setattr(_native, "_cpu_signature", lambda: "flags : fpu sse2 avx2 fma avx512f")
-    monkeypatch.setattr(_native, "_state", {})
-    monkeypatch.setattr(_native, "_compile", lambda *a: pytest.fail("tried to compile"))
-    assert _native.kernels() is None
-    assert "avx512bw" in _native.unavailable_reason() and "avx512_bf16" in _native.unavailable_reason()
+@pytest.mark.parametrize(("isa", "variant"), [("amx", "avx512_bf16"), ("avx512_bf16", "avx512_bf16"),
+                                              ("avx512", "avx512"), ("avx2", "avx2"), ("neon", "portable"),
+                                              ("other", "portable")])
+def test_each_cpu_class_gets_the_fastest_variant_it_executes(isa, variant):
+    assert _native.variant_for(isa) == variant
+
+
+@pytest.mark.parametrize("variant", _native.VARIANTS)
+def test_qkv_cpu_isa_selects_the_build_and_never_one_the_cpu_cannot_run(monkeypatch, variant):
+    """QKV_CPU_ISA lowers the class, and with it the default build; a variant above the class is not built."""
+    isa = {"portable": "other"}.get(variant, variant)
+    runnable = _native.can_execute(variant)
+    monkeypatch.setenv("QKV_CPU_ISA", isa)
+    monkeypatch.delenv("QKV_NATIVE", raising=False)
+    if runnable:
+        assert _native.kernels().variant == variant
+        assert _native.unavailable_reason() is None
+    if variant != "portable":
+        monkeypatch.setenv("QKV_CPU_ISA", "other")
+        assert not _native.can_execute(variant)
+        assert _native.kernels(variant) is None
+        assert f"cannot execute the {variant} build" in _native.unavailable_reason(variant)
+        assert _native.kernels().variant == "portable"
+    with pytest.raises(ValueError, match="kernel variant 'sse9' is not one of avx512_bf16, avx512, avx2, portable"):
+        _native.kernels("sse9")

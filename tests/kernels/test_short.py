@@ -1,5 +1,6 @@
-"""qkv.kernels.short: whole-head attention in C for short sequences, against float64 math (outputs and
-gradients), its layouts and errors, and the dispatcher and torch.compile routes to it."""
+"""qkv.kernels.short: whole-head attention in C for short sequences, each instruction-set variant the CPU
+executes (the portable one everywhere) against float64 math (outputs and gradients), its layouts and errors,
+and the dispatcher and torch.compile routes to it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from qkv.hardware import cpu_isa
 from qkv.kernels import native as _native
 from qkv.kernels import short as short_module
 from qkv.kernels.short import MAX_LEN, short_attention
@@ -18,6 +20,18 @@ from qkv.kernels.short import MAX_LEN, short_attention
 def _needs_kernels():
     if _native.kernels() is None:
         pytest.skip(f"no native kernels: {_native.unavailable_reason()}")
+
+
+@pytest.fixture(params=_native.VARIANTS)
+def variant(request, monkeypatch):
+    """Runs the test on one build: QKV_CPU_ISA set to the lowest CPU class that runs it (skipped only where
+    this CPU cannot execute it; the portable build runs everywhere)."""
+    if not _native.can_execute(request.param):
+        pytest.skip(f"this CPU (class {cpu_isa()}) cannot execute the {request.param} build")
+    monkeypatch.setenv("QKV_CPU_ISA", {"portable": "other"}.get(request.param, request.param))
+    monkeypatch.delenv("QKV_NATIVE", raising=False)
+    assert _native.kernels().variant == request.param, _native.unavailable_reason()
+    return request.param
 
 
 def _reference(q, k, v, causal, scale):
@@ -46,7 +60,7 @@ SHAPES = [  # B, H, H_kv, L, S, E, Ev, causal
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:7])) + ("-causal" if s[7] else ""))
-def test_matches_float64_math_with_gradients(dtype, shape):
+def test_matches_float64_math_with_gradients(variant, dtype, shape):
     B, H, H_kv, L, S, E, Ev, causal = shape
     torch.manual_seed(0)
     q = torch.randn(B, H, L, E).to(dtype).requires_grad_()
@@ -71,7 +85,7 @@ def test_matches_float64_math_with_gradients(dtype, shape):
         assert not torch.isnan(out).any()
 
 
-def test_reads_strided_views_of_a_fused_projection():
+def test_reads_strided_views_of_a_fused_projection(variant):
     """q, k, v as head views of one (B, L, 3 * H * E) projection (what the modules pass): same as contiguous."""
     torch.manual_seed(1)
     B, L, H, E = 3, 24, 4, 8
@@ -96,7 +110,7 @@ def test_gradcheck_in_float32():
                                     eps=1e-2, atol=5e-3, rtol=5e-3, fast_mode=True)
 
 
-def test_results_do_not_depend_on_the_thread_count():
+def test_results_do_not_depend_on_the_thread_count(variant):
     torch.manual_seed(3)
     q, k, v = (torch.randn(4, 4, 33, 16, dtype=torch.bfloat16) for _ in range(3))
     threads = torch.get_num_threads()

@@ -31,9 +31,10 @@ static float *scratch(size_t n) {
     return scratch_buf;
 }
 
-/* rows x (VW * nv) block of C (=|+=) A B over k in [k0, k1): accumulators stay in registers. */
-QKV_INLINE void tile(int rows, int nv, long k0, long k1, const float *A, long lda, const float *B, long ldb, float *C,
-                     long ldc, int acc) {
+/* rows x (VW * nv) block of C (=|+=) A B over k in [k0, k1), A[r][k] at A[r * lda + k * ak] (a transposed
+ * A costs nothing: its entries are broadcast one at a time): accumulators stay in registers. */
+QKV_INLINE void tile(int rows, int nv, long k0, long k1, const float *A, long lda, long ak, const float *B, long ldb,
+                     float *C, long ldc, int acc) {
     vf c[TILE_ROWS][TILE_VECS];
     for (int r = 0; r < rows; r++)
         for (int v = 0; v < nv; v++) c[r][v] = acc ? vloadf(C + r * ldc + VW * v) : vzero();
@@ -41,7 +42,7 @@ QKV_INLINE void tile(int rows, int nv, long k0, long k1, const float *A, long ld
         vf b[TILE_VECS];
         for (int v = 0; v < nv; v++) b[v] = vloadf(B + k * ldb + VW * v);
         for (int r = 0; r < rows; r++) {
-            vf a = vset1(A[r * lda + k]);
+            vf a = vset1(A[r * lda + k * ak]);
             for (int v = 0; v < nv; v++) c[r][v] = vfmadd(a, b[v], c[r][v]);
         }
     }
@@ -71,10 +72,11 @@ QKV_INLINE void tile(int rows, int nv, long k0, long k1, const float *A, long ld
 #define ROW_CAUSAL 1 /* row r: A[r][k] = 0 for k > r + off (columns: only c <= r + off are needed) */
 #define COL_CAUSAL 2 /* row r: A[r][k] = 0 for k < r - off */
 
-/* C[r][c] (=|+=) sum_k A[r][k] B[k][c], r < M, c < N (a multiple of VW), float32 row-major. kmode says which
+/* C[r][c] (=|+=) sum_k A[r][k] B[k][c], r < M, c < N (a multiple of VW), float32; B and C row-major, A[r][k]
+ * at A[r * lda + k * ak]. kmode says which
  * A entries are zero (skipped); cmode ROW_CAUSAL computes only the columns rows can see (the others are
  * left as they are: the caller overwrites them). */
-static void mm(long M, long N, long K, const float *A, long lda, const float *B, long ldb, float *C, long ldc,
+static void mm(long M, long N, long K, const float *A, long lda, long ak, const float *B, long ldb, float *C, long ldc,
                int acc, int cmode, int kmode, long off) {
     for (long r0 = 0; r0 < M; r0 += TILE_ROWS) {
         int rows = M - r0 < TILE_ROWS ? (int)(M - r0) : TILE_ROWS;
@@ -91,7 +93,7 @@ static void mm(long M, long N, long K, const float *A, long lda, const float *B,
             const float *a = A + r0 * lda, *b = B + c0;
             float *c = C + r0 * ldc + c0;
             switch (rows * 8 + nv) {
-#define T(R, V) case R * 8 + V: tile(R, V, k0, k1, a, lda, b, ldb, c, ldc, acc); break;
+#define T(R, V) case R * 8 + V: tile(R, V, k0, k1, a, lda, ak, b, ldb, c, ldc, acc); break;
                 TILE_SHAPES
 #undef T
             }
@@ -169,7 +171,7 @@ int qkv_short_forward(long B, long H, long Hkv, long L, long S, long E, long Ev,
         load_rows(qh, dt, qs[2], L, E, scale * LOG2E, Q, Ep);
         load_transposed(kh, dt, ks[2], S, E, Kt, Sp);
         load_rows(vh, dt, vs[2], S, Ev, 1.0f, V, Evp);
-        mm(L, Sp, E, Q, Ep, Kt, Sp, P, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off);
+        mm(L, Sp, E, Q, Ep, 1, Kt, Sp, P, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off);
         float *lrow = lse + n * L;
         for (long i = 0; i < L; i++) {
             float *p = P + i * Sp;
@@ -193,7 +195,7 @@ int qkv_short_forward(long B, long H, long Hkv, long L, long S, long E, long Ev,
             for (long j = 0; j < jm; j += VW) vstoref(p + j, vmul(vloadf(p + j), inv));
             lrow[i] = m + log2f(l);
         }
-        mm(L, Evp, S, P, Sp, V, Evp, O, Evp, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK, off);
+        mm(L, Evp, S, P, Sp, 1, V, Evp, O, Evp, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK, off);
         store_rows(O, Evp, L, Ev, 1.0f, (char *)head(o, os, b, h, isz), dt, os[2]);
     }
     return failed;
@@ -207,10 +209,9 @@ int qkv_short_backward(long B, long H, long Hkv, long L, long S, long E, long Ev
                        const int64_t *os, const void *dout, const int64_t *dos, const float *lse, void *dq,
                        const int64_t *dqs, void *dk, const int64_t *dks, void *dv, const int64_t *dvs, int dt,
                        float scale, int causal, int nt) {
-    long G = H / Hkv, Sp = upw(S), Lp = upw(L), Ep = upw(E), Evp = upw(Ev), off = S - L;
+    long G = H / Hkv, Sp = upw(S), Ep = upw(E), Evp = upw(Ev), off = S - L;
     long isz = dt == DT_BF16 ? 2 : 4;
-    size_t need = (size_t)(L * Ep + E * Sp + S * Ep + Ev * Sp + L * Evp + 2 * L * Sp + Sp * Lp + L * Ep + S * Ep +
-                           S * Evp + Lp);
+    size_t need = (size_t)(L * Ep + E * Sp + S * Ep + Ev * Sp + L * Evp + 2 * L * Sp + L * Ep + S * Ep + S * Evp + L);
     int failed = 0;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (long n = 0; n < B * Hkv; n++) {
@@ -220,7 +221,7 @@ int qkv_short_backward(long B, long H, long Hkv, long L, long S, long E, long Ev
             continue;
         }
         float *Q = buf, *Kt = Q + L * Ep, *Kr = Kt + E * Sp, *Vt = Kr + S * Ep, *dO = Vt + Ev * Sp;
-        float *P = dO + L * Evp, *dS = P + L * Sp, *T = dS + L * Sp, *dQ = T + Sp * Lp, *dK = dQ + L * Ep;
+        float *P = dO + L * Evp, *dS = P + L * Sp, *dQ = dS + L * Sp, *dK = dQ + L * Ep;
         float *dV = dK + S * Ep, *delta = dV + S * Evp;
         long b = n / Hkv, hk = n % Hkv;
         const char *kh = head(k, ks, b, hk, isz);
@@ -242,8 +243,8 @@ int qkv_short_backward(long B, long H, long Hkv, long L, long S, long E, long Ev
                     s = vfmadd(vloadf(dO + i * Evp + c), vload(orow, dt, c, vm_lanes(c, 0, Ev)), s);
                 delta[i] = vreduce_add(s);
             }
-            mm(L, Sp, E, Q, Ep, Kt, Sp, P, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off);
-            mm(L, Sp, Ev, dO, Evp, Vt, Sp, dS, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off);
+            mm(L, Sp, E, Q, Ep, 1, Kt, Sp, P, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off);
+            mm(L, Sp, Ev, dO, Evp, 1, Vt, Sp, dS, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off);
             const float *lrow = lse + (b * H + h) * L;
             vf l2e = vset1(LOG2E);
             for (long i = 0; i < L; i++) {
@@ -257,12 +258,10 @@ int qkv_short_backward(long B, long H, long Hkv, long L, long S, long E, long Ev
                     vstoref(ds + j, vmaskz_mul(kk, e, vsub(vloadf(ds + j), dl)));
                 }
             }
-            mm(L, Ep, S, dS, Sp, Kr, Ep, dQ, Ep, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK, off);
+            mm(L, Ep, S, dS, Sp, 1, Kr, Ep, dQ, Ep, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK, off);
             store_rows(dQ, Ep, L, E, scale, (char *)head(dq, dqs, b, h, isz), dt, dqs[2]);
-            load_transposed(P, DT_F32, Sp, L, Sp, T, Lp);
-            mm(S, Evp, L, T, Lp, dO, Evp, dV, Evp, g > 0, NO_MASK, causal ? COL_CAUSAL : NO_MASK, off);
-            load_transposed(dS, DT_F32, Sp, L, Sp, T, Lp);
-            mm(S, Ep, L, T, Lp, Q, Ep, dK, Ep, g > 0, NO_MASK, causal ? COL_CAUSAL : NO_MASK, off);
+            mm(S, Evp, L, P, 1, Sp, dO, Evp, dV, Evp, g > 0, NO_MASK, causal ? COL_CAUSAL : NO_MASK, off); /* P^T dO */
+            mm(S, Ep, L, dS, 1, Sp, Q, Ep, dK, Ep, g > 0, NO_MASK, causal ? COL_CAUSAL : NO_MASK, off); /* dS^T Q */
         }
         store_rows(dK, Ep, S, E, 1.0f, (char *)head(dk, dks, b, hk, isz), dt, dks[2]);
         store_rows(dV, Evp, S, Ev, 1.0f, (char *)head(dv, dvs, b, hk, isz), dt, dvs[2]);

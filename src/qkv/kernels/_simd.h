@@ -1,7 +1,7 @@
 /* qkv native kernels: the vector layer under _blocks.c and _short.c.
  *
  * The kernels are written once against the small vocabulary below and compiled once per instruction-set
- * variant (see _native.py), which picks one by defining QKV_SIMD_<VARIANT>:
+ * variant (see native.py), which picks one by defining QKV_SIMD_<VARIANT>:
  *   QKV_SIMD_AVX512    _simd_avx512.h    16 lanes, lane masks in k registers; with __AVX512BF16__ the
  *                                         float32 -> bfloat16 rounding is one instruction (the avx512_bf16
  *                                         build), otherwise integer round-to-nearest-even (the avx512 build)
@@ -58,7 +58,7 @@ static inline uint16_t f2bf(float f) {
 #elif defined(QKV_SIMD_PORTABLE)
 #include "_simd_portable.h"
 #else
-#error "define QKV_SIMD_AVX512, QKV_SIMD_AVX2 or QKV_SIMD_PORTABLE (see _native.py)"
+#error "define QKV_SIMD_AVX512, QKV_SIMD_AVX2 or QKV_SIMD_PORTABLE (see native.py)"
 #endif
 
 /* Rounds up to whole vectors. */

@@ -268,48 +268,49 @@ class Kernels:
 
 
 def _load(variant: str) -> Kernels | None:
+    """The build of ``variant``, made once per process; None (after one warning) if it fails."""
+    if ("built", variant) not in _state:
+        with _lock:
+            if ("built", variant) not in _state:
+                try:
+                    _state["built", variant] = build(variant)
+                except (OSError, RuntimeError, AttributeError) as e:
+                    _state["built", variant], _state["failed", variant] = None, str(e)
+                    warnings.warn(f"qkv: native attention kernels ({variant}) unavailable, using the torch path "
+                                  f"({e})", stacklevel=4)
+    return _state["built", variant]
+
+
+def _choice(variant: str | None) -> tuple[str | None, str | None]:
+    """(the variant to load, or None; why not) under the current QKV_NATIVE and QKV_CPU_ISA."""
+    if variant is None:
+        if os.environ.get("QKV_NATIVE", "1") == "0":
+            return None, "disabled by QKV_NATIVE=0"
+        variant = variant_for(cpu_isa())
     if not can_execute(variant):  # not an error: the torch path serves this CPU
-        _state["reason", variant] = f"this CPU (class {cpu_isa()}) cannot execute the {variant} build"
-        return None
-    try:
-        return build(variant)
-    except (OSError, RuntimeError, AttributeError) as e:
-        _state["reason", variant] = str(e)
-        warnings.warn(f"qkv: native attention kernels ({variant}) unavailable, using the torch path ({e})",
-                      stacklevel=3)
-        return None
+        return None, f"this CPU (class {cpu_isa()}) cannot execute the {variant} build"
+    return variant, None
 
 
 def kernels(variant: str | None = None) -> Kernels | None:
     """The compiled kernels of ``variant`` (default: this CPU class's, see :func:`variant_for`), built on first
     call; None where they cannot be (see :func:`unavailable_reason`). ``QKV_NATIVE=0`` turns the default off;
-    a named variant is still built (tests check every variant the CPU executes).
+    a named variant the CPU executes is still built (tests check every one).
 
     Raises:
         ValueError: ``variant`` is not one of :data:`VARIANTS`.
     """
-    if variant is None:
-        if os.environ.get("QKV_NATIVE", "1") == "0":
-            _state["reason", None] = "disabled by QKV_NATIVE=0"
-            return None
-        variant = variant_for(cpu_isa())
-        _state.pop(("reason", None), None)
-    elif variant not in VARIANTS:
-        raise ValueError(f"kernel variant {variant!r} is not one of {', '.join(VARIANTS)}")
-    if variant not in _state:
-        with _lock:
-            if variant not in _state:
-                _state[variant] = _load(variant)
-    return _state[variant]
+    key = ("choice", variant, os.environ.get("QKV_NATIVE"), os.environ.get("QKV_CPU_ISA"))
+    chosen = _state.get(key, False)
+    if chosen is False:
+        chosen = _state[key] = _choice(variant)[0]
+    return None if chosen is None else _load(chosen)
 
 
 def unavailable_reason(variant: str | None = None) -> str | None:
-    """Why ``kernels(variant)`` returned None (None when it did not, or has not been called)."""
-    if variant is None:
-        if ("reason", None) in _state:
-            return _state["reason", None]
-        variant = variant_for(cpu_isa())
-    return _state.get(("reason", variant))
+    """Why ``kernels(variant)`` returns None (None when it does not, or was not built yet)."""
+    chosen, why = _choice(variant)
+    return why if chosen is None else _state.get(("failed", chosen))
 
 
 def cpu_has_bf16_matmul() -> bool:
