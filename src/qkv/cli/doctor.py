@@ -25,8 +25,8 @@ def kernel_lines() -> list[str]:
     from qkv.kernels import native
 
     if native.kernels() is not None:
-        return [f"native C kernels (qkv.kernels: _blocks.c, _short.c, {native.kernels().variant} build): built and "
-                "loaded; CPU attention uses them where the dispatcher routes (chunked blocks, short sequences)"]
+        return ["native C kernels (qkv.kernels: _blocks.c, _short.c): built and loaded; CPU attention uses them "
+                "where the dispatcher routes (chunked blocks, short sequences)"]
     return [f"native C kernels: not used ({native.unavailable_reason()}); attention runs on torch's kernels"]
 
 

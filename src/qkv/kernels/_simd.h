@@ -20,7 +20,8 @@
  *   vmaskz(k, v), vmaskz_mul(k, a, b), vmask_max(m, k, x)   zero / keep lanes outside k
  *   vloadf, vstoref            float32, all lanes;  vload / vstore (row, dt, c, [v,] k): element c of a row of
  *                             dtype dt, lanes in k only (others read as 0, memory outside k untouched);
- *                             vloadu / vstoreu: all lanes
+ *                             vloadu / vstoreu: all lanes (built here from each header's vload_bf16 /
+ *                             vstore_bf16; the x86 headers' plain arithmetic from QKV_X86_ARITH)
  *   vreduce_max, vreduce_add, vtranspose(r[VW]): r[i] row i -> r[j] column j
  *   vm_ge(x, t), vround (to nearest), vldexp(p, n) = p * 2**n for integral n in [-126, 127] (others: any
  *                             value; vexp2 masks those lanes), from which this file builds vexp2(x, precise)
@@ -50,6 +51,31 @@ static inline uint16_t f2bf(float f) {
     if (f != f) return 0x7FC0;
     return (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);
 }
+
+/* The float32 arithmetic of an x86 header whose intrinsics are named P##_op_ps (P: _mm256, _mm512). */
+#define QKV_X86_ARITH(P)                                                                    \
+    QKV_INLINE vf vzero(void) { return P##_setzero_ps(); }                                   \
+    QKV_INLINE vf vset1(float x) { return P##_set1_ps(x); }                                  \
+    QKV_INLINE vf vadd(vf a, vf b) { return P##_add_ps(a, b); }                              \
+    QKV_INLINE vf vsub(vf a, vf b) { return P##_sub_ps(a, b); }                              \
+    QKV_INLINE vf vmul(vf a, vf b) { return P##_mul_ps(a, b); }                              \
+    QKV_INLINE vf vmax(vf a, vf b) { return P##_max_ps(a, b); }                              \
+    QKV_INLINE vf vfmadd(vf a, vf b, vf c) { return P##_fmadd_ps(a, b, c); }                 \
+    QKV_INLINE vf vfmsub(vf a, vf b, vf c) { return P##_fmsub_ps(a, b, c); }                 \
+    QKV_INLINE vf vloadf(const float *p) { return P##_loadu_ps(p); }                         \
+    QKV_INLINE void vstoref(float *p, vf v) { P##_storeu_ps(p, v); }
+
+/* vloadu / vstoreu from each header's vloadf / vstoref and its all-lanes bfloat16 vload_bf16 / vstore_bf16. */
+#define QKV_UNMASKED_ROWS                                                                              \
+    QKV_INLINE vf vloadu(const void *row, int dt, long c) {                                            \
+        return dt == DT_BF16 ? vload_bf16((const uint16_t *)row + c) : vloadf((const float *)row + c); \
+    }                                                                                                  \
+    QKV_INLINE void vstoreu(void *row, int dt, long c, vf v) {                                         \
+        if (dt == DT_BF16)                                                                             \
+            vstore_bf16((uint16_t *)row + c, v);                                                       \
+        else                                                                                           \
+            vstoref((float *)row + c, v);                                                              \
+    }
 
 #if defined(QKV_SIMD_AVX512)
 #include "_simd_avx512.h"

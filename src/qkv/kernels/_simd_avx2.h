@@ -34,19 +34,10 @@ QKV_INLINE vmask vm_bytes(const uint8_t *mk, long c, vmask k) {
     return _mm256_andnot_ps(_mm256_castsi256_ps(zero), k);
 }
 
-QKV_INLINE vf vzero(void) { return _mm256_setzero_ps(); }
-QKV_INLINE vf vset1(float x) { return _mm256_set1_ps(x); }
-QKV_INLINE vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
-QKV_INLINE vf vsub(vf a, vf b) { return _mm256_sub_ps(a, b); }
-QKV_INLINE vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
-QKV_INLINE vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
-QKV_INLINE vf vfmadd(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-QKV_INLINE vf vfmsub(vf a, vf b, vf c) { return _mm256_fmsub_ps(a, b, c); }
+QKV_X86_ARITH(_mm256)
 QKV_INLINE vf vmaskz(vmask k, vf v) { return _mm256_and_ps(k, v); }
 QKV_INLINE vf vmaskz_mul(vmask k, vf a, vf b) { return _mm256_and_ps(k, _mm256_mul_ps(a, b)); }
 QKV_INLINE vf vmask_max(vf m, vmask k, vf x) { return _mm256_blendv_ps(m, _mm256_max_ps(m, x), k); }
-QKV_INLINE vf vloadf(const float *p) { return _mm256_loadu_ps(p); }
-QKV_INLINE void vstoref(float *p, vf v) { _mm256_storeu_ps(p, v); }
 
 QKV_INLINE float vreduce_max(vf v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -74,17 +65,9 @@ QKV_INLINE __m128i bf16_round(vf v) { /* round to nearest even; NaN -> 0x7FC0 */
     return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08));
 }
 
-QKV_INLINE vf vloadu(const void *row, int dt, long c) {
-    if (dt == DT_BF16) return bf16_widen(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + c)));
-    return _mm256_loadu_ps((const float *)row + c);
-}
-
-QKV_INLINE void vstoreu(void *row, int dt, long c, vf v) {
-    if (dt == DT_BF16)
-        _mm_storeu_si128((__m128i *)((uint16_t *)row + c), bf16_round(v));
-    else
-        _mm256_storeu_ps((float *)row + c, v);
-}
+QKV_INLINE vf vload_bf16(const uint16_t *p) { return bf16_widen(_mm_loadu_si128((const __m128i *)p)); }
+QKV_INLINE void vstore_bf16(uint16_t *p, vf v) { _mm_storeu_si128((__m128i *)p, bf16_round(v)); }
+QKV_UNMASKED_ROWS
 
 QKV_INLINE vf vload(const void *row, int dt, long c, vmask k) {
     int bits = vm_bits(k);

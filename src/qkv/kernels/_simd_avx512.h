@@ -28,19 +28,10 @@ QKV_INLINE vmask vm_bytes(const uint8_t *mk, long c, vmask k) {
     return k & _mm_cmpneq_epi8_mask(_mm_maskz_loadu_epi8(k, mk + c), _mm_setzero_si128());
 }
 
-QKV_INLINE vf vzero(void) { return _mm512_setzero_ps(); }
-QKV_INLINE vf vset1(float x) { return _mm512_set1_ps(x); }
-QKV_INLINE vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
-QKV_INLINE vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
-QKV_INLINE vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
-QKV_INLINE vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
-QKV_INLINE vf vfmadd(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
-QKV_INLINE vf vfmsub(vf a, vf b, vf c) { return _mm512_fmsub_ps(a, b, c); }
+QKV_X86_ARITH(_mm512)
 QKV_INLINE vf vmaskz(vmask k, vf v) { return _mm512_maskz_mov_ps(k, v); }
 QKV_INLINE vf vmaskz_mul(vmask k, vf a, vf b) { return _mm512_maskz_mul_ps(k, a, b); }
 QKV_INLINE vf vmask_max(vf m, vmask k, vf x) { return _mm512_mask_max_ps(m, k, m, x); }
-QKV_INLINE vf vloadf(const float *p) { return _mm512_loadu_ps(p); }
-QKV_INLINE void vstoref(float *p, vf v) { _mm512_storeu_ps(p, v); }
 QKV_INLINE float vreduce_max(vf v) { return _mm512_reduce_max_ps(v); }
 QKV_INLINE float vreduce_add(vf v) { return _mm512_reduce_add_ps(v); }
 
@@ -58,6 +49,10 @@ QKV_INLINE __m256i bf16_round(vf v) {
 #endif
 }
 
+QKV_INLINE vf vload_bf16(const uint16_t *p) { return bf16_widen(_mm256_loadu_si256((const __m256i *)p)); }
+QKV_INLINE void vstore_bf16(uint16_t *p, vf v) { _mm256_storeu_si256((__m256i *)p, bf16_round(v)); }
+QKV_UNMASKED_ROWS
+
 QKV_INLINE vf vload(const void *row, int dt, long c, vmask k) {
     if (dt == DT_BF16) return bf16_widen(_mm256_maskz_loadu_epi16(k, (const uint16_t *)row + c));
     return _mm512_maskz_loadu_ps(k, (const float *)row + c);
@@ -68,18 +63,6 @@ QKV_INLINE void vstore(void *row, int dt, long c, vf v, vmask k) {
         _mm256_mask_storeu_epi16((uint16_t *)row + c, k, bf16_round(v));
     else
         _mm512_mask_storeu_ps((float *)row + c, k, v);
-}
-
-QKV_INLINE vf vloadu(const void *row, int dt, long c) {
-    if (dt == DT_BF16) return bf16_widen(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + c)));
-    return _mm512_loadu_ps((const float *)row + c);
-}
-
-QKV_INLINE void vstoreu(void *row, int dt, long c, vf v) {
-    if (dt == DT_BF16)
-        _mm256_storeu_si256((__m256i *)((uint16_t *)row + c), bf16_round(v));
-    else
-        _mm512_storeu_ps((float *)row + c, v);
 }
 
 QKV_INLINE vmask vm_ge(vf x, float t) { return _mm512_cmp_ps_mask(x, _mm512_set1_ps(t), _CMP_GE_OQ); }

@@ -75,20 +75,14 @@ QKV_INLINE float vreduce_add(vf v) {
     return s;
 }
 
-QKV_INLINE vf vloadu(const void *row, int dt, long c) {
+QKV_INLINE vf vload_bf16(const uint16_t *p) {
     vf r;
-    if (dt == DT_BF16)
-        LANES r.v[i] = bf2f(((const uint16_t *)row)[c + i]);
-    else
-        r = vloadf((const float *)row + c);
+    LANES r.v[i] = bf2f(p[i]);
     return r;
 }
-QKV_INLINE void vstoreu(void *row, int dt, long c, vf v) {
-    if (dt == DT_BF16)
-        LANES((uint16_t *)row)[c + i] = f2bf(v.v[i]);
-    else
-        vstoref((float *)row + c, v);
-}
+QKV_INLINE void vstore_bf16(uint16_t *p, vf v) { LANES p[i] = f2bf(v.v[i]); }
+QKV_UNMASKED_ROWS
+
 QKV_INLINE vf vload(const void *row, int dt, long c, vmask k) {
     vf r;
     LANES r.v[i] = !k.v[i] ? 0.0f : dt == DT_BF16 ? bf2f(((const uint16_t *)row)[c + i]) : ((const float *)row)[c + i];
