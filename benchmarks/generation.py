@@ -14,8 +14,9 @@ alike). Run: ``python benchmarks/generation.py [--quick] [--threads N]`` (defaul
 one per core); writes benchmarks/results/generation_tN.json.
 
 With one thread GPT-2-small at batch 1 is bound by one core's memory stream: MKL runs a one-row product
-on one thread, ~20 GB/s here, and 494 MB of float32 weights pass once per token. With T threads qkv's
-decoding copies (qkv.modules.projection) split each matrix into T column slices streamed in parallel.
+on one thread, and every float32 weight passes once per token. With T threads qkv's
+decoding copies (qkv.generation.prepare_for_decoding, entered by each generate call) split each matrix
+into T column slices streamed in parallel.
 """
 
 from __future__ import annotations

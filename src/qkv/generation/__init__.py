@@ -14,6 +14,7 @@ Example::
 
 from qkv.generation.api import STRATEGIES, generate, stream_generate, stream_translate, translate
 from qkv.generation.decode import StepTokens, beam_search, decode_tokens, gnmt_length_penalty, iter_tokens
+from qkv.generation.prepare import DecodingWeights, prepare_for_decoding
 from qkv.generation.sampling import (
     LogitsSettings,
     apply_temperature,
@@ -39,6 +40,8 @@ __all__ = [
     "stream_generate",
     "stream_translate",
     "STRATEGIES",
+    "prepare_for_decoding",
+    "DecodingWeights",
     "StepTokens",
     "iter_tokens",
     "decode_tokens",

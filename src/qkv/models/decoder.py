@@ -12,7 +12,7 @@ from qkv.models import parts
 from qkv.models.config import DecoderConfig
 from qkv.modules.blocks import DecoderStack
 from qkv.modules.kv_cache import KVCache
-from qkv.modules.projection import DecodeWeights, Linear
+from qkv.modules.projection import TiedOutput
 
 __all__ = ["DecoderModel"]
 
@@ -35,8 +35,8 @@ class DecoderModel(nn.Module):
         self.alibi = parts.alibi(cfg, causal=True)
         blocks = [parts.decoder_block(cfg, self.rotary, cross=False) for _ in range(cfg.num_layers)]
         self.decoder = DecoderStack(blocks, parts.final_norm(cfg))
-        self.lm_head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self._tied_output = DecodeWeights(min_elements=0)  # logits through cached copies while decoding; not saved
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.tied_output = TiedOutput() if cfg.tie_embeddings else None  # no parameters: the table is embed's
 
     def forward(
         self,
@@ -79,7 +79,7 @@ class DecoderModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project hidden states ``(B, L, D)`` to the vocabulary ``(B, L, V)``."""
         if self.lm_head is None:
-            return self._tied_output(hidden, self.embed.token.weight)
+            return self.tied_output(hidden, self.embed.token.weight)
         return self.lm_head(hidden)
 
     def new_cache(self, batch_size: int, max_len: int) -> list[KVCache]:

@@ -22,7 +22,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from qkv.models.config import RNNSeq2SeqConfig
 from qkv.modules.additive import AdditiveAttention
 from qkv.modules.embeddings import check_ids
-from qkv.modules.projection import Linear
 
 __all__ = ["RNNSeq2Seq", "RNNState"]
 
@@ -78,7 +77,7 @@ class RNNSeq2Seq(nn.Module):
         self.init_state = nn.Linear(2 * Hd, Hd)  # s_0 = tanh(W [h_fwd; h_bwd]) per layer
         self.decoder = rnn(E + 2 * Hd, Hd, N, batch_first=True, dropout=inner_dropout)
         self.attention = AdditiveAttention(Hd, 2 * Hd, cfg.attention_dim) if cfg.attention else None
-        self.out = Linear(Hd + 2 * Hd + E, cfg.tgt_vocab_size)
+        self.out = nn.Linear(Hd + 2 * Hd + E, cfg.tgt_vocab_size)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> RNNState:

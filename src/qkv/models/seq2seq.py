@@ -13,7 +13,7 @@ from qkv.models import parts
 from qkv.models.config import Seq2SeqConfig
 from qkv.modules.blocks import DecoderStack, EncoderStack, LayerCache
 from qkv.modules.kv_cache import KVCache
-from qkv.modules.projection import DecodeWeights, Linear
+from qkv.modules.projection import TiedOutput
 
 __all__ = ["EncoderDecoderModel"]
 
@@ -39,8 +39,8 @@ class EncoderDecoderModel(nn.Module):
         dec = [parts.decoder_block(cfg, self.rotary, cross=True) for _ in range(cfg.num_decoder_layers)]
         self.encoder = EncoderStack(enc, parts.final_norm(cfg))
         self.decoder = DecoderStack(dec, parts.final_norm(cfg))
-        self.generator = None if cfg.tie_output else Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
-        self._tied_output = DecodeWeights(min_elements=0)  # logits through cached copies while decoding; not saved
+        self.generator = None if cfg.tie_output else nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
+        self.tied_output = TiedOutput() if cfg.tie_output else None  # no parameters: the table is tgt_embed's
 
     def _src_mask(self, src: torch.Tensor, src_mask: torch.Tensor | None) -> torch.Tensor | None:
         if src_mask is None and self.config.pad_id is not None:
@@ -129,7 +129,7 @@ class EncoderDecoderModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project decoder states ``(B, L, D)`` to target logits ``(B, L, V)``."""
         if self.generator is None:
-            return self._tied_output(hidden, self.tgt_embed.token.weight)
+            return self.tied_output(hidden, self.tgt_embed.token.weight)
         return self.generator(hidden)
 
     def new_cache(self, batch_size: int, max_len: int, src_len: int | None = None) -> list[LayerCache]:

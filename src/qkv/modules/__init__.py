@@ -44,7 +44,6 @@ __all__ += [
     "GatedFeedForward",
 ]
 
-# Decoding on CPU: linear maps through cached weight copies (issue 4).
-from qkv.modules.projection import DecodeWeights, Linear  # noqa: E402
+from qkv.modules.projection import TiedOutput  # noqa: E402
 
-__all__ += ["DecodeWeights", "Linear"]
+__all__ += ["TiedOutput"]

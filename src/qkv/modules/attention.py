@@ -17,7 +17,6 @@ from torch import nn
 from qkv.functional.attention import scaled_dot_product_attention
 from qkv.modules.attend import SoftmaxAttend
 from qkv.modules.kv_cache import KVCache
-from qkv.modules.projection import Linear
 
 __all__ = ["SelfAttention", "MultiHeadAttention", "CausalSelfAttention", "mask_from_torch"]
 
@@ -111,8 +110,8 @@ class MultiHeadAttention(nn.Module):
         self.qk_transform = qk_transform
         self.attend = SoftmaxAttend() if attend is None else attend
         kv_dim = num_kv_heads * self.head_dim
-        self.in_proj = Linear(d_model, d_model + 2 * kv_dim, bias=bias)  # [W^Q; W^K; W^V]
-        self.out_proj = Linear(d_model, d_model, bias=bias)  # W^O
+        self.in_proj = nn.Linear(d_model, d_model + 2 * kv_dim, bias=bias)  # [W^Q; W^K; W^V]
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W^O
 
     def _split(self, t: torch.Tensor, heads: int) -> torch.Tensor:
         B, L, _ = t.shape

@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qkv.modules.projection import Linear
-
 __all__ = ["FeedForward", "GatedFeedForward", "ACTIVATIONS", "build_feed_forward"]
 
 
@@ -62,8 +60,8 @@ class FeedForward(nn.Module):
             raise ValueError(f"d_model ({d_model}) and d_ff ({d_ff}) must be >= 1")
         self.d_model, self.d_ff, self.activation = d_model, d_ff, activation
         self.act = _activation(activation)
-        self.w1 = Linear(d_model, d_ff, bias=bias)
-        self.w2 = Linear(d_ff, d_model, bias=bias)
+        self.w1 = nn.Linear(d_model, d_ff, bias=bias)
+        self.w2 = nn.Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,9 +96,9 @@ class GatedFeedForward(nn.Module):
             raise ValueError(f"d_model ({d_model}) and d_ff ({d_ff}) must be >= 1")
         self.d_model, self.d_ff, self.activation = d_model, d_ff, activation
         self.act = _activation(activation)
-        self.w1 = Linear(d_model, d_ff, bias=bias)  # gate
-        self.w3 = Linear(d_model, d_ff, bias=bias)  # value
-        self.w2 = Linear(d_ff, d_model, bias=bias)
+        self.w1 = nn.Linear(d_model, d_ff, bias=bias)  # gate
+        self.w3 = nn.Linear(d_model, d_ff, bias=bias)  # value
+        self.w2 = nn.Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
