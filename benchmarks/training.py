@@ -2,13 +2,15 @@
 
 Question: how much faster does qkv's trainer at its defaults (precision ``auto``: bf16 autocast where this
 CPU multiplies bf16 natively, fp32 elsewhere; attention through qkv's dispatcher; fused AdamW; no per-step
-host syncs; the step compiled by torch.compile) train the char-level GPT of nanoGPT's CPU recipe (4 layers,
-d 128, 4 heads, block 64, batch 12, vocab 65) than the loop nanoGPT's train.py runs, and is its validation
-loss no worse after the same number of steps? The two loops run interleaved, chunk by chunk, in one process,
-so load from other processes hits both alike; the JSON reports medians of per-chunk tokens/s and their ratio
-(the first chunk, with the compilation, is reported apart), the precision ``auto`` resolved to and the CPU
-class (``qkv.hardware``). On a shared machine pass ``--threads 1``: with more OpenMP threads than free
-cores, both loops slow down ten-fold. Figures: README ("Speed"), per CPU class.
+host syncs; the step compiled by torch.compile), plus one opt-in (``fused_grad_scale=True``: the fused AdamW
+step applies the gradient scale and clip itself, where the default clips with ``clip_grad_norm_``), train the
+char-level GPT of nanoGPT's CPU recipe (4 layers, d 128, 4 heads, block 64, batch 12, vocab 65) than the loop
+nanoGPT's train.py runs, and is its validation loss no worse after the same number of steps? The two loops
+run interleaved, chunk by chunk, in one process, so load from other processes hits both alike; the JSON
+reports medians of per-chunk tokens/s and their ratio (the first chunk, with the compilation, is reported
+apart), the precision ``auto`` resolved to and the CPU class (``qkv.hardware``). On a shared machine pass
+``--threads 1``: with more OpenMP threads than free cores, both loops slow down ten-fold. Figures: README
+("Speed"), per CPU class.
 Run: ``python benchmarks/training.py [--quick] [--steps N] [--threads T] [--precision P]``;
 writes benchmarks/results/training.json. ``--ddp 2`` instead runs qkv's trainer as two one-thread DDP
 processes (torchrun, gloo; each takes half of every global batch of 12) against the plain loop with
@@ -160,7 +162,7 @@ class _RankBatches(_LMBatches):
 def trainer_config(case: Case) -> TrainConfig:
     return TrainConfig(
         steps=case.steps, lr=case.lr, warmup=case.warmup, schedule="cosine", min_lr_ratio=0.1,
-        weight_decay=case.weight_decay, betas=(0.9, 0.99), eps=1e-8, grad_clip=1.0,
+        weight_decay=case.weight_decay, betas=(0.9, 0.99), eps=1e-8, grad_clip=1.0, fused_grad_scale=True,
         precision=case.precision, compile=case.compile, attention_backend=case.attention,
         log_every=case.chunk, progress=False,
         device="cpu", seed=case.seed,

@@ -28,6 +28,10 @@ class TrainConfig:
         eps: AdamW epsilon.
         fused: fused AdamW; ``None`` picks it where available.
         grad_clip: clip the global gradient norm to this (``None`` or 0: no clipping).
+        fused_grad_scale: apply the token-count scale and the clip factor as one ``grad_scale`` read by the
+            fused AdamW step (the contract ``torch.amp.GradScaler`` uses; one or two passes over the
+            gradients fewer than scaling and ``clip_grad_norm_``, which are the default). Needs ``fused``
+            AdamW (not ``False``) and the ``ddp`` strategy.
         grad_accum: micro-batches per update (the loss is averaged over all their tokens).
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``; resolved once on the training device by
             :func:`qkv.hardware.resolve_precision`: ``auto`` is bf16 where bf16 matmuls are native (CUDA with
@@ -79,6 +83,7 @@ class TrainConfig:
     eps: float = 1e-9
     fused: bool | None = None
     grad_clip: float | None = 1.0
+    fused_grad_scale: bool = False
     grad_accum: int = 1
     precision: str = "auto"
     compile: bool = False
@@ -124,6 +129,9 @@ class TrainConfig:
         if self.fit_schedule and (self.time_limit is None or self.plan_after < 2):
             raise ValueError(f"fit_schedule needs a time_limit (got {self.time_limit}) and plan_after >= 2 "
                              f"(got {self.plan_after})")
+        if self.fused_grad_scale and (self.fused is False or self.strategy != "ddp"):
+            raise ValueError(f"fused_grad_scale needs fused AdamW and strategy 'ddp', got fused={self.fused}, "
+                             f"strategy={self.strategy!r}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
 

@@ -238,26 +238,25 @@ class Trainer:
     def _scale_and_clip(self, scale: torch.Tensor) -> torch.Tensor | None:
         """Multiply the gradients by ``scale`` and clip them to ``grad_clip``; returns the scaled norm.
 
-        One factor, ``scale`` times the clip coefficient (``clip_grad_norm_``'s), applied once: by a fused
-        optimizer that takes ``grad_scale`` (torch's fused AdamW, as for GradScaler), which divides each
-        gradient by it as it reads it, else by one multiply over the gradients. That is one or two passes over
-        every gradient fewer than scaling and then clipping (about 100 small ops per step for a 4-layer model:
-        steps of the char GPT in benchmarks/training.py 3% faster on two CPU threads, median of interleaved
-        chunks). FSDP's sharded gradients keep torch's clip, which reduces the norm across ranks.
+        Default: one multiply over the gradients, then ``torch.nn.utils.clip_grad_norm_`` (which also
+        reduces the norm of FSDP's sharded gradients across ranks). With ``fused_grad_scale`` the factor
+        ``scale`` times the clip coefficient (``clip_grad_norm_``'s) is handed to the fused AdamW step as
+        ``grad_scale``, which divides each gradient by it as it reads it (the contract ``GradScaler`` uses):
+        the same update without the passes of the multiply and the clip.
         """
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if self.config.strategy == "fsdp":
+        clip = self.config.grad_clip
+        if not self.config.fused_grad_scale:
             torch._foreach_mul_(grads, scale)
-            clip = self.config.grad_clip
             return torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip) if clip else None
+        if not getattr(self.optimizer, "_step_supports_amp_scaling", False):
+            raise ValueError(f"fused_grad_scale needs an optimizer that reads grad_scale (fused AdamW), got "
+                             f"{type(self.optimizer).__name__} with fused={self.optimizer.defaults.get('fused')}")
         factor, norm = scale, None
-        if self.config.grad_clip and grads:
+        if clip and grads:
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) * scale
-            factor = scale * (self.config.grad_clip / (norm + 1e-6)).clamp(max=1.0)
-        if getattr(self.optimizer, "_step_supports_amp_scaling", False):
-            self.optimizer.grad_scale = 1.0 / factor
-        else:
-            torch._foreach_mul_(grads, factor)
+            factor = scale * (clip / (norm + 1e-6)).clamp(max=1.0)
+        self.optimizer.grad_scale = 1.0 / factor
         return norm
 
     # ------------------------------------------------------------------------------------ eval
