@@ -221,7 +221,7 @@ def test_fused_optimizer_takes_the_gradient_scale_and_clip(grad_accum):
         torch.manual_seed(0)
         model = TinyLM(dropout=0.0)
         trainer = Trainer(model, lm_loss, ShuffledBatches(n_batches=12, batch=3),
-                          _cfg(steps=5, grad_accum=grad_accum, grad_clip=0.05, fused=fused))
+                          _cfg(steps=5, grad_accum=grad_accum, grad_clip=0.05, fused=fused, fused_grad_scale=fused))
         trainer.fit()
         assert (getattr(trainer.optimizer, "grad_scale", None) is not None) == fused
         models.append(model)
