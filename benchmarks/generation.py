@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved_samples, write_json  # noqa: E402
 
-from qkv.generation import DecoderStepper, generate  # noqa: E402
+from qkv.generation import DecoderStepper, generate, prepare_for_decoding  # noqa: E402
 from qkv.interop import from_transformers  # noqa: E402
 
 
@@ -106,7 +106,7 @@ def position_latency(repeats: int, steps: int = 60) -> dict:
     """
     _, ours = build(Case("small", batch=1, **SMALL))
     times = {(p, clock): [] for p in (50, 1000) for clock in ("cpu", "wall")}
-    with torch.inference_mode():  # as qkv.generation.generate runs
+    with torch.inference_mode(), prepare_for_decoding(ours):  # as qkv.generation.generate runs
         for _ in range(repeats):
             sessions = {}
             for p in (50, 1000):
