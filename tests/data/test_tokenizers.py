@@ -102,7 +102,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer file at"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(ValueError, match="not a valid tokenizer JSON file"):
+    with pytest.raises(ValueError, match="not valid JSON, so not a tokenizer file"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text('{"type": "qkv.klingon"}', encoding="utf-8")
     with pytest.raises(ValueError, match="unknown tokenizer \\(type 'qkv.klingon'"):

@@ -12,7 +12,6 @@ memory-mapped, so a second run skips tokenisation and workers share the pages.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from qkv.data.batching import LMBatch
-from qkv.data.files import fingerprint, read_text
+from qkv.data.files import atomic_open, fingerprint, read_text
 from qkv.data.tokenizers import Tokenizer
 
 __all__ = ["BlockExample", "PackedTextDataset", "encode_text", "encode_files"]
@@ -52,15 +51,8 @@ def encode_text(text: str, tokenizer: Tokenizer) -> np.ndarray:
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
 
 
 def encode_files(

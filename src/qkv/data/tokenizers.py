@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from qkv.data.files import atomic_open, read_json_object
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -70,17 +71,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w") as f:
+        f.write(text)
     return path
 
 
@@ -326,13 +318,7 @@ class BPETokenizer:
 def _read_json(file: Path) -> dict[str, Any]:
     if not file.is_file():
         raise FileNotFoundError(f"no tokenizer file at {file}")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{file} is not a valid tokenizer JSON file: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{file} is not a tokenizer file: top-level JSON is {type(data).__name__}, not an object")
-    return data
+    return read_json_object(file, "tokenizer file")
 
 
 _KINDS = {CharTokenizer.kind: CharTokenizer, WordTokenizer.kind: WordTokenizer}

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from qkv.training import checkpoint as ckpt
@@ -91,7 +91,7 @@ def write_averaged(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -
     last = ckpt.resolve(paths[-1])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = ckpt.make_temp_dir(out)
     try:
         save_file(weights, str(tmp / ckpt.WEIGHTS), metadata={"format": ckpt.FORMAT})
         for f in last.iterdir():
@@ -101,7 +101,11 @@ def write_averaged(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -
         trainer = dict(meta.get("trainer", {}), averaged_from=[str(ckpt.resolve(p)) for p in paths])
         new_meta = {"format": ckpt.FORMAT, "version": ckpt.VERSION, "trainer": trainer}
         (tmp / ckpt.META).write_text(json.dumps(new_meta, indent=1) + "\n", encoding="utf-8")
+        ckpt.settle_files(tmp)
         ckpt._replace_dir(tmp, out)
+    except SafetensorError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ckpt.write_error(e, out) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

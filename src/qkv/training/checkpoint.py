@@ -16,9 +16,11 @@ temporary directory, never a half-written checkpoint under a real name.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 from torch import nn
+
+from qkv.data.files import dir_mode, file_mode, read_json_object
 
 FORMAT = "qkv-checkpoint"
 VERSION = 1
@@ -63,11 +67,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------- writing
-def _fsync_dir_files(folder: Path) -> None:
+def settle_files(folder: Path) -> None:
+    """fsync every file of ``folder`` and give it the mode ``open()`` would (safetensors writes 0600)."""
+    mode = file_mode()
     for f in folder.iterdir():
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+            os.chmod(f, mode)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -124,6 +131,13 @@ def set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> No
     random.setstate((version, tuple(internal), gauss_next))
 
 
+def make_temp_dir(path: Path) -> Path:
+    """A hidden temporary directory beside ``path``, with the mode ``mkdir`` would give it (umask applies)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, dir_mode())
+    return tmp
+
+
 def _replace_dir(tmp: Path, path: Path) -> None:
     if not path.exists():
         os.replace(tmp, path)
@@ -166,7 +180,7 @@ def save_checkpoint(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = make_temp_dir(path)
     try:
         meta: dict[str, Any] = {"format": FORMAT, "version": VERSION, "trainer": trainer_state or {}}
         if weights is None:
@@ -189,12 +203,22 @@ def save_checkpoint(
         if tokenizer is not None:
             tokenizer.save(tmp)
         _write_json(tmp / META, meta)  # written last
-        _fsync_dir_files(tmp)
+        settle_files(tmp)
         _replace_dir(tmp, path)
+    except SafetensorError as e:  # safetensors reports a failed write (disk full ...) as its own error type
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(e, path) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def write_error(e: Exception, path: str | os.PathLike) -> OSError:
+    """An ``OSError`` naming ``path`` for a failed safetensors write ("... (os error 28)" becomes ENOSPC)."""
+    found = re.search(r"os error (\d+)", str(e))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code) if found else f"cannot write safetensors: {e}", str(path))
 
 
 def _dedup(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -259,6 +283,8 @@ def read_tensors(file: str | os.PathLike, device: str | torch.device = "cpu") ->
     file = Path(file)
     if not file.is_file():
         raise CheckpointError(f"{file}: missing")
+    if not os.access(file, os.R_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
     try:
         return load_file(str(file), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
@@ -268,9 +294,57 @@ def read_tensors(file: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The model config dict of a checkpoint, or ``None`` when it has none."""
+    """The model config dict of a checkpoint, or ``None`` when it has none.
+
+    Raises:
+        CheckpointError: ``config.json`` is not a JSON object (the file is named).
+    """
     file = resolve(path) / CONFIG
-    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+    if not file.is_file():
+        return None
+    try:
+        return read_json_object(file, "model config")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+
+
+def stored_shapes(file: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a ``.safetensors`` header (no tensor data is read)."""
+    from safetensors import safe_open
+
+    file = Path(file)
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except SafetensorError as e:
+        raise CheckpointError(f"{file}: cannot be read as safetensors ({e}); the file is truncated or foreign") from e
+
+
+def check_fits(model: nn.Module, file: str | os.PathLike) -> None:
+    """Compare ``model``'s tensors with the header of a weights file before any weight is allocated.
+
+    ``model`` may live on the meta device (built from a config that is not trusted yet): a config asking for
+    more or larger tensors than the file holds fails here, with the first differences named.
+
+    Raises:
+        CheckpointError: missing, unexpected or misshapen tensors.
+    """
+    stored = stored_shapes(file)
+    groups: dict[int, list[str]] = {}  # tied tensors are stored once, under one of their names
+    model = unwrap(model)
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        groups.setdefault(id(t), []).append(name)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
+    missing = [names[0] for names in groups.values()
+               if names[0] in expected and not any(n in stored for n in names)]
+    unexpected = sorted(set(stored) - set(expected))
+    misshapen = [f"{k} {stored[k]} (model: {expected[k]})" for k in sorted(set(stored) & set(expected))
+                 if stored[k] != expected[k]]
+    if missing or unexpected or misshapen:
+        raise CheckpointError(f"{file}: does not fit {type(model).__name__} built from its config: missing "
+                              f"{missing[:4]}, unexpected {unexpected[:4]}, misshapen {misshapen[:4]}")
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> None:
