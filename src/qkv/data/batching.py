@@ -383,6 +383,7 @@ def make_loader(
         dataset,  # type: ignore[arg-type]
         batch_sampler=sampler,
         collate_fn=collate_fn or dataset.collate,
+        generator=torch.Generator().manual_seed(seed),  # not the global one: iterating draws a worker seed
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=False,

@@ -40,6 +40,7 @@ from qkv.training.distributed import (
 from qkv.training.metrics import MetricsWriter, perplexity
 from qkv.training.optim import build_optimizer, build_scheduler, schedule_fn
 from qkv.training.plan import StepTimer, steps_that_fit
+from qkv.training.rundir import run_lock
 from qkv.training.runtime import (
     SDPA_BACKENDS,
     LossFn,
@@ -64,6 +65,7 @@ class TrainResult:
     averaged_path: Path | None = None
     stopped_early: bool = False
     interrupted: bool = False
+    signal: int | None = None
     evals: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -282,6 +284,13 @@ class Trainer:
             root.reshard()
 
     def _evaluate(self) -> dict[str, float]:
+        # Evaluation never moves training's random streams (a DataLoader draws a seed from the global generator
+        # per pass; a sampling metric draws more): with or without eval_every the weights come out the same.
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return self._evaluate_now()
+
+    def _evaluate_now(self) -> dict[str, float]:
         was_training = self.model.training
         self.model.eval()
         out: dict[str, float] = {}
@@ -377,7 +386,15 @@ class Trainer:
 
         Returns:
             What happened, with the paths of the last, best and averaged checkpoints.
+
+        Raises:
+            RunDirError: another process is training into ``out_dir`` (its lock is held for the whole fit).
         """
+        locked = self.out_dir is not None and self.dist.is_main
+        with run_lock(self.out_dir) if locked else contextlib.nullcontext():
+            return self._fit(until)
+
+    def _fit(self, until: int | None) -> TrainResult:
         result = TrainResult(step=self.step)
         self._timer.begin(self.step)
         self._deadline = None if self.config.time_limit is None else time.perf_counter() + self.config.time_limit
@@ -423,7 +440,7 @@ class Trainer:
                 result.stopped_early = True
                 return
             if stop:
-                result.interrupted = self._stop_signal is not None
+                result.interrupted, result.signal = self._stop_signal is not None, self._stop_signal
                 if not saved:
                     result.last_path = self.save()
                 return

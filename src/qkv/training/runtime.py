@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend
 
+from qkv import hardware
 from qkv.training.distributed import default_device
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, "torch.Tensor | int"]]
@@ -70,5 +71,14 @@ def accepts_skip(data: Any) -> bool:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> the GPU if there is one, else CPU; any other name as ``torch.device``."""
-    return default_device() if name == "auto" else torch.device(name)
+    """``"auto"`` -> the GPU if there is one, else CPU; any other name as ``torch.device``.
+
+    Raises:
+        ValueError: an unknown device, or one this machine does not have (``train.device=cuda`` without CUDA).
+    """
+    if name == "auto":
+        return default_device()
+    try:
+        return hardware.resolve_device(name)
+    except ValueError as e:
+        raise ValueError(f"train.device: {e}") from e
