@@ -1,4 +1,5 @@
-"""Tiny trained runs shared by the CLI tests (seconds to train), and a helper to run ``qkv`` as a subprocess."""
+"""Tiny trained runs shared by the CLI tests (seconds to train), and a helper to run ``qkv`` as a subprocess.
+The fault suite's runs (``tiny_run``, ``classify_run``) are trained once per session too."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from qkv.cli import main
+from tests.cli.faults import classify_recipe, translation_recipe
 
 TINY_SEQ2SEQ = "{d_model: 32, d_ff: 64, num_heads: 2, num_encoder_layers: 1, num_decoder_layers: 1}"
 
@@ -43,3 +45,20 @@ def qkv(*args: str, stdin: str | None = None, cwd: str | Path | None = None, tim
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
     return subprocess.run([sys.executable, "-m", "qkv", *args], input=stdin, capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=timeout)
+
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A trained tiny translation run (byte-level BPE, ``max_len`` 32). Tests that change it copy it first."""
+    folder = tmp_path_factory.mktemp("translation")
+    assert main(["train", str(translation_recipe(folder, folder / "run"))]) == 0
+    return folder / "run"
+
+
+@pytest.fixture(scope="session")
+def classify_run(tmp_path_factory):
+    """A trained tiny classifier (characters, ``max_len`` 16)."""
+    folder = tmp_path_factory.mktemp("classify")
+    assert main(["train", str(classify_recipe(folder, folder / "run"))]) == 0
+    return folder / "run"

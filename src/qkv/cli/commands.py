@@ -3,40 +3,62 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shlex
+import signal
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from qkv.cli.errors import UsageError
 
 
-def _lines(path: str | None) -> list[str]:
-    """Non-empty input lines from a file or stdin; an empty input is a usage error."""
+@dataclass
+class InputLines:
+    """Non-empty, stripped input lines and where each came from (for messages that name the line)."""
+
+    texts: list[str]
+    numbers: list[int]
+    name: str
+
+    def where(self, i: int) -> str:
+        return f"{self.name} line {self.numbers[i]}"
+
+
+def _lines(path: str | None) -> InputLines:
+    """Non-empty input lines from a file or stdin (strict UTF-8); an empty input is a usage error."""
+    from qkv.data.files import decode_lines, iter_lines
+
     if path:
-        p = Path(path)
-        if not p.is_file():
+        if not Path(path).is_file():
             raise UsageError(f"input file not found: {path}")
-        text = p.read_text(encoding="utf-8")
+        numbered = list(iter_lines(path))
     else:
-        text = sys.stdin.read()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
+        buffer = getattr(sys.stdin, "buffer", None)  # bytes, so that bad bytes are an error naming the line
+        numbered = decode_lines(buffer.read() if buffer is not None else sys.stdin.read().encode(), "stdin")
+    kept = [(n, line.strip()) for n, line in numbered if line.strip()]
+    if not kept:
         raise UsageError(f"no input: {path or 'stdin'} holds no non-empty line")
-    return lines
+    return InputLines([t for _, t in kept], [n for n, _ in kept], path or "stdin")
 
 
-class _Output:
-    def __init__(self, path: str | None) -> None:
-        self.path = path
+@contextlib.contextmanager
+def _output(path: str | None, mode: str = "w") -> Iterator[TextIO]:
+    """stdout, or a file replaced only when the command succeeds (a failure leaves it as it was)."""
+    if not path:
+        yield sys.stdout
+        return
+    from qkv.data.files import atomic_open
 
-    def __enter__(self) -> TextIO:
-        self.f = open(self.path, "w", encoding="utf-8") if self.path else sys.stdout  # noqa: SIM115
-        return self.f
+    with atomic_open(path, mode) as f:
+        yield f
 
-    def __exit__(self, *exc: object) -> None:
-        if self.path:
-            self.f.close()
+
+def _warn(command: str) -> Callable[[str], None]:
+    return lambda message: print(f"qkv {command}: warning: {message}", file=sys.stderr)
 
 
 def _device(args: argparse.Namespace):
@@ -50,6 +72,14 @@ def _decode(run, args: argparse.Namespace):
     from qkv.recipes.run import decode_config
 
     return decode_config(run, beam=getattr(args, "beam", 0), max_len=getattr(args, "max_len", None))
+
+
+def _interrupted(result, resume: str) -> int:
+    """One line saying training was stopped by a signal, and the exit status of that signal (128 + number)."""
+    number = result.signal or signal.SIGINT
+    print(f"qkv train: interrupted by {signal.Signals(number).name} at step {result.step}; "
+          f"checkpoint {result.last_path}; resume with: {resume}", file=sys.stderr)
+    return 128 + number
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -66,7 +96,11 @@ def demo(args: argparse.Namespace) -> int:
     cpu_isa()  # a bad QKV_CPU_ISA is an error before any work
     recipe = demo_recipe(rnn=args.rnn, out_dir=args.out, steps=args.steps, time_limit=args.time_limit,
                          n_train=args.n_train, n_test=args.n_test, seed=args.seed, precision=args.precision)
-    run_demo(recipe)
+    result = run_demo(recipe)
+    if result.interrupted:
+        print(f"qkv demo: interrupted by {signal.Signals(result.interrupted).name} after {result.steps} steps; "
+              "nothing evaluated (run qkv demo again to start over)", file=sys.stderr)
+        return 128 + result.interrupted
     return 0
 
 
@@ -80,7 +114,10 @@ def train(args: argparse.Namespace) -> int:
 
         print(format_keys(recipe))
         return 0
-    result, _ = run_training(recipe, resume=args.resume)
+    result, _ = run_training(recipe, resume=args.resume, overwrite=args.overwrite)
+    if result.interrupted:
+        sets = [x for o in args.overrides for x in ("--set", o)]
+        return _interrupted(result, shlex.join(["qkv", "train", args.config, *sets, "--resume"]))
     last = result.evals[-1] if result.evals else {}
     print(f"trained {result.step} steps; last evaluation: {json.dumps(last)}")
     from qkv.recipes import pictures
@@ -90,14 +127,23 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _too_long(lines: InputLines, e) -> UsageError:
+    return UsageError(f"{lines.where(e.index)} has {e.length} tokens; this model reads at most {e.limit}")
+
+
 def translate(args: argparse.Namespace) -> int:
     from qkv.recipes import load_run
+    from qkv.recipes.config import InputTooLong
     from qkv.recipes.translation import translate_texts
 
     run = load_run(args.run, task="translation", device=_device(args))
     lines = _lines(args.input)
-    with _Output(args.output) as out:
-        for hyp in translate_texts(run.model, run.tokenizer, lines, _decode(run, args)):
+    try:
+        hyps = translate_texts(run.model, run.tokenizer, lines.texts, _decode(run, args))
+    except InputTooLong as e:
+        raise _too_long(lines, e) from e
+    with _output(args.output) as out:
+        for hyp in hyps:
             print(hyp, file=out)
     return 0
 
@@ -107,6 +153,8 @@ def generate(args: argparse.Namespace) -> int:
     from qkv.recipes.config import DecodeConfig
     from qkv.recipes.lm import sample_text
 
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     run = load_run(args.run, task="lm", device=_device(args))
     dec = DecodeConfig(strategy="greedy" if args.greedy else "sample", temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p)
@@ -124,39 +172,54 @@ def classify(args: argparse.Namespace) -> int:
     run = load_run(args.run, task="classify", device=_device(args))
     names = run.extra.get("labels") or [str(i) for i in range(run.config.num_classes)]
     lines = _lines(args.input)
-    with _Output(args.output) as out:
-        for text, label in zip(lines, predict(run.model, run.tokenizer, lines), strict=True):
+    labels = predict(run.model, run.tokenizer, lines.texts, on_truncate=_truncated(lines, _warn("classify")))
+    with _output(args.output) as out:
+        for text, label in zip(lines.texts, labels, strict=True):
             print(f"{names[label]}\t{text}", file=out)
     return 0
 
 
-def _embeddings(args: argparse.Namespace, lines: list[str]):
+def _truncated(lines: InputLines, warn: Callable[[str], None]) -> Callable[[int, int, int], None]:
+    def report(i: int, n: int, limit: int) -> None:
+        warn(f"{lines.where(i)} has {n} tokens; truncated to the model's {limit} (as in training)")
+
+    return report
+
+
+def _embeddings(args: argparse.Namespace, lines: InputLines):
     if args.model:
         try:
             from qkv.interop import load_pretrained, sentence_embeddings
         except ImportError as e:
             raise UsageError(f"--model needs qkv.interop, which this install lacks: {e}") from e
         model, tokenizer = load_pretrained(args.model)
+        if tokenizer is None:
+            raise UsageError(f"--model {args.model} has no tokenizer.json")
         model = model.to(_device(args))
-        return sentence_embeddings(model, tokenizer, lines)
+        return sentence_embeddings(model, tokenizer, lines.texts)
     if not args.run:
         raise UsageError("give a qkv encoder run directory or --model FOLDER")
     from qkv.recipes import load_run
     from qkv.recipes.classify import embed
 
     run = load_run(args.run, task="classify", device=_device(args))
-    return embed(run.model, run.tokenizer, lines)
+    return embed(run.model, run.tokenizer, lines.texts, on_truncate=_truncated(lines, _warn("embed")))
 
 
 def embed(args: argparse.Namespace) -> int:
     lines = _lines(args.input)
     vectors = _embeddings(args, lines)
+    bad = [i for i, ok in enumerate(vectors.isfinite().all(dim=-1).tolist()) if not ok]
+    if bad:
+        raise UsageError(f"the model's embedding of {lines.where(bad[0])} is not finite (NaN or inf) "
+                         f"({len(bad)} of {len(lines.texts)} lines); are its weights broken?")
     if args.output and args.output.endswith(".npy"):
         import numpy as np
 
-        np.save(args.output, vectors.numpy())
+        with _output(args.output, "wb") as f:
+            np.save(f, vectors.numpy(), allow_pickle=False)
         return 0
-    with _Output(args.output) as out:
+    with _output(args.output) as out:
         for row in vectors.tolist():
             print(json.dumps([round(x, 6) for x in row]), file=out)
     return 0
@@ -166,6 +229,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from qkv.cli import evaluate as ev
     from qkv.recipes import load_run
 
+    ev.check_limit(args)
     run = load_run(args.run, device=_device(args))
     return {"translation": ev.translation, "lm": ev.lm, "classify": ev.classification}[run.task](run, args)
 

@@ -16,7 +16,28 @@ from collections.abc import Sequence
 from qkv.cli import commands
 from qkv.cli.errors import UsageError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, ValueError, FileNotFoundError, KeyError)
+USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, ValueError, OSError, KeyError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (``qkv CMD: error: ...``) with exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _message(e: BaseException) -> str:
+    """One line for a user error: an OSError from the system names its path and what the system said."""
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    if isinstance(e, OSError) and e.strerror:
+        if e.filename is None:
+            return e.strerror
+        where = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+        return f"{where}: {e.strerror}"
+    return "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+
+
 DEVICES = "auto|cpu|cuda|mps"
 
 
@@ -57,7 +78,7 @@ def _add_io(p: argparse.ArgumentParser, what: str, out: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from qkv import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qkv", description="Attention and the Transformer, end to end.", formatter_class=_Formatter,
         epilog="examples:\n  qkv demo\n  qkv train configs/dates_demo.yaml --set train.steps=200\n"
                "  qkv COMMAND --help")
@@ -99,6 +120,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--list-keys", action="store_true",
                    help="print every --set key with its value in this recipe and what it means, then exit")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in the run directory (its checkpoints, metrics and pictures)")
     p.set_defaults(func=commands.train)
 
 
@@ -248,8 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as e:
         if os.environ.get("QKV_DEBUG"):
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"qkv {args.command}: error: {msg}", file=sys.stderr)
+        print(f"qkv {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"qkv {args.command}: interrupted", file=sys.stderr)

@@ -25,7 +25,8 @@ from qkv.data.batching import ClassificationBatch, Ragged, pad_sequences
 from qkv.data.files import iter_lines
 from qkv.data.tokenizers import Tokenizer
 
-__all__ = ["LabelledExample", "LabelledDataset", "read_labelled", "infer_label_names", "text_batch", "FORMATS"]
+__all__ = ["LabelledExample", "LabelledDataset", "read_labelled", "infer_label_names", "text_batch", "encode_texts",
+           "FORMATS"]
 
 FORMATS = ("csv", "tsv", "jsonl", "space")
 
@@ -143,6 +144,7 @@ class LabelledDataset:
         labels: ``(N,)`` int64 class ids.
         label_names: class id -> label string.
         lengths: ``(N,)`` int64 ids per example including ``<bos>``.
+        truncated: indices of the examples cut to ``max_len``.
     """
 
     def __init__(
@@ -157,7 +159,9 @@ class LabelledDataset:
     ) -> None:
         if len(ids) != len(labels):
             raise ValueError(f"got {len(ids)} texts but {len(labels)} labels")
+        self.truncated: list[int] = []  # examples cut to max_len
         if max_len is not None:
+            self.truncated = [i for i, s in enumerate(ids) if len(s) > max_len - 1]
             ids = [s[: max(max_len - 1, 0)] for s in ids]  # room for <bos>
         self.texts = Ragged(ids)
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -232,6 +236,25 @@ class LabelledDataset:
         )
 
 
+def encode_texts(
+    texts: Sequence[str], tokenizer: Tokenizer, *, max_len: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """:func:`text_batch` plus each text's length before truncation (``<bos>`` included).
+
+    Returns:
+        ``ids (B, S)``, ``mask (B, S)`` and the B untruncated lengths.
+    """
+    if not texts:
+        raise ValueError("no texts given")
+    seqs = tokenizer.encode_batch(list(texts))
+    prefix = 0 if tokenizer.bos_id is None else 1
+    lengths = [len(s) + prefix for s in seqs]
+    if max_len is not None:
+        seqs = [s[: max(max_len - prefix, 0)] for s in seqs]
+    ids, mask, _ = pad_sequences(seqs, pad_id=tokenizer.pad_id, prefix=tokenizer.bos_id)
+    return ids, mask, lengths
+
+
 def text_batch(
     texts: Sequence[str], tokenizer: Tokenizer, *, max_len: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,10 +263,5 @@ def text_batch(
     Returns:
         ``ids (B, S)`` long and ``mask (B, S)`` bool, True = real.
     """
-    if not texts:
-        raise ValueError("no texts given")
-    seqs = tokenizer.encode_batch(list(texts))
-    if max_len is not None:
-        seqs = [s[: max(max_len - 1, 0)] for s in seqs]
-    ids, mask, _ = pad_sequences(seqs, pad_id=tokenizer.pad_id, prefix=tokenizer.bos_id)
+    ids, mask, _ = encode_texts(texts, tokenizer, max_len=max_len)
     return ids, mask

@@ -12,13 +12,14 @@ arbitrary objects.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+
+from qkv.data.files import read_json_object
 
 __all__ = [
     "Link",
@@ -28,6 +29,8 @@ __all__ = [
     "check_tensors",
     "read_config",
     "read_weights",
+    "stored_shapes",
+    "shard_files",
     "write_weights",
     "strip_prefix",
     "drop_ignored",
@@ -81,7 +84,7 @@ def to_hf(links: Iterable[Link], ours: Mapping[str, torch.Tensor]) -> dict[str, 
 
 
 def _shape(t: Any) -> tuple[int, ...]:
-    return tuple(t.shape)
+    return tuple(t) if isinstance(t, tuple) else tuple(t.shape)  # a tensor, or a shape from a file header
 
 
 def check_tensors(expected: Mapping[str, Any], found: Mapping[str, Any], *, source: str) -> None:
@@ -138,13 +141,7 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{folder} has no config.json, so it is not a Hugging Face checkpoint folder (it holds {present})"
         )
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}")
-    return config
+    return read_json_object(path, "model config")
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -158,6 +155,48 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"cannot read {path} ({size} bytes): {e}; the file is truncated or corrupt") from e
 
 
+def shard_files(folder: str | Path) -> list[Path]:
+    """The shards ``model.safetensors.index.json`` names, each checked to lie inside ``folder``.
+
+    Raises:
+        ValueError: no ``weight_map`` in the index, or a shard name pointing outside the folder.
+    """
+    folder = Path(folder)
+    index_path = folder / SAFETENSORS_INDEX
+    weight_map = read_json_object(index_path, "safetensors index").get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index_path} has no weight_map (tensor name -> shard file)")
+    root = folder.resolve()
+    shards = []
+    for name in sorted(set(map(str, weight_map.values()))):
+        shard = (folder / name).resolve()
+        if Path(name).is_absolute() or root not in shard.parents:
+            raise ValueError(f"{index_path}: shard {name!r} lies outside {folder}")
+        shards.append(shard)
+    return shards
+
+
+def stored_shapes(folder: str | Path) -> dict[str, tuple[int, ...]] | None:
+    """Tensor shapes from the safetensors headers of a checkpoint folder (no data read); None for a ``.bin``."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    if (folder / SAFETENSORS).is_file():
+        files = [folder / SAFETENSORS]
+    elif (folder / SAFETENSORS_INDEX).is_file():
+        files = shard_files(folder)
+    else:
+        return None
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})  # noqa: SIM118
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"cannot read {file}: {e}; the file is truncated or corrupt") from e
+    return shapes
+
+
 def read_weights(folder: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
     """All tensors of a checkpoint folder and the file they came from.
 
@@ -168,17 +207,19 @@ def read_weights(folder: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
     if (folder / SAFETENSORS).is_file():
         return _read_safetensors(folder / SAFETENSORS), folder / SAFETENSORS
     if (folder / SAFETENSORS_INDEX).is_file():
-        index = json.loads((folder / SAFETENSORS_INDEX).read_text())
         state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            state.update(_read_safetensors(folder / shard))
+        for shard in shard_files(folder):
+            state.update(_read_safetensors(shard))
         return state, folder / SAFETENSORS_INDEX
     if (folder / LEGACY_BIN).is_file():
         path = folder / LEGACY_BIN
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises several types for a bad or unsafe file
-            raise ValueError(f"cannot read {path} as plain tensors (weights_only=True): {e}") from e
+        except Exception as e:  # torch raises several types for a bad or unsafe file; its advice is not ours
+            found = re.search(r"Unsupported global: [^\n]*?(?=\s*$|\. |\n)", str(e), re.MULTILINE)
+            reason = found.group(0) if found else str(e).split("\n")[0].split(". ")[0][:200]
+            raise ValueError(f"cannot read {path} as plain tensors ({reason}); qkv reads only tensors from .bin "
+                             "files and never unpickles other objects: convert the file to safetensors") from None
         if not isinstance(state, dict):
             raise ValueError(f"{path} must hold a dict of tensors, got {type(state).__name__}")
         odd = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))

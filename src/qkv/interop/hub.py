@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from qkv.interop.checkpoint import (
     drop_ignored,
     read_config,
     read_weights,
+    stored_shapes,
     strip_prefix,
     to_hf,
     to_qkv,
@@ -71,6 +73,11 @@ def load_model(folder: str | Path, *, num_classes: int = 0) -> nn.Module:
     folder = Path(folder)
     config = read_config(folder)
     family = _family(config, folder)
+    shapes = stored_shapes(folder)
+    if shapes is not None:  # check the config against the weights' headers before allocating anything
+        with torch.device("meta"):
+            skeleton = family.build(config)
+        check_tensors(*_expected_and_found(skeleton, family, shapes), source=str(folder))
     model = family.build(config)
     pooling = _sentence_pooling(folder)
     if pooling is not None and hasattr(model.config, "pooling"):
@@ -95,18 +102,23 @@ def load_hf_state(model: nn.Module, family: Family, state: dict[str, torch.Tenso
         state: checkpoint tensors (with or without the family's prefix).
         source: where they came from, for error messages.
     """
-    links = family.links(model)
-    theirs = drop_ignored(strip_prefix(state, family.prefixes), family.ignored)
-    expected = to_hf(links, model.state_dict())
-    for name in family.optional:
-        if name not in theirs and name in expected:
-            theirs[name] = expected[name]
+    expected, theirs = _expected_and_found(model, family, state)
     check_tensors(expected, theirs, source=source)
-    result = model.load_state_dict(to_qkv(links, theirs), strict=False)
+    result = model.load_state_dict(to_qkv(family.links(model), theirs), strict=False)
     fresh = [k for k in result.missing_keys if not k.startswith("head.")]  # a new classifier head stays as built
     if fresh or result.unexpected_keys:
         raise ValueError(f"tensor map of {family.model_type} is incomplete: qkv tensors {fresh} not mapped, "
                          f"{result.unexpected_keys} unknown to the model")
+
+
+def _expected_and_found(model: nn.Module, family: Family, state: Mapping[str, Any]) -> tuple[dict, dict]:
+    """What ``model`` needs, by Hugging Face name, and what the checkpoint (tensors or header shapes) offers."""
+    theirs = drop_ignored(strip_prefix(state, family.prefixes), family.ignored)
+    expected = to_hf(family.links(model), model.state_dict())
+    for name in family.optional:
+        if name not in theirs and name in expected:
+            theirs[name] = expected[name]
+    return expected, theirs
 
 
 def from_transformers(hf_model: nn.Module) -> nn.Module:

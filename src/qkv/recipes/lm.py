@@ -15,7 +15,7 @@ from qkv.generation import generate
 from qkv.recipes.config import DecodeConfig, Recipe, RecipeError
 from qkv.training.losses import lm_loss
 
-__all__ = ["LMData", "build_data", "loss_fn", "sample_text"]
+__all__ = ["LMData", "build_data", "loss_fn", "sample_text", "TextStream"]
 
 
 @dataclass
@@ -62,10 +62,8 @@ def sample_text(model: nn.Module, tokenizer: Any, prompt: str, dec: DecodeConfig
     if dec.strategy == "sample":
         opts.update(temperature=dec.temperature, top_k=dec.top_k, top_p=dec.top_p,
                     generator=torch.Generator(device=device).manual_seed(seed))
-    callback = None
-    if on_text is not None:
-        def callback(step: Any) -> None:
-            on_text(tokenizer.decode([int(step.tokens[0])]))
+    stream = TextStream(tokenizer, on_text) if on_text is not None else None
+    callback = None if stream is None else (lambda step: stream.add(int(step.tokens[0])))
     context = model.config.max_len
     ids = tokenizer.encode(prompt) or [tokenizer.bos_id]
     new: list[int] = []
@@ -78,4 +76,37 @@ def sample_text(model: nn.Module, tokenizer: Any, prompt: str, dec: DecodeConfig
         if not chunk:
             break
         new += chunk
+    if stream is not None:
+        stream.close()
     return prompt + tokenizer.decode(new)
+
+
+class TextStream:
+    """Incremental detokenisation: ``on_text`` receives the text of the ids added so far, piece by piece, such
+    that the pieces join to ``tokenizer.decode(all ids)``.
+
+    A byte-level BPE token may end inside a multi-byte UTF-8 character, whose decoding then ends in U+FFFD
+    until a later token completes it: such a tail is held back. Each :meth:`add` decodes a short window: the
+    ids since the piece before the last one emitted (so tokenizers whose text depends on the neighbours, such
+    as word tokenizers joining with spaces, are decoded in context), as vLLM's incremental detokeniser does.
+    """
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]) -> None:
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.ids: list[int] = []
+        self.prefix = self.read = 0  # ids[prefix:read] is the context already emitted; ids[read:] is new
+
+    def add(self, token: int) -> None:
+        self.ids.append(token)
+        self._emit(final=False)
+
+    def close(self) -> None:
+        """Emit what is left (a held-back tail included)."""
+        self._emit(final=True)
+
+    def _emit(self, *, final: bool) -> None:
+        context = self.tokenizer.decode(self.ids[self.prefix : self.read])
+        text = self.tokenizer.decode(self.ids[self.prefix :])
+        if len(text) > len(context) and (final or not text.endswith("\ufffd")):
+            self.on_text(text[len(context) :])
+            self.prefix, self.read = self.read, len(self.ids)

@@ -26,8 +26,9 @@ from qkv.models import registry
 from qkv.models.config import DecoderConfig, EncoderConfig, RNNSeq2SeqConfig, Seq2SeqConfig
 from qkv.recipes import classify, lm, translation
 from qkv.recipes.config import DecodeConfig, Recipe, RecipeError
-from qkv.training import Trainer, TrainResult, load_weights, read_config
-from qkv.training.checkpoint import CheckpointError, resolve
+from qkv.training import TrainConfig, Trainer, TrainResult, load_weights, read_config
+from qkv.training.checkpoint import WEIGHTS, CheckpointError, check_fits, read_meta, resolve
+from qkv.training.rundir import RunDirError, prepare_run_dir, run_lock
 
 __all__ = ["train", "load_run", "LoadedRun", "CONFIG_TYPES", "decode_config"]
 
@@ -124,29 +125,79 @@ PARTS: dict[str, Callable[[Recipe], dict[str, Any]]] = {
 }
 
 
-def train(recipe: Recipe, *, resume: bool = False,
+def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
           echo: Callable[[str], Any] | None = print) -> tuple[TrainResult, dict[str, Any]]:
     """Build data, tokenizer and model for ``recipe`` and train; returns the result and the parts built.
 
-    ``echo`` (when given) gets one line before training: the device and the precision the run resolved to.
+    Args:
+        recipe: the run.
+        resume: continue the run in ``recipe.out_dir`` from its latest checkpoint (an error when it has none).
+        overwrite: replace a previous run in ``recipe.out_dir`` (its checkpoints, metrics and pictures).
+        echo: (when given) gets one line before training: the device and the precision the run resolved to.
+
+    Raises:
+        RecipeError: ``out_dir`` holds another run and neither flag is given, is in use by another trainer, or
+            (``resume``) holds a run this recipe does not fit; nothing in ``out_dir`` is changed then.
     """
+    out = Path(recipe.out_dir)
+    try:
+        with run_lock(out):
+            prepare_run_dir(out, resume=resume, overwrite=overwrite)
+            return _train_locked(recipe, out, resume, echo)
+    except RunDirError as e:
+        raise RecipeError(str(e)) from e
+
+
+def _train_config(recipe: Recipe, out: Path, cfg: Any) -> TrainConfig:
+    tcfg = replace(recipe.train, out_dir=str(out))
+    if recipe.time_limit is not None:  # the top-level field, kept for older recipes
+        if tcfg.time_limit is not None and tcfg.time_limit != recipe.time_limit:
+            raise RecipeError(f"time_limit ({recipe.time_limit}) and train.time_limit ({tcfg.time_limit}) differ; "
+                              "set only train.time_limit")
+        tcfg = replace(tcfg, time_limit=recipe.time_limit)
+    if tcfg.schedule == "inverse_sqrt" and not tcfg.d_model:
+        tcfg = replace(tcfg, d_model=getattr(cfg, "d_model", None) or cfg.hidden_size)
+    return tcfg
+
+
+def _check_resumable(out: Path, saved: dict[str, Any]) -> None:
+    """The run in ``out`` must hold the same task and model as ``saved`` (what this recipe would build)."""
+    try:
+        have = read_config(out / "latest") or {}
+    except (CheckpointError, ValueError) as e:
+        raise RecipeError(f"cannot resume {out}: {e}") from e
+    mine = {k: saved[k] for k in ("task", "family", "model")}
+    theirs = {k: have.get(k) for k in mine}
+    if mine != theirs:
+        diff = [k for k in ("task", "family") if mine[k] != theirs[k]] or [
+            f"model.{k}" for k in sorted(set(mine["model"]) | set(theirs["model"] or {}))
+            if mine["model"].get(k) != (theirs["model"] or {}).get(k)]
+        raise RecipeError(f"cannot resume {out}: it holds a {theirs['task']} run ({theirs['family']}) that this "
+                          f"recipe ({mine['task']}, {mine['family']}) does not fit (differs in {', '.join(diff[:5])}); "
+                          "nothing was changed")
+
+
+def _train_locked(recipe: Recipe, out: Path, resume: bool,
+                  echo: Callable[[str], Any] | None) -> tuple[TrainResult, dict[str, Any]]:
     parts = PARTS[recipe.task](recipe)
+    saved = _saved_config(recipe.task, parts["cfg"], parts.get("extra", {}))
+    if resume:
+        _check_resumable(out, saved)
+    tcfg = _train_config(recipe, out, parts["cfg"])
     torch.manual_seed(recipe.train.seed)
     model = parts.get("model")
     if model is None:
         model = registry.build_from_config(parts["cfg"])
-    out = Path(recipe.out_dir)
-    tcfg = replace(recipe.train, out_dir=str(out))
-    if tcfg.schedule == "inverse_sqrt" and not tcfg.d_model:
-        tcfg = replace(tcfg, d_model=getattr(parts["cfg"], "d_model", None) or parts["cfg"].hidden_size)
-    _write_json(out / "recipe.json", recipe.to_dict())
     trainer = Trainer(
         model, parts["loss"], parts["train"], tcfg, eval_data=parts["eval"], eval_loss_fn=parts["eval_loss"],
-        metric_fn=parts["metric"], model_config=_saved_config(recipe.task, parts["cfg"], parts.get("extra", {})),
-        tokenizer=parts["tokenizer"],
+        metric_fn=parts["metric"], model_config=saved, tokenizer=parts["tokenizer"],
     )
-    if resume and (out / "latest").exists():
-        trainer.resume(out / "latest")
+    if resume:
+        try:
+            trainer.resume(out / "latest")
+        except CheckpointError as e:
+            raise RecipeError(f"cannot resume {out}: {e}; nothing was changed") from e
+    _write_json(out / "recipe.json", recipe.to_dict())  # only once the recipe is known to fit the run
     if echo is not None:
         echo(f"training on {capabilities(trainer.device)}; precision {trainer.precision} "
              f"(train.precision: {tcfg.precision})")
@@ -166,21 +217,56 @@ def _checkpoint_dir(path: str | os.PathLike) -> Path:
         raise RecipeError(str(e)) from e
 
 
+def _build_checked(saved: dict[str, Any], ckpt: Path, device: str) -> tuple[Any, nn.Module]:
+    """The config and model of a run, its shapes checked against the weights file before any allocation."""
+    try:
+        cfg = CONFIG_TYPES[saved["family"]].from_dict(saved["model"])
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise RecipeError(f"{ckpt / 'config.json'}: the model config is not valid: {e}") from e
+    try:
+        with torch.device("meta"):
+            skeleton = registry.build_from_config(cfg)
+        check_fits(skeleton, ckpt / WEIGHTS)
+        model = registry.build_from_config(cfg).to(device)
+        load_weights(model, ckpt)
+    except CheckpointError as e:
+        raise RecipeError(str(e)) from e
+    broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if broken:
+        raise RecipeError(f"{ckpt / WEIGHTS}: weights {broken[:3]} hold NaN or inf (did training diverge?)")
+    return cfg, model.eval()
+
+
+def _check_vocab(tok: Any, cfg: Any, ckpt: Path) -> None:
+    pairs = (("source", "src_vocab_size"), ("target", "tgt_vocab_size")) if hasattr(tok, "source") else (
+        (None, "vocab_size"),)
+    for side, field in pairs:
+        t = getattr(tok, side) if side else tok
+        have = getattr(cfg, field, None)
+        if have is not None and t.vocab_size > have:
+            raise RecipeError(f"{ckpt}: the tokenizer has {t.vocab_size} ids but the model's {field} is {have}; "
+                              "the tokenizer file does not belong to these weights")
+
+
 def load_run(path: str | os.PathLike, *, task: str | None = None, device: str = "cpu") -> LoadedRun:
-    """A trained model and its tokenizer(s) from a run or checkpoint directory (best, else latest)."""
+    """A trained model and its tokenizer(s) from a run or checkpoint directory (best, else latest).
+
+    Raises:
+        RecipeError: no qkv run there, a run of another ``task``, a checkpoint of a newer format, a config
+            that does not fit the weights (checked before the model is allocated), weights holding NaN/inf,
+            or a tokenizer larger than the model's vocabulary.
+    """
     ckpt = _checkpoint_dir(path)
-    saved = read_config(ckpt)
+    try:
+        read_meta(ckpt)
+        saved = read_config(ckpt)
+    except CheckpointError as e:
+        raise RecipeError(str(e)) from e
     if not saved or "task" not in saved or saved.get("family") not in CONFIG_TYPES:
         raise RecipeError(f"{ckpt} holds no qkv run config (config.json with task and family)")
     if task is not None and saved["task"] != task:
         raise RecipeError(f"{path} holds a {saved['task']} model, not a {task} model")
-    cfg = CONFIG_TYPES[saved["family"]].from_dict(saved["model"])
-    model = registry.build_from_config(cfg).to(device)
-    try:
-        load_weights(model, ckpt)
-    except CheckpointError as e:
-        raise RecipeError(str(e)) from e
-    model.eval()
+    cfg, model = _build_checked(saved, ckpt, device)
     if saved["task"] == "translation":
         tok: Any = load_tokenizer_pair(ckpt)
         if not isinstance(tok, TokenizerPair):
@@ -192,6 +278,7 @@ def load_run(path: str | os.PathLike, *, task: str | None = None, device: str = 
                                             max_length=saved["tokenizer"].get("max_length"))
     else:
         tok = load_tokenizer(ckpt)
+    _check_vocab(tok, cfg, ckpt)
     extra = {k: v for k, v in saved.items() if k not in ("task", "family", "model")}
     return LoadedRun(saved["task"], model, tok, cfg, ckpt, extra)
 
@@ -203,7 +290,10 @@ def decode_config(run: LoadedRun, *, beam: int | None = None, max_len: int | Non
     for folder in (run.path, run.path.parent):
         f = folder / "recipe.json"
         if f.is_file():
-            dec = Recipe.from_dict(json.loads(f.read_text(encoding="utf-8"))).decode
+            try:
+                dec = Recipe.from_dict(json.loads(f.read_text(encoding="utf-8"))).decode
+            except (json.JSONDecodeError, UnicodeDecodeError, RecipeError) as e:
+                raise RecipeError(f"{f}: not a valid recipe ({e})") from e
             break
     if beam:
         dec = replace(dec, strategy="beam", num_beams=beam)

@@ -16,7 +16,7 @@ from qkv.data.parallel import source_batch
 from qkv.data.tokenizer_pair import TokenizerPair, train_tokenizer_pair
 from qkv.generation import translate
 from qkv.models.rnn_seq2seq import RNNSeq2Seq
-from qkv.recipes.config import DecodeConfig, Recipe, RecipeError
+from qkv.recipes.config import DecodeConfig, InputTooLong, Recipe, RecipeError
 from qkv.training.losses import seq2seq_loss
 
 __all__ = ["TranslationData", "build_data", "loss_fn", "translate_texts", "attention_maps"]
@@ -92,10 +92,35 @@ def _decode_options(dec: DecodeConfig) -> dict[str, Any]:
     return opts
 
 
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence ``model`` can read (its positional table), or None when it has no such limit."""
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "positional", "none") in ("none", "alibi"):
+        return None
+    return getattr(cfg, "max_len", None)
+
+
+def _check_lengths(model: nn.Module, tokenizers: TokenizerPair, texts: Sequence[str], dec: DecodeConfig) -> None:
+    """Raise :class:`InputTooLong` for the first source longer than the model reads (``<eos>`` included)."""
+    limit = max_positions(model)
+    if limit is None:
+        return
+    if dec.max_len + 1 > limit:
+        raise RecipeError(f"decode max_len ({dec.max_len}) must be below the model's max_len ({limit})")
+    for i, ids in enumerate(tokenizers.source.encode_batch(list(texts))):
+        if len(ids) + 1 > limit:
+            raise InputTooLong(i, len(ids) + 1, limit)
+
+
 @torch.no_grad()
 def translate_texts(model: nn.Module, tokenizers: TokenizerPair, texts: Sequence[str], dec: DecodeConfig,
                     *, batch_size: int = 128) -> list[str]:
-    """Translate strings in batches (sorted by length to waste little padding), keeping their order."""
+    """Translate strings in batches (sorted by length to waste little padding), keeping their order.
+
+    Raises:
+        InputTooLong: a text longer than the model reads (its index is on the exception).
+    """
+    _check_lengths(model, tokenizers, texts, dec)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
