@@ -11,9 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# Packages with faster kernels, imported on the first attention call (qkv.functional.accelerators); each registers
+# its accelerator there. qkv.functional never imports them itself.
+ACCELERATORS = ("qkv.kernels",)
+
 # public name -> the module that defines it
 _LAZY = {
     "functional": "qkv.functional",
+    "kernels": "qkv.kernels",
     "modules": "qkv.modules",
     "scaled_dot_product_attention": "qkv.functional",
     "SelfAttention": "qkv.modules",
@@ -25,6 +30,7 @@ _LAZY = {
 
 __all__ = [
     "functional",
+    "kernels",
     "modules",
     "scaled_dot_product_attention",
     "SelfAttention",
@@ -36,7 +42,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from qkv import functional, modules
+    from qkv import functional, kernels, modules
     from qkv.functional import scaled_dot_product_attention
     from qkv.modules import AdditiveAttention, KVCache, LuongAttention, MultiHeadAttention, SelfAttention
 

@@ -139,7 +139,6 @@ def causal_matmul_calls(monkeypatch):
     calls = []
     inner = attention._causal_bias
     monkeypatch.setattr(attention, "_causal_bias", lambda *a: calls.append(a) or inner(*a))
-    monkeypatch.setattr(attention, "_SHORT_MIN_LEN", {})  # short sequences go to qkv.kernels.short (tests/kernels/test_short.py)
     return calls
 
 

@@ -6,19 +6,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qkv.functional import causal_mask, chunked_attention, padding_mask, sliding_window_mask
-from qkv.functional import chunked as chunked_module
-from qkv.functional.chunked import _plan
-from qkv.kernels import native as _native
+import qkv.kernels
+from qkv.functional import causal_mask, chunked_attention, chunked_route, padding_mask, sliding_window_mask
+from qkv.functional.chunked import block_plan
+from qkv.kernels import native
+from tests.kernels.tables import routing_table
 
 
-@pytest.fixture(autouse=True, params=["native", "torch"])
-def block_path(request, monkeypatch):
-    """Every test runs twice: blocks through the C kernels, and through torch ops (the reference path)."""
-    if request.param == "native" and _native.kernels() is None:
-        pytest.skip(f"native kernels unavailable: {_native.unavailable_reason()}")
-    monkeypatch.setattr(chunked_module, "use_native", request.param == "native")
-    return request.param
+@pytest.fixture(autouse=True, params=["reference", "blocks"])
+def block_path(request, monkeypatch, tmp_path):
+    """Every test runs twice: the torch-op reference (qkv.kernels disabled), and with qkv's C blocks offered for
+    every call they fit (a routing table that has them measured faster on this CPU class for any length)."""
+    if request.param == "reference":
+        with qkv.kernels.disabled():
+            yield request.param
+        return
+    if native.kernels() is None:
+        pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
+    routing_table(monkeypatch, tmp_path, {"chunked": {"blocks": {"float32": 1, "bfloat16": 1}}})
+    yield request.param
 
 
 def fused(q, k, v, mask=None, bias=None):
@@ -101,9 +107,7 @@ def test_gradcheck_float64():
     )
 
 
-def test_key_padding_by_lengths_runs_the_fused_kernel_per_sequence(monkeypatch):
-    # float32/64 key padding alone: torch's unmasked kernel on each sequence's real keys (no block loop).
-    monkeypatch.setattr(chunked_module._ChunkedAttention, "apply", lambda *a: pytest.fail("took the block loop"))
+def test_key_padding_by_lengths(block_path):
     q, k, v = make(B=3, H=4, H_kv=2, L=7, S=9)
     lengths = torch.tensor([9, 4, 0])
     out = chunked_attention(q, k, v, lengths=lengths)
@@ -115,6 +119,8 @@ def test_key_padding_by_lengths_runs_the_fused_kernel_per_sequence(monkeypatch):
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in make(B=2, H=2, H_kv=1, L=3, S=5))
     assert torch.autograd.gradcheck(lambda a, b, c: chunked_attention(a, b, c, lengths=torch.tensor([5, 2])),
                                      (q64, k64, v64))
+    path = chunked_route(q, k, v, lengths=lengths).path
+    assert path == ("qkv.functional.chunked" if block_path == "reference" else "qkv.kernels.blocks")
 
 
 def test_fully_masked_rows_are_zero_with_zero_gradient():
@@ -175,14 +181,12 @@ def test_bfloat16_gradients_are_copies_and_key_lengths_match_the_fused_kernel():
 
 def test_structured_masks_skip_blocks():
     """A sliding window visits O(L) blocks; causal about half; full-visibility blocks need no mask."""
-    info = dict(bq=64, bk=64, causal=True, window=128, layout=None)
-    visited = {L: sum(len(b) for _, _, b in _plan(L, L, info, L)) for L in (1024, 4096)}
+    visited = {L: sum(len(b) for _, _, b in block_plan(L, L, 64, 64, causal=True, window=128)) for L in (1024, 4096)}
     # each query block meets 3 key blocks (its own and the two the window reaches), the first two fewer
     assert visited == {1024: 3 * 16 - 3, 4096: 3 * 64 - 3}
-    info = dict(bq=64, bk=64, causal=True, window=None, layout=None)
-    blocks = [b for _, _, bl in _plan(512, 512, info, 512) for b in bl]
+    blocks = [b for _, _, bl in block_plan(512, 512, 64, 64, causal=True) for b in bl]
     assert len(blocks) == 8 * 9 // 2 and sum(needs for _, _, needs in blocks) == 8  # only the diagonal
-    short = [b for _, _, bl in _plan(512, 512, dict(info, causal=False), 100) for b in bl]
+    short = [b for _, _, bl in block_plan(512, 512, 64, 64, length=100) for b in bl]
     assert len(short) == 8 * 2  # keys past the length are skipped
 
 
@@ -200,53 +204,3 @@ def test_bad_input_names_argument_and_value():
         chunked_attention(q, torch.randn(2, 3, 53, 8), torch.randn(2, 3, 53, 8))
     with pytest.raises(ValueError, match=r"layout must be bool of shape"):
         chunked_attention(q, k, v, block_q=8, block_k=8, layout=torch.ones(2, 2, dtype=torch.bool))
-
-
-def test_dispatcher_takes_the_chunked_path_for_bf16_where_measured_faster(monkeypatch, block_path):
-    """scaled_dot_product_attention routes CPU bf16 to chunked_attention where it was measured faster: with the
-    C kernels at L, S >= 256 (any thread count; a bool mask only if not broadcast over keys); with torch ops
-    only single-threaded at L, S >= 1024. Everything else stays on torch's kernel."""
-    import qkv.functional.attention as attention
-
-    if not _native.cpu_has_bf16_matmul():
-        pytest.skip("measured (and routed) on CPUs with AVX512-BF16 only")
-    threads = [1]
-    monkeypatch.setattr(attention.torch, "get_num_threads", lambda: threads[0])
-    calls = []
-    real = attention.chunked_attention
-    monkeypatch.setattr(attention, "chunked_attention", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
-    q, k, v = (torch.randn(1, 2, 1024, 16, dtype=torch.bfloat16) for _ in range(3))
-    mask = torch.rand(1, 1, 1024, 1024) > 0.1
-    sdpa = attention.scaled_dot_product_attention
-    out = sdpa(q, k, v, mask=mask, causal=True)
-    assert len(calls) == 1 and calls[0]["mask"] is mask and calls[0]["causal"]  # one thread, L >= 1024
-    torch.testing.assert_close(out.float(), fused(q.float(), k.float(), v.float(), mask & causal_mask(1024)),
-                               atol=2e-2, rtol=2e-2)
-    sdpa(q.float(), k.float(), v.float())  # fp32: torch's kernel
-    sdpa(q, k, v, dropout_p=0.1)  # dropout: torch's kernel
-    with monkeypatch.context() as patch:
-        patch.setattr(attention._native, "cpu_has_bf16_matmul", lambda: False)
-        sdpa(q, k, v)  # a CPU without native bf16 matmuls: torch's kernel
-    if block_path == "native":
-        threads[0] = 2
-        out = sdpa(q[:, :, :256], k, v, causal=True)
-        assert len(calls) == 2 and calls[1]["causal"]
-        torch.testing.assert_close(out.float(), fused(q[:, :, :256].float(), k.float(), v.float(),
-                                                      causal_mask(256, 1024)), atol=2e-2, rtol=2e-2)
-        sdpa(q, k, v, mask=torch.ones(1, 1, 1024, 1, dtype=torch.bool).expand(1, 1, 1024, 1024))  # keys broadcast
-        sdpa(q[:, :, :128], k, v)  # short queries: torch's kernel
-        assert len(calls) == 2
-    else:
-        sdpa(q[:, :, :512], k, v)  # short queries: torch's kernel
-        threads[0] = 2
-        sdpa(q, k, v)  # several threads: torch's kernel
-        assert len(calls) == 1
-
-
-def test_dispatcher_keeps_torch_kernel_under_torch_compile():
-    """The chunked path calls C through ctypes: compiled (traced) graphs keep torch's kernel, no graph break."""
-    from qkv.functional import scaled_dot_product_attention
-
-    q, k, v = (torch.randn(1, 2, 512, 16, dtype=torch.bfloat16) for _ in range(3))
-    compiled = torch.compile(lambda q, k, v: scaled_dot_product_attention(q, k, v), backend="eager", fullgraph=True)
-    torch.testing.assert_close(compiled(q, k, v), F.scaled_dot_product_attention(q, k, v), atol=0, rtol=0)

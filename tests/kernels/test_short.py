@@ -14,6 +14,7 @@ from qkv.hardware import cpu_isa
 from qkv.kernels import native as _native
 from qkv.kernels import short as short_module
 from qkv.kernels.short import MAX_LEN, short_attention
+from tests.kernels.tables import shipped_routing
 
 
 @pytest.fixture(autouse=True)
@@ -136,45 +137,20 @@ def test_bad_input_names_the_shapes():
         short_attention(q, torch.randn(2, 4, 10, 8), torch.randn(2, 4, 9, 8))
 
 
-def test_dispatcher_routes_short_unmasked_cpu_attention_here(monkeypatch):
-    """scaled_dot_product_attention sends CPU float32/bf16 without mask, bias or dropout and with L, S between
-    _SHORT_MIN_LEN (16 bf16, 32 fp32) and the kernel's MAX_LEN here; everything else keeps its path."""
-    import qkv.functional.attention as attention
-
-    calls = []
-    real = short_module.short_attention
-    monkeypatch.setattr(short_module, "short_attention", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
-    sdpa = attention.scaled_dot_product_attention
-    q, k, v = (torch.randn(2, 4, 64, 16) for _ in range(3))
-    out = sdpa(q, k, v, causal=True)
-    assert len(calls) == 1 and calls[0]["causal"]
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-6, rtol=1e-5)
-    sdpa(q.bfloat16(), k.bfloat16(), v.bfloat16())
-    assert len(calls) == 2
-    sdpa(q, k, v, mask=torch.ones(64, 64, dtype=torch.bool))  # a mask: not here
-    sdpa(q, k, v, bias=torch.zeros(64, 64))
-    sdpa(q, k, v, dropout_p=0.1)
-    sdpa(q.double(), k.double(), v.double())
-    long = torch.randn(1, 1, MAX_LEN + 1, 16)
-    sdpa(long, long, long)
-    sdpa(q[:, :, :1], k, v)  # one query (a decoding step): torch's kernel
-    sdpa(q[:, :, :16], k[:, :, :16], v[:, :, :16])  # float32 at L 16: torch's kernel
-    assert len(calls) == 2
-    sdpa(q[:, :, :16].bfloat16(), k[:, :, :16].bfloat16(), v[:, :, :16].bfloat16())
-    assert len(calls) == 3
-
-
 @pytest.mark.skipif(short_module._forward_op is None, reason="needs torch.library.custom_op (torch >= 2.4)")
-def test_torch_compile_traces_the_op_without_graph_breaks():
-    from qkv.functional import scaled_dot_product_attention
+def test_torch_compile_traces_the_op_without_graph_breaks(monkeypatch, tmp_path):
+    from qkv.functional import explain, scaled_dot_product_attention
 
     def f(q, k, v):
         return scaled_dot_product_attention(q, k, v, causal=True)
 
+    shipped_routing(monkeypatch, tmp_path)
     torch.manual_seed(4)
-    q, k, v = (torch.randn(2, 2, 24, 16, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(2, 2, 64, 16, requires_grad=True) for _ in range(3))
+    assert explain(q, k, v, causal=True).path == "qkv.kernels.short"
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     out = compiled(q, k, v)
+    assert out.transpose(1, 2).is_contiguous()  # the kernel's (B, L, H, E) layout: the op ran in the graph
     out.sum().backward()
     grads = [t.grad.clone() for t in (q, k, v)]
     for t in (q, k, v):

@@ -1,8 +1,15 @@
 """Pure tensor functions for attention: no parameters, imports torch only."""
 
+from qkv.functional.accelerators import Route
 from qkv.functional.additive import additive_scores, dot_scores
-from qkv.functional.attention import attention_math, attention_weights, masked_softmax, scaled_dot_product_attention
-from qkv.functional.chunked import chunked_attention
+from qkv.functional.attention import (
+    attention_math,
+    attention_weights,
+    explain,
+    masked_softmax,
+    scaled_dot_product_attention,
+)
+from qkv.functional.chunked import chunked_attention, chunked_route
 from qkv.functional.linear import (
     draw_orthogonal_features,
     elu_feature_map,
@@ -26,6 +33,9 @@ from qkv.functional.sparse import (
 
 __all__ = [
     "scaled_dot_product_attention",
+    "explain",
+    "Route",
+    "chunked_route",
     "attention_math",
     "attention_weights",
     "masked_softmax",

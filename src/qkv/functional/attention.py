@@ -22,14 +22,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from qkv.functional import chunked as chunked_module
 from qkv.functional._tracing import tracing
+from qkv.functional.accelerators import Call, Route, ask, backends_restricted
 from qkv.functional.chunked import chunked_attention
 from qkv.functional.masks import causal_mask, check_broadcast
-from qkv.kernels import native as _native
-from qkv.kernels import short as short_module
 
-__all__ = ["scaled_dot_product_attention", "attention_math", "masked_softmax", "attention_weights"]
+__all__ = ["scaled_dot_product_attention", "attention_math", "masked_softmax", "attention_weights", "explain"]
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None, dim: int = -1) -> torch.Tensor:
@@ -154,67 +152,42 @@ def attention_math(
     return _weighted_values(p.to(v.dtype), v), w
 
 
-# Where qkv's memory-efficient kernel (functional.chunked) beats torch's fused one on CPU, measured on this
-# 2-core AVX512-BF16 EPYC with torch 2.13 (benchmarks/long_context.py --only speedups / dispatch; median of
-# interleaved pairs). With its C block kernels (qkv.kernels.native), bfloat16: B 1, H 8, E 64, L 256:
-# forward x1.8-2.1, forward+backward x1.6-1.9 (1 and 2 threads); L 512 x2.3-2.8 / x2.1-2.4; L 1024 x2.2-3.1 /
-# x1.9-2.3; B 4 L 256 x1.8-2.1; ALiBi bias L 512-1024 x2.0-2.4 / x1.8-2.0; causal chunk after cached keys
-# x1.3-2.5; a bool mask (applied in C, keys contiguous) L 256 x1.5 / x1.45, L 512-1024 x2.0-2.2 / x1.8-2.2.
-# Left to torch: L or S < 256 (L 64-128: x0.8-1.5, per-call overhead), a bool mask broadcast over keys or with
-# strided keys (chunked applies it in float32 torch ops: x0.85-1.14), float32 (x0.8-1.0 with a mask or bias:
-# torch's fp32 kernel is fast), dropout (chunked has none), other devices. Without the C kernels (no compiler)
-# only single-threaded bf16 at L, S >= 1024 was faster (forward x1.2-1.9, forward+backward x0.9-1.5). All of this
-# on a CPU with AVX512-BF16: elsewhere (bf16 matmuls not native) torch's kernel stays.
-_CHUNKED_MIN_LEN = 256
-_CHUNKED_MIN_LEN_TORCH_OPS = 1024
-# Short sequences without mask or bias go to qkv.kernels.short (whole heads in C), measured against torch's
-# fused SDPA on the same machine (benchmarks/short_attention.py, 2 threads, B 12 H 4 E 32 and B 4 H 8 E 64,
-# inputs as the modules pass them): bfloat16 forward+backward x4-12 at L 16-128, x1.7-3.0 at 192-256 (forward
-# x1.4-3.2); float32 forward+backward x1.1-1.3 at L 32, x1.3-2.2 at 64-256 (forward x1.1-2.7), but x0.85-1.0
-# at L 16. Shorter (decoding steps: one query) was not measured and stays with torch; the upper end is the
-# kernel's own limit (short.MAX_LEN, checked by short.supports).
-_SHORT_MIN_LEN = {torch.bfloat16: 16, torch.float32: 32}
+# From this min(L, S) on, no path without weights or dropout builds an L x S float tensor (torch's kernels turn a
+# bool mask into an additive float one of that size; such calls go to chunked attention instead).
+DENSE_LIMIT = 1024
 
 
-def _chunked_is_faster(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, dropout_p: float) -> bool:
-    # Traced/compiled graphs keep torch's kernel (the chunked path calls C through ctypes); measured on
-    # AVX512-BF16 CPUs only.
-    if (dropout_p != 0.0 or q.device.type != "cpu" or q.dtype != torch.bfloat16 or tracing()
-            or not _native.cpu_has_bf16_matmul()):
-        return False
-    shortest = min(q.shape[2], k.shape[2])
-    if chunked_module.native_kernels(q, mask) is not None:
-        return shortest >= _CHUNKED_MIN_LEN
-    return shortest >= _CHUNKED_MIN_LEN_TORCH_OPS and torch.get_num_threads() == 1
+def _route(call: Call, H_kv: int) -> Route:
+    """The path for ``call`` (op ``"attention"``): an accelerator's offer, else torch's kernels (:func:`explain`)."""
+    return ask(call, lambda declined: _torch_route(call, H_kv, declined))
 
 
-def _short_is_faster(q, k, v, mask, bias, dropout_p) -> bool:
-    """Short sequences without a mask or bias on CPU: :func:`qkv.kernels.short.short_attention`."""
-    shortest = _SHORT_MIN_LEN.get(q.dtype)
-    return (mask is None and bias is None and dropout_p == 0.0 and shortest is not None
-            and min(q.shape[2], k.shape[2]) >= shortest and short_module.supports(q, k, v)
-            and (not tracing() or short_module.compilable()))
-
-
-def _fused(q, k, v, mask, bias, causal, dropout_p, scale, H_kv) -> torch.Tensor:
-    """The fastest exact path measured for these inputs: qkv's short-sequence or chunked kernels where
-    ``_short_is_faster`` / ``_chunked_is_faster`` say so, else torch's fused kernel (with fully masked rows
-    forced to zero whatever its backend does)."""
-    if _short_is_faster(q, k, v, mask, bias, dropout_p):
-        return short_module.short_attention(q, k, v, causal=causal, scale=scale)
-    if _chunked_is_faster(q, k, mask, dropout_p):
-        return chunked_attention(q, k, v, mask=mask, bias=bias, causal=causal, scale=scale)
-    B, H, L, _ = q.shape
-    S = k.shape[2]
-    if causal and L == S and mask is None and bias is None:
+def _torch_route(c: Call, H_kv: int, declined: tuple[str, ...]) -> Route:
+    """torch's fused kernel, or under ``sdpa_kernel(MATH)`` on CPU for causal self-attention the math path with a
+    cached additive causal mask (torch's math kernel rebuilds the mask and checks for empty rows every call)."""
+    q, k, v = c.q, c.k, c.v
+    L, S = q.shape[2], k.shape[2]
+    if c.causal and L == S and c.mask is None and c.bias is None:
         if q.device.type == "cpu" and _math_backend_only():
-            # Torch's math kernel rebuilds the mask and checks for empty rows on every call; the math path
-            # with a cached additive mask (no row is empty when L == S) trains the char GPT of
-            # benchmarks/training.py ~1.2x faster on CPU in bf16.
-            # Under torch.compile the mask is built in the graph (Dynamo warns at an lru_cache, then ignores it).
-            bias = (_causal_bias.__wrapped__ if tracing() else _causal_bias)(L, q.dtype, q.device)
-            return attention_math(q, k, v, bias=bias, dropout_p=dropout_p, scale=scale)[0]
-        return _sdpa(q, k, v, None, True, dropout_p, scale, H_kv)
+            return Route("qkv.functional.attention_math", "sdpa_kernel(MATH) on CPU, causal with L == S: the math "
+                         "path with a cached causal bias", declined,
+                         lambda: attention_math(q, k, v, bias=_cached_causal_bias(L, q.dtype, q.device),
+                                                dropout_p=c.dropout_p, scale=c.scale)[0])
+        return Route("torch sdpa", "torch's kernel with is_causal (L == S, no mask or bias)", declined,
+                     lambda: _sdpa(q, k, v, None, True, c.dropout_p, c.scale, H_kv))
+    if ((c.mask is not None or c.causal) and min(L, S) >= DENSE_LIMIT and not c.dropout_p
+            and not backends_restricted()):
+        return Route("qkv.functional.chunked_attention", f"a mask with L, S >= {DENSE_LIMIT}: torch's kernels would "
+                     "turn it into an L x S float tensor; online softmax over key blocks never builds one", declined,
+                     lambda: chunked_attention(q, k, v, mask=c.mask, bias=c.bias, causal=c.causal, scale=c.scale))
+    what = "no mask or bias" if c.mask is None and c.bias is None and not c.causal else "the combined mask/bias"
+    return Route("torch sdpa", f"torch's kernel with {what}", declined,
+                 lambda: _masked_sdpa(q, k, v, c.mask, c.bias, c.causal, c.dropout_p, c.scale, H_kv))
+
+
+def _masked_sdpa(q, k, v, mask, bias, causal, dropout_p, scale, H_kv) -> torch.Tensor:
+    """torch's kernel given one combined mask/bias, with fully masked rows forced to zero whatever its backend does."""
+    L, S = q.shape[2], k.shape[2]
     mask = _full_mask(mask, causal, L, S, q.device)
     row_ok = None
     if mask is not None:
@@ -233,8 +206,8 @@ def _math_backend_only() -> bool:
     """True inside ``sdpa_kernel([SDPBackend.MATH])``: torch would run its math (matmul) implementation.
 
     torch.compile cannot put these flag queries (they return Python bools) into a graph and would break it
-    at every attention call (a char GPT's step fell into 27 compiled pieces, slower than eager); the result
-    is read once while tracing instead and baked into the graph, as the backend context is for the compile.
+    at every attention call; the result is read once while tracing instead and baked into the graph, as the
+    backend context is for the compile.
     """
     b = torch.backends.cuda
     return b.math_sdp_enabled() and not (b.flash_sdp_enabled() or b.mem_efficient_sdp_enabled()
@@ -244,6 +217,11 @@ def _math_backend_only() -> bool:
 # What @torch.compiler.assume_constant_result does, without importing torch._dynamo (seconds) at import time;
 # tests/functional/test_attention_compile.py compiles attention under the math backend with fullgraph=True.
 _math_backend_only._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
+def _cached_causal_bias(L: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """:func:`_causal_bias`; under torch.compile built in the graph (Dynamo warns at an lru_cache, then ignores it)."""
+    return (_causal_bias.__wrapped__ if tracing() else _causal_bias)(L, dtype, device)
 
 
 @functools.lru_cache(maxsize=4)
@@ -291,22 +269,47 @@ def scaled_dot_product_attention(
     Returns:
         ``out (B, H, L, Ev)``, or ``(out, weights)`` when ``return_weights``.
 
-    Without weights the output comes from torch's fused kernel, except where qkv's own kernels were measured
-    faster and are used instead: CPU float32/bfloat16 without mask, bias or dropout and L, S from 16 (bf16; 32
-    in float32) to 256, :func:`qkv.kernels.short.short_attention` (see ``_short_is_faster``); CPU bfloat16
-    with L, S >= 256 and no dropout (a bool mask, if any, not broadcast over keys),
-    :func:`qkv.functional.chunked.chunked_attention` (see ``_chunked_is_faster``). With weights and autograd
-    recording, the output still comes from the fused kernel (its backward is the fast one) and the
-    weights from one extra ``Q K^T`` + softmax, which measured faster than the all-math path that
-    ``nn.MultiheadAttention(need_weights=True)`` takes; under ``no_grad`` (or with dropout) the math
-    path is cheaper and is used.
+    Without weights the output comes from torch's fused kernel, unless a registered accelerator
+    (:mod:`qkv.functional.accelerators`; ``qkv.kernels`` on CPUs where its kernels were measured faster)
+    offers a faster exact path for these inputs; :func:`explain` says which path runs and why. Inside
+    ``torch.nn.attention.sdpa_kernel(...)`` no accelerator is asked: torch's chosen backends run. With weights
+    and autograd recording, the output still comes from that path (its backward is the fast one) and the
+    weights from one extra ``Q K^T`` + softmax; under ``no_grad`` (or with dropout) the math path, which
+    yields both at once, is used.
     """
     _, _, H_kv, L, _ = _validate(q, k, v, mask, bias, dropout_p)
     causal = causal and L > 1  # one query sits after every key (lower-right): nothing to hide, no mask to build
     if not return_weights:
-        return _fused(q, k, v, mask, bias, causal, dropout_p, scale, H_kv)
+        return _route(Call("attention", q, k, v, mask, bias, causal, dropout_p, scale), H_kv).run()
     recording = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if dropout_p > 0.0 or not recording:
         return attention_math(q, k, v, mask=mask, bias=bias, causal=causal, dropout_p=dropout_p, scale=scale)
-    out = _fused(q, k, v, mask, bias, causal, 0.0, scale, H_kv)
+    out = _route(Call("attention", q, k, v, mask, bias, causal, 0.0, scale), H_kv).run()
     return out, attention_weights(q, k, mask=mask, bias=bias, causal=causal, scale=scale)
+
+
+def explain(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> Route:
+    """Which path :func:`scaled_dot_product_attention` (without weights) takes for these arguments, and why.
+
+    The same decision the dispatcher makes (one function), without computing anything. Print the result:
+    the path, the reason, and each accelerator that was asked and declined, with its reason.
+
+    Args:
+        q, k, v, mask, bias, causal, dropout_p, scale: as for :func:`scaled_dot_product_attention`.
+
+    Returns:
+        a :class:`~qkv.functional.accelerators.Route` (``path``, ``reason``, ``declined``).
+    """
+    _, _, H_kv, L, _ = _validate(q, k, v, mask, bias, dropout_p)
+    route = _route(Call("attention", q, k, v, mask, bias, causal and L > 1, dropout_p, scale), H_kv)
+    return route._replace(run=None)

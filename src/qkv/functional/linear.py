@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from qkv.kernels.memory import empty_large
+from qkv.functional._memory import empty_large
 
 __all__ = [
     "elu_feature_map",

@@ -1,6 +1,58 @@
-"""qkv's accelerated kernels: C sources, their build, and the autograd/custom-op wrappers that call them.
+"""qkv's accelerated kernels: C sources, their build, the autograd/custom-op wrappers that call them, and the
+table that routes calls to them.
 
-``qkv.functional`` holds the readable reference algorithms in torch ops; this package holds what makes some of
-them faster on particular hardware (see :mod:`qkv.kernels.native` for the build, :mod:`qkv.kernels.short` for
-whole-head attention over short sequences).
+``qkv.functional`` holds the readable reference algorithms in torch ops and knows nothing about hardware. This
+package makes some of them faster on some machines and reaches them through one door
+(:mod:`qkv.functional.accelerators`): importing it registers :class:`~qkv.kernels.routing.KernelAccelerator`,
+which offers a kernel for a call where :mod:`qkv.kernels.routing`'s measured table says it is faster on this
+CPU class. ``QKV_KERNELS=0`` in the environment (read at import), or :func:`disable`, keeps every call on
+``qkv.functional``'s own paths; :func:`qkv.functional.explain` says which path a call takes.
+
+Modules: :mod:`~qkv.kernels.native` (build and ctypes bindings of ``_blocks.c`` / ``_short.c``),
+:mod:`~qkv.kernels.short` (whole-head attention for short sequences), :mod:`~qkv.kernels.blocks` (chunked
+attention with C block work), :mod:`~qkv.kernels.padded` (key padding without a mask), :mod:`~qkv.kernels.routing`.
 """
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from qkv.functional import accelerators
+from qkv.kernels.routing import KernelAccelerator
+
+__all__ = ["disable", "disabled", "enable", "enabled"]
+
+_ACCELERATOR = KernelAccelerator()
+
+
+def enable() -> None:
+    """Offer qkv's kernels to the dispatchers (the default unless ``QKV_KERNELS=0``)."""
+    accelerators.register(_ACCELERATOR)
+
+
+def disable() -> None:
+    """Keep every call on ``qkv.functional``'s torch paths."""
+    accelerators.unregister(_ACCELERATOR.name)
+
+
+def enabled() -> bool:
+    """Whether the dispatchers ask qkv's kernels."""
+    return _ACCELERATOR.name in accelerators.registered()
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """``with qkv.kernels.disabled():`` the torch paths only, then back to what was in force."""
+    was = enabled()
+    disable()
+    try:
+        yield
+    finally:
+        if was:
+            enable()
+
+
+if os.environ.get("QKV_KERNELS", "1").strip() != "0":
+    enable()

@@ -12,8 +12,8 @@ the row log-sum-exp for the backward pass, which recomputes the weights. The out
 back in the ``(B, L, H, E)`` memory order the surrounding projections use, so merging heads needs no copy.
 
 :func:`short_attention` is exact (float32 arithmetic, bfloat16 only at the inputs and outputs): it is tested
-against float64 math, gradients included, and the dispatcher in :mod:`qkv.functional.attention` uses it
-where it was measured faster (see ``supports`` and ``MAX_LEN``).
+against float64 math, gradients included. :mod:`qkv.kernels.routing` offers it to the attention dispatcher
+for the calls :func:`fits` accepts, where it was measured faster.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import math
 import torch
 
 from qkv.functional._tracing import tracing
+from qkv.functional.accelerators import Call
 from qkv.kernels import native as _native
 
-__all__ = ["short_attention", "supports", "compilable", "MAX_LEN"]
+__all__ = ["short_attention", "supports", "compilable", "fits", "run", "MAX_LEN"]
 
 # Longest L and S served: one head's float32 scores (and, in the backward, about ten L x E / L x S tiles)
 # stay in a core's L2. Beyond this qkv.functional.chunked takes over for bfloat16.
@@ -95,7 +96,7 @@ def _input_grads(ctx, dout, backward) -> tuple:
 
 
 class _ShortAttention(torch.autograd.Function):
-    """Eager calls: an autograd.Function costs ~75 us less per layer (forward + backward) than the custom op."""
+    """Eager calls (an autograd.Function has less per-call overhead than the custom op)."""
 
     @staticmethod
     def forward(ctx, q, k, v, scale: float, causal: bool):
@@ -166,3 +167,20 @@ def short_attention(
                                "ONNX or TorchScript: call scaled_dot_product_attention there")
         return _forward_op(q, k, v, scale, bool(causal))[0]
     return _ShortAttention.apply(q, k, v, scale, bool(causal))
+
+
+def fits(call: Call) -> str | None:
+    """None when :func:`short_attention` can compute ``call`` (no mask, bias or dropout; see :func:`supports`;
+    under tracing only where :func:`compilable`), else why not."""
+    if call.mask is not None or call.bias is not None or call.dropout_p:
+        return "no mask, bias or dropout"
+    if not supports(call.q, call.k, call.v):
+        return f"CPU float32/bfloat16, one dtype, L and S up to {MAX_LEN}, head dims up to {_MAX_HEAD_DIM}, built"
+    if tracing() and not compilable():
+        return "torch.export, ONNX and TorchScript keep torch's ops"
+    return None
+
+
+def run(call: Call) -> torch.Tensor:
+    """:func:`short_attention` of ``call``."""
+    return short_attention(call.q, call.k, call.v, causal=call.causal, scale=call.scale)

@@ -1,10 +1,11 @@
 """Large CPU outputs backed by transparent huge pages where the kernel offers them (Linux ``madvise`` mode).
 
 A fresh CPU tensor over glibc's mmap threshold (at most 32 MiB) comes from new pages on every call, and
-each 4 KiB page costs a fault on first touch (~36 ms for 64 MiB on this project's VM: more than the rest of
-linear attention's work at L 32k). ``madvise(MADV_HUGEPAGE)`` on the tensor's 2 MiB-aligned interior before
-it is written lets the kernel back it with 2 MiB pages instead (512 times fewer faults), as PyTorch does for
-every large allocation under ``THP_MEM_ALLOC_ENABLE=1``; here only for the outputs that need it.
+each 4 KiB page costs a fault on first touch (a cost that grows with the tensor, comparable to linear
+attention's own work at long L; see the README). ``madvise(MADV_HUGEPAGE)`` on the tensor's 2 MiB-aligned
+interior before it is written lets the kernel back it with 2 MiB pages instead (512 times fewer faults), as
+PyTorch does for every large allocation under ``THP_MEM_ALLOC_ENABLE=1``; here only for the outputs that need
+it.
 """
 
 from __future__ import annotations

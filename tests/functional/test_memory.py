@@ -1,4 +1,4 @@
-"""qkv.kernels.memory: large CPU outputs advised onto huge pages, small ones left alone."""
+"""qkv.functional._memory: large CPU outputs advised onto huge pages, small ones left alone."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qkv.kernels.memory import advise_huge_pages, empty_large
+from qkv.functional._memory import advise_huge_pages, empty_large
 
 
 def test_small_tensors_are_not_advised():
