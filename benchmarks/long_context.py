@@ -13,7 +13,7 @@ Questions answered (issue 7), all with B=1, H=8, E=64:
    over 32 MB (glibc hands those out as new mmap pages) pays ~2.2 us per 4 KiB page fault: ~36 ms
    for a 64 MB output at L 32k, a third of linear attention's time, while at 8k every buffer is
    reused from the heap. qkv advises its large outputs and per-call buffers onto huge pages
-   (``qkv.kernels.memory``), which removes most of that cost (as PyTorch's ``THP_MEM_ALLOC_ENABLE=1``
+   (``qkv.functional._memory``), which removes most of that cost (as PyTorch's ``THP_MEM_ALLOC_ENABLE=1``
    does for every large tensor; the JSON records whether that was set too).
 
 The machine is shared (2 cores, other jobs running), so each comparison interleaves its
