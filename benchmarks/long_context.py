@@ -23,7 +23,10 @@ linear-time methods up to 32k. Peak memory is the resident-set high-water mark a
 (Linux ``/proc/self/clear_refs``), forward only, under ``no_grad``.
 
 Run: ``python benchmarks/long_context.py [--quick] [--threads N]``; writes
-``benchmarks/results/long_context.json`` and ``long_context.png``.
+``benchmarks/results/long_context.json`` and ``long_context.png``. ``--only dispatch --write-routing`` records,
+for this CPU class, the shortest L from which the C blocks beat torch's fused kernel in every dispatch case of
+a dtype (bf16 unmasked; float32 with a bias, key padding and a causal chunk) in qkv's routing table
+(``qkv.kernels.routing.record``).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from qkv.functional import (
     sliding_window_attention,
     sliding_window_mask,
 )
+from qkv.kernels import routing
 
 RESULTS = Path(__file__).parent / "results"
 PROJ = draw_orthogonal_features(256, 64, generator=torch.Generator().manual_seed(0))
@@ -212,6 +216,18 @@ def dispatch_cases(lengths: list[int], repeats: int) -> list[dict]:
     return rows
 
 
+def winning_from(rows: list[dict], cases: set[str]) -> int | None:
+    """The shortest L from which the chunked path beat the fused kernel in every one of ``cases``, at that L and
+    every longer one measured; None if it never did."""
+    lengths = sorted({r["L"] for r in rows})
+    start = None
+    for L in reversed(lengths):
+        if not all(r["speedup"] > 1.0 for r in rows if r["L"] == L and r["case"] in cases):
+            break
+        start = L
+    return start
+
+
 def scaling(repeats: int, short: int = 8192, long: int = 32768) -> list[dict]:
     """t(32k) / t(8k) for the linear-time methods, both lengths timed interleaved (fp32 forward)."""
     rows = []
@@ -268,6 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", choices=["dispatch", "speedups", "scaling"], default=None, help="run one section only")
+    p.add_argument("--write-routing", action="store_true", help="with --only dispatch: record where the C blocks win")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -278,6 +295,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.only is not None:
         if args.only == "dispatch":
             res["dispatch"] = dispatch_cases([256, 512, 1024, 2048], args.repeats)
+            if args.write_routing:
+                found = {dtype: L for dtype, cases in (("bfloat16", {"bf16"}),
+                                                      ("float32", {"bias_alibi", "key_padding_B4", "causal_L_half_S"}))
+                         if (L := winning_from(res["dispatch"], cases)) is not None}
+                where = routing.record("attention", "blocks", found,
+                                       "python benchmarks/long_context.py --only dispatch --write-routing")
+                print(f"routing: chunked blocks from min(L, S) = {found} -> {where}", flush=True)
         elif args.only == "scaling":
             res["scaling"] = scaling(args.repeats)
         else:

@@ -1,12 +1,14 @@
 """Short-sequence attention: qkv's whole-head C kernel (qkv.kernels.short) vs torch's paths, CPU.
 
-Question: up to which sequence length is ``short_attention`` faster than what the dispatcher would
-otherwise run (torch's fused SDPA; qkv's math path with a cached causal bias under the math backend),
-for training (forward + backward) and inference (forward), float32 and bfloat16, causal and not? This sets
-``_SHORT_MIN_LEN`` in functional/attention.py. Each case times the three paths interleaved, on inputs laid
-out as the modules pass them (head views of one fused projection, output merged back), gradients included.
-Run: ``python benchmarks/short_attention.py [--quick] [--threads T]``; writes
-benchmarks/results/short_attention_t<threads>.json.
+Question: from which sequence length is ``short_attention`` faster than what the dispatcher would
+otherwise run (torch's fused SDPA; for reference also qkv's math path with a cached causal bias, what runs
+under the math backend), for training (forward + backward) and inference (forward), float32 and bfloat16,
+causal and not? Each case times the three paths interleaved, on inputs laid out as the modules pass them
+(head views of one fused projection, output merged back), gradients included.
+Run: ``python benchmarks/short_attention.py [--quick] [--threads T] [--write-routing]``; writes
+benchmarks/results/short_attention_t<threads>.json, and with ``--write-routing`` the measured minimum length
+per dtype (from which every case beat torch's SDPA) into qkv's routing table for this CPU class
+(``qkv.kernels.routing.record``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from common import time_interleaved, write_json  # noqa: E402
 
 from qkv.functional.attention import _causal_bias, attention_math  # noqa: E402
 from qkv.kernels import native as _native  # noqa: E402
+from qkv.kernels import routing  # noqa: E402
 from qkv.kernels.short import short_attention  # noqa: E402
 
 
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--quick", action="store_true", help="a few cases, few repeats")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--write-routing", action="store_true", help="record the measured minimum lengths in qkv's table")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,7 +105,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"({row['ms_qkv_math']:.3f})", flush=True)
     path = write_json(f"short_attention_t{torch.get_num_threads()}", {"cases": rows})
     print(f"wrote {path}")
+    if args.write_routing:
+        found = {dtype: min_len for dtype in ("bfloat16", "float32")
+                 if (min_len := winning_from(rows, dtype)) is not None}
+        cmd = "python benchmarks/short_attention.py --write-routing" + (" --quick" if args.quick else "")
+        print(f"routing: short attention from min(L, S) = {found} -> {routing.record('attention', 'short', found, cmd)}")
     return rows
+
+
+def winning_from(rows: list[dict], dtype: str) -> int | None:
+    """The shortest measured L from which the kernel beat torch's SDPA in every case of ``dtype`` at that L and
+    every longer one; None if it never did."""
+    lengths = sorted({r["L"] for r in rows if r["dtype"] == dtype})
+    wins = {L: all(r["speedup_vs_torch_sdpa"] > 1.0 for r in rows if r["dtype"] == dtype and r["L"] == L)
+            for L in lengths}
+    start = None
+    for L in reversed(lengths):
+        if not wins[L]:
+            break
+        start = L
+    return start
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import qkv.hardware
 import qkv.kernels
 from qkv.functional import causal_mask, chunked_route, explain, scaled_dot_product_attention
 from qkv.kernels import native, routing, short
@@ -38,7 +39,7 @@ def test_short_sequences_route_by_the_measured_minimum(shipped):
         n = short[name]
         assert explain(*qkv_(n, dtype=dtype), causal=True).path == "qkv.kernels.short"
         below = explain(*qkv_(n - 1, dtype=dtype))
-        assert below.path == "torch sdpa" and f"= {n} ({name}" in "".join(below.declined)
+        assert below.path == "torch sdpa" and f"below {n}, where it was measured faster ({name}" in "".join(below.declined)
     q, k, v = qkv_(64)
     assert explain(q[:, :, :1], k, v).path == "torch sdpa"  # one query (a decoding step)
     assert explain(q.double(), k.double(), v.double()).path == "torch sdpa"
@@ -152,3 +153,34 @@ def test_route_prints_path_reason_and_declines(monkeypatch, tmp_path):
     routing_table(monkeypatch, tmp_path, {})
     text = str(explain(*qkv_(64)))
     assert text.startswith("torch sdpa: torch's kernel with no mask or bias\n  declined qkv.kernels")
+
+
+def test_doctor_report_names_the_table_and_routes_typical_shapes(monkeypatch, tmp_path):
+    routing_table(monkeypatch, tmp_path, {})
+    lines = qkv.kernels.report()
+    assert "no measurements, nothing is routed to qkv's kernels" in lines[1]
+    assert len(lines) > 3 and all(line.endswith(("torch sdpa", "qkv.functional.chunked_attention")) for line in lines[2:])
+
+
+def test_doctor_build_says_what_happened():
+    code = "from qkv.cli import main\nraise SystemExit(main(['doctor', '--build', '--device', 'cpu']))"
+    env = {**os.environ, "CC": "/no/such/cc", "QKV_CACHE_DIR": "/nonexistent-qkv-cache"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("C kernels not built: ") and "every call stays on torch's paths" in first
+    assert done.stderr.count("native attention kernels unavailable") <= 1  # one warning at most
+
+
+def test_record_writes_this_class_and_the_dispatch_follows(monkeypatch, tmp_path):
+    path = routing_table(monkeypatch, tmp_path, {})
+    q, k, v = qkv_(48)
+    routing.record("attention", "short", {"float32": 40}, "test", path)
+    entry = json.loads(path.read_text())["classes"][qkv.hardware.cpu_isa()]["attention"]["short"]
+    assert entry["min_len"] == {"float32": 40} and "CPU class" in entry["measured_on"]
+    if native.kernels() is not None:
+        assert explain(q, k, v).path == "qkv.kernels.short"
+    routing.record("attention", "short", {}, "test", path)  # measured slower: removed
+    assert explain(q, k, v).path == "torch sdpa"
+    with pytest.raises(ValueError, match=r"no rule for op 'attention' and kernel 'padded'"):
+        routing.record("attention", "padded", {"float32": 1}, "test", path)

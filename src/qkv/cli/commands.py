@@ -263,6 +263,10 @@ def serve(args: argparse.Namespace) -> int:
 def doctor(args: argparse.Namespace) -> int:
     from qkv.cli.doctor import main as run_doctor
 
+    if args.build:
+        from qkv.kernels import build
+
+        print(build(), flush=True)
     return run_doctor(bench=args.bench, device=args.device)
 
 

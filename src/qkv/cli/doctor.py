@@ -21,13 +21,11 @@ __all__ = ["kernel_lines", "matmul_probe", "report"]
 
 
 def kernel_lines() -> list[str]:
-    """What qkv's accelerated kernels are on this machine: built or not, and why not."""
-    from qkv.kernels import native
+    """qkv's accelerated kernels here: built or not (and why not), the routing table for this CPU class, and
+    the path attention takes for typical shapes (:func:`qkv.functional.explain`)."""
+    from qkv.kernels import report
 
-    if native.kernels() is not None:
-        return ["native C kernels (qkv.kernels: _blocks.c, _short.c): built and loaded; CPU attention uses them "
-                "where the dispatcher routes (chunked blocks, short sequences)"]
-    return [f"native C kernels: not used ({native.unavailable_reason()}); attention runs on torch's kernels"]
+    return report()
 
 
 def matmul_probe(seconds: float = 5.0, n: int = 512, device: str = "cpu") -> dict[str, float]:

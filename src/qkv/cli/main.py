@@ -236,6 +236,7 @@ def _doctor_parser(sub) -> None:
   qkv doctor --bench                          # adds a ~5 s fp32 vs bf16 matmul probe""")
     p.add_argument("--bench", action="store_true", help="also time fp32 against bf16 matmuls (~5 s)")
     _add_device(p)
+    p.add_argument("--build", action="store_true", help="build qkv's C kernels now (cached) and say how it went")
     p.set_defaults(func=commands.doctor)
 
 

@@ -175,14 +175,24 @@ def _torch_route(c: Call, H_kv: int, declined: tuple[str, ...]) -> Route:
                                                 dropout_p=c.dropout_p, scale=c.scale)[0])
         return Route("torch sdpa", "torch's kernel with is_causal (L == S, no mask or bias)", declined,
                      lambda: _sdpa(q, k, v, None, True, c.dropout_p, c.scale, H_kv))
-    if ((c.mask is not None or c.causal) and min(L, S) >= DENSE_LIMIT and not c.dropout_p
-            and not backends_restricted()):
-        return Route("qkv.functional.chunked_attention", f"a mask with L, S >= {DENSE_LIMIT}: torch's kernels would "
-                     "turn it into an L x S float tensor; online softmax over key blocks never builds one", declined,
+    if _dense_float_mask(c) and min(L, S) >= DENSE_LIMIT and not c.dropout_p and not backends_restricted():
+        return Route("qkv.functional.chunked_attention", f"an L x S mask with L, S >= {DENSE_LIMIT}: torch's "
+                     "kernels would make it an L x S float tensor; online softmax over key blocks builds none",
+                     declined,
                      lambda: chunked_attention(q, k, v, mask=c.mask, bias=c.bias, causal=c.causal, scale=c.scale))
     what = "no mask or bias" if c.mask is None and c.bias is None and not c.causal else "the combined mask/bias"
     return Route("torch sdpa", f"torch's kernel with {what}", declined,
                  lambda: _masked_sdpa(q, k, v, c.mask, c.bias, c.causal, c.dropout_p, c.scale, H_kv))
+
+
+def _dense_float_mask(c: Call) -> bool:
+    """Whether torch's kernel would get an additive float mask of full ``(L, S)`` extent for this call."""
+    def full(t):
+        return t is not None and t.dim() >= 2 and t.shape[-2] > 1 and t.shape[-1] > 1
+
+    L, S = c.q.shape[2], c.k.shape[2]
+    combined = c.mask is not None or c.bias is not None
+    return (c.causal and (L != S or combined)) or full(c.mask) or (c.mask is not None and full(c.bias))
 
 
 def _masked_sdpa(q, k, v, mask, bias, causal, dropout_p, scale, H_kv) -> torch.Tensor:

@@ -15,9 +15,9 @@ on top of the layout. Patterns:
 * window + global + random blocks (BigBird / Longformer): :func:`bigbird_layout`.
 
 Backends: ``"blocks"`` is the block loop above; ``"flex"`` runs ``torch.nn.attention.flex_attention``
-(compiled) with a block mask made from the same layout. On this CPU build flex needs
-``torch.compile`` (~30 s per new shape; eager flex materialises the scores and is ~100x slower),
-so ``"auto"`` picks flex only on CUDA and the block loop elsewhere.
+(compiled) with a block mask made from the same layout. On CPU builds flex needs ``torch.compile``
+(a compilation per new shape; eager flex materialises the scores), so ``"auto"`` picks flex only on CUDA
+and the block loop elsewhere (README, "Long sequences on a CPU").
 """
 
 from __future__ import annotations

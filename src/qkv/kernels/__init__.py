@@ -20,9 +20,11 @@ import os
 from collections.abc import Iterator
 
 from qkv.functional import accelerators
+from qkv.kernels import native
 from qkv.kernels.routing import KernelAccelerator
+from qkv.kernels.routing import report as _routing_report
 
-__all__ = ["disable", "disabled", "enable", "enabled"]
+__all__ = ["build", "disable", "disabled", "enable", "enabled", "report"]
 
 _ACCELERATOR = KernelAccelerator()
 
@@ -52,6 +54,21 @@ def disabled() -> Iterator[None]:
     finally:
         if was:
             enable()
+
+
+def build() -> str:
+    """Build the C kernels now (or find them in the cache); one line saying what happened (never raises: a
+    failed build is one warning and the torch paths)."""
+    if native.kernels() is None:
+        return f"C kernels not built: {native.unavailable_reason()}; every call stays on torch's paths"
+    return "C kernels built and loaded (cached for this compiler and CPU)"
+
+
+def report() -> list[str]:
+    """What ``qkv doctor`` says about the kernels: built or not, the routing table for this CPU class, and the
+    path :func:`qkv.functional.explain` gives for typical shapes."""
+    state = "asked by the dispatchers" if enabled() else "not asked (QKV_KERNELS=0 or qkv.kernels.disable())"
+    return [build() + f"; {state}", *_routing_report()]
 
 
 if os.environ.get("QKV_KERNELS", "1").strip() != "0":

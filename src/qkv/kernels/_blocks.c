@@ -1,10 +1,11 @@
 /* qkv: the elementwise work of one memory-efficient attention block, fused (see native.py).
  *
  * C on _simd.h's vectors (no Python, no torch headers; one build per instruction set): VW keys per step,
- * bf16 converted on load/store, float32 arithmetic. Conventions follow chunked.py: a tile is N heads x R rows x K keys,
+ * bf16 converted on load/store, float32 arithmetic. Conventions follow blocks.py: a tile is N heads x R rows x K keys,
  * row-major, scores in log2 units; row r of a tile is query qs + r / G. Masked entries (-inf in the
  * scores, outside the row's visible key interval, or False in a bool mask) get weights of exactly 0.
  * Loops over rows are OpenMP parallel when built with -fopenmp (on torch's own libgomp, see native.py).
+ * Where these kernels are used is routing.py's table (per CPU class, from the benchmarks), not this file.
  */
 #include "_simd.h"
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import platform
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -22,10 +24,11 @@ from typing import NamedTuple
 import torch
 
 from qkv import hardware
+from qkv.functional import explain
 from qkv.functional.accelerators import Call, Offer
 from qkv.kernels import blocks, native, padded, short
 
-__all__ = ["RULES", "KernelAccelerator", "Rule", "table", "table_path"]
+__all__ = ["RULES", "KernelAccelerator", "Rule", "record", "report", "table", "table_path"]
 
 
 class Rule(NamedTuple):
@@ -67,6 +70,41 @@ def table() -> dict:
     return _load(str(table_path()))
 
 
+def record(op: str, kernel: str, min_len: dict[str, int], command: str, path: Path | None = None) -> Path:
+    """Write one measurement into the routing table for this CPU class (what the benchmarks call).
+
+    Args:
+        op: ``"attention"`` or ``"chunked"``.
+        kernel: a :data:`RULES` kernel name for ``op``.
+        min_len: dtype name -> the shortest ``min(L, S)`` from which the kernel was measured faster; an empty
+            dict removes the entry (never faster on this class).
+        command: how it was measured.
+        path: the table to update (default :func:`table_path`); written to a temporary file, then renamed.
+
+    Returns:
+        the table's path.
+    """
+    if not any(r.op == op and r.kernel == kernel for r in RULES):
+        raise ValueError(f"no rule for op {op!r} and kernel {kernel!r}; rules: "
+                         + ", ".join(f"{r.op}/{r.kernel}" for r in RULES))
+    path = Path(path or table_path())
+    data = json.loads(path.read_text()) if path.exists() else {"format": 1, "classes": {}}
+    ops = data.setdefault("classes", {}).setdefault(hardware.cpu_isa(), {}).setdefault(op, {})
+    if min_len:
+        cpu = platform.processor() or platform.machine()
+        ops[kernel] = {"min_len": dict(min_len), "command": command,
+                       "measured_on": f"{hardware.capabilities('cpu')} ({cpu}); torch {torch.__version__}"}
+    else:
+        ops.pop(kernel, None)
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    _load.cache_clear()
+    return path
+
+
 @torch.compiler.assume_constant_result
 def _cpu_class() -> str:
     return hardware.cpu_isa()
@@ -105,7 +143,8 @@ class KernelAccelerator:
                 declined.append(f"{rule.path} not measured faster for {dtype} on CPU class {isa}")
                 continue
             if shortest < need:
-                declined.append(f"{rule.path} measured faster from min(L, S) = {need} ({dtype}, CPU class {isa})")
+                declined.append(f"{rule.path}: min(L, S) below {need}, where it was measured faster ({dtype}, CPU "
+                                f"class {isa})")
                 continue
             why = rule.fits(call)
             if why is not None:
@@ -114,3 +153,34 @@ class KernelAccelerator:
             return Offer(rule.path, f"measured faster from min(L, S) = {need} for {dtype} on CPU class {isa}",
                          functools.partial(rule.run, call))
         return Offer(self.name, "; ".join(declined) or f"no kernel for {call.op}")
+
+
+# Shapes people run, for qkv doctor: (label, dtype, B, H, L, S, E, causal, key padding).
+_TYPICAL = (
+    ("char GPT training block", torch.float32, 12, 4, 64, 64, 32, True, False),
+    ("char GPT training block", torch.bfloat16, 12, 4, 64, 64, 32, True, False),
+    ("decoding step after 64 tokens", torch.float32, 1, 8, 1, 64, 64, True, False),
+    ("padded encoder batch", torch.float32, 8, 8, 128, 128, 64, False, True),
+    ("long context", torch.bfloat16, 1, 8, 1024, 1024, 64, True, False),
+    ("long context with padding", torch.float32, 1, 8, 2048, 2048, 64, False, True),
+)
+
+
+def report() -> list[str]:
+    """The routing table in force for this CPU class, and the path :func:`qkv.functional.explain` gives for
+    typical shapes (one line each)."""
+    isa = hardware.cpu_isa()
+    measured = table()["classes"].get(isa, {})
+    kernels = sorted({f"{op}/{kernel}" for op, by_kernel in measured.items() if isinstance(by_kernel, dict)
+                      for kernel in by_kernel})
+    lines = [f"routing table {table_path()}: CPU class {isa}: "
+             + (f"measured {', '.join(kernels)}" if kernels else "no measurements, nothing is routed to qkv's kernels")]
+    for label, dtype, B, H, L, S, E, causal, pad in _TYPICAL:
+        q, k, v = torch.empty(B, H, L, E, dtype=dtype), torch.empty(B, H, S, E, dtype=dtype), torch.empty(B, H, S, E,
+                                                                                                      dtype=dtype)
+        mask = torch.ones(B, 1, 1, S, dtype=torch.bool) if pad else None
+        route = explain(q, k, v, mask=mask, causal=causal)
+        name = str(dtype).removeprefix("torch.")
+        lines.append(f"{label} ({name}, B {B} H {H} L {L} S {S} E {E}{', causal' if causal else ''}"
+                     f"{', padding mask' if pad else ''}): {route.path}")
+    return lines
