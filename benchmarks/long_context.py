@@ -9,12 +9,11 @@ Questions answered (issue 7), all with B=1, H=8, E=64:
    forward+backward, L >= 1024 (target >= 2x).
 3. masks: structured masks handled per block (causal, sliding window, padding by lengths) vs torch
    SDPA given the equivalent bool mask (target >= 1.5x).
-4. scaling: t(32k) / t(8k) for the linear-time methods (target <= 4.6). On this VM a fresh tensor
-   over 32 MB (glibc hands those out as new mmap pages) pays ~2.2 us per 4 KiB page fault: ~36 ms
-   for a 64 MB output at L 32k, a third of linear attention's time, while at 8k every buffer is
-   reused from the heap. qkv advises its large outputs and per-call buffers onto huge pages
-   (``qkv.functional._memory``), which removes most of that cost (as PyTorch's ``THP_MEM_ALLOC_ENABLE=1``
-   does for every large tensor; the JSON records whether that was set too).
+4. scaling: t(32k) / t(8k) for the linear-time methods (target <= 4.6). A fresh tensor over 32 MB
+   (glibc hands those out as new mmap pages) pays a page fault per 4 KiB on first touch, while at 8k
+   every buffer is reused from the heap (figures: README, "Long sequences on a CPU"). qkv advises its
+   large outputs and per-call buffers onto huge pages (``qkv.functional._memory``), as PyTorch's
+   ``THP_MEM_ALLOC_ENABLE=1`` does for every large tensor (the JSON records whether that was set too).
 
 The machine is shared (2 cores, other jobs running), so each comparison interleaves its
 contenders, repeats, keeps the best time of each, and reports ratios from the same run. L is capped

@@ -115,6 +115,11 @@ def test_disable_and_environment_switch(shipped):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[0] == "False torch sdpa"
+    code = ("import torch\nfrom qkv.functional import accelerators, explain\nbefore = accelerators.registered()\n"
+            "q = torch.randn(1, 2, 64, 16)\nexplain(q, q, q)\nprint(before, accelerators.registered())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "() ('qkv.kernels',)"  # registered on the first call, functional imports none
 
 
 def test_chunked_calls_route_to_padded_and_blocks(monkeypatch, tmp_path):

@@ -20,6 +20,8 @@ from typing import NamedTuple, Protocol
 
 import torch
 
+from qkv.functional._tracing import constant_under_compile
+
 __all__ = ["Accelerator", "Call", "Offer", "Route", "ask", "backends_restricted", "register", "registered",
            "unregister"]
 
@@ -110,7 +112,7 @@ def registered() -> tuple[str, ...]:
     return tuple(a.name for a in _registry)
 
 
-@torch.compiler.assume_constant_result
+@constant_under_compile
 def backends_restricted() -> bool:
     """True inside ``sdpa_kernel(...)`` that turns off any of torch's flash, memory-efficient or math backends.
 
@@ -121,7 +123,7 @@ def backends_restricted() -> bool:
     return not (b.flash_sdp_enabled() and b.mem_efficient_sdp_enabled() and b.math_sdp_enabled())
 
 
-@torch.compiler.assume_constant_result
+@constant_under_compile
 def _providers_imported() -> bool:
     """Import the packages the ``qkv`` package names in ``ACCELERATORS`` (once; they register themselves)."""
     if not _imported:

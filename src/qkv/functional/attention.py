@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from qkv.functional._tracing import tracing
+from qkv.functional._tracing import constant_under_compile, tracing
 from qkv.functional.accelerators import Call, Route, ask, backends_restricted
 from qkv.functional.chunked import chunked_attention
 from qkv.functional.masks import causal_mask, check_broadcast
@@ -212,6 +212,7 @@ def _masked_sdpa(q, k, v, mask, bias, causal, dropout_p, scale, H_kv) -> torch.T
     return out if row_ok is None else out * row_ok
 
 
+@constant_under_compile
 def _math_backend_only() -> bool:
     """True inside ``sdpa_kernel([SDPBackend.MATH])``: torch would run its math (matmul) implementation.
 
@@ -222,11 +223,6 @@ def _math_backend_only() -> bool:
     b = torch.backends.cuda
     return b.math_sdp_enabled() and not (b.flash_sdp_enabled() or b.mem_efficient_sdp_enabled()
                                          or b.cudnn_sdp_enabled())
-
-
-# What @torch.compiler.assume_constant_result does, without importing torch._dynamo (seconds) at import time;
-# tests/functional/test_attention_compile.py compiles attention under the math backend with fullgraph=True.
-_math_backend_only._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _cached_causal_bias(L: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -25,6 +25,7 @@ import torch
 
 from qkv import hardware
 from qkv.functional import explain
+from qkv.functional._tracing import constant_under_compile
 from qkv.functional.accelerators import Call, Offer
 from qkv.kernels import blocks, native, padded, short
 
@@ -51,9 +52,16 @@ RULES: tuple[Rule, ...] = (
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float64: "float64"}
 
 
+_SHIPPED = str(Path(__file__).with_name("routing.json"))
+
+
 def table_path() -> Path:
     """The routing table in use: ``$QKV_ROUTING``, else ``routing.json`` beside this module."""
-    return Path(os.environ.get("QKV_ROUTING") or Path(__file__).with_name("routing.json"))
+    return Path(_table_file())
+
+
+def _table_file() -> str:
+    return os.environ.get("QKV_ROUTING") or _SHIPPED
 
 
 @functools.lru_cache(maxsize=4)
@@ -67,7 +75,7 @@ def _load(path: str) -> dict:
 
 def table() -> dict:
     """The parsed routing table (see the module docstring)."""
-    return _load(str(table_path()))
+    return _load(_table_file())
 
 
 def record(op: str, kernel: str, min_len: dict[str, int], command: str, path: Path | None = None) -> Path:
@@ -105,19 +113,19 @@ def record(op: str, kernel: str, min_len: dict[str, int], command: str, path: Pa
     return path
 
 
-@torch.compiler.assume_constant_result
+@constant_under_compile
 def _cpu_class() -> str:
     return hardware.cpu_isa()
 
 
-@torch.compiler.assume_constant_result
-def _min_len(op: str, kernel: str, dtype: str) -> int:
-    """The measured minimum of ``min(L, S)`` for this class, op, kernel and dtype; -1 where unmeasured."""
-    entry = table()["classes"].get(_cpu_class(), {}).get(op, {}).get(kernel, {})
+@constant_under_compile
+def _min_len(isa: str, op: str, kernel: str, dtype: str) -> int:
+    """The measured minimum of ``min(L, S)`` for this CPU class, op, kernel and dtype; -1 where unmeasured."""
+    entry = table()["classes"].get(isa, {}).get(op, {}).get(kernel, {})
     return int(entry.get("min_len", {}).get(dtype, -1))
 
 
-@torch.compiler.assume_constant_result
+@constant_under_compile
 def _built() -> bool:
     return native.kernels() is not None
 
@@ -138,7 +146,7 @@ class KernelAccelerator:
         for rule in RULES:
             if rule.op != call.op:
                 continue
-            need = _min_len(call.op, rule.kernel, dtype)
+            need = _min_len(isa, call.op, rule.kernel, dtype)
             if need < 0:
                 declined.append(f"{rule.path} not measured faster for {dtype} on CPU class {isa}")
                 continue
