@@ -134,8 +134,13 @@ def test_checkpoint_of_another_task(lm_run, capsys, monkeypatch):
 
 
 def test_empty_input(demo_run, capsys, monkeypatch):
-    rc, _, err = run_cli(["translate", str(demo_run)], capsys, "\n  \n", monkeypatch)
+    rc, _, err = run_cli(["translate", str(demo_run)], capsys, "", monkeypatch)
     assert_one_line_error(rc, err, "no input")
+
+
+def test_blank_lines_get_blank_answers(demo_run, capsys, monkeypatch):
+    rc, out, err = run_cli(["translate", str(demo_run)], capsys, "\n  \n", monkeypatch)
+    assert rc == 0 and out == "\n\n", err
 
 
 def test_missing_run_directory(capsys, tmp_path, monkeypatch):

@@ -46,7 +46,7 @@ def test_signal_saves_checkpoint_and_exits_cleanly(tmp_path, sig):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    fields = dict(kv.split("=") for kv in out.split())
+    fields = dict(kv.split("=") for kv in out.splitlines()[-1].split())  # after the trainer's log lines
     assert fields["interrupted"] == "True"
     step = int(fields["step"])
     assert 3 <= step < 1_000_000

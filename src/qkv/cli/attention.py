@@ -32,7 +32,7 @@ def render(args: argparse.Namespace) -> list[Path]:
     from qkv.viz import AttentionView, attention_heads_grid, save_figure
 
     run = load_run(args.run, device=_device(args))
-    out = Path(args.out)
+    out = Path(args.out) if args.out else Path(args.run) / "attention"
     if not args.text.strip():
         raise UsageError("--text is empty")
     if run.task == "translation":

@@ -27,6 +27,9 @@ class InputLines:
     def where(self, i: int) -> str:
         return f"{self.name} line {self.numbers[i]}"
 
+    def part(self, start: int, stop: int) -> InputLines:
+        return InputLines(self.texts[start:stop], self.numbers[start:stop], self.name)
+
 
 def _lines(path: str | None) -> InputLines:
     """Non-empty input lines from a file or stdin (strict UTF-8); an empty input is a usage error."""
@@ -115,20 +118,63 @@ def train(args: argparse.Namespace) -> int:
         print(format_keys(recipe))
         return 0
     result, _ = run_training(recipe, resume=args.resume, overwrite=args.overwrite)
+    sets = [x for o in args.overrides for x in ("--set", o)]
+    resume = shlex.join(["qkv", "train", args.config, *sets, "--resume"])
     if result.interrupted:
-        sets = [x for o in args.overrides for x in ("--set", o)]
-        return _interrupted(result, shlex.join(["qkv", "train", args.config, *sets, "--resume"]))
-    last = result.evals[-1] if result.evals else {}
-    print(f"trained {result.step} steps; last evaluation: {json.dumps(last)}")
-    from qkv.recipes import pictures
+        return _interrupted(result, resume)
+    from qkv.recipes import feedback, pictures
+    from qkv.training.progress import metrics_line
 
+    ending = feedback.ending(result, recipe.train.time_limit or recipe.time_limit, resume)
+    if ending:
+        print(ending)
+    last = metrics_line(result.step, result.evals[-1]) if result.evals else f"step {result.step}: not evaluated"
+    print(f"trained {result.step:,} steps; last evaluation at {last}")
     curve = pictures.curve_png(recipe.out_dir, Path(recipe.out_dir) / "training_curve.png")
     print(f"run directory: {recipe.out_dir} (best: {result.best_path})" + (f"; curves: {curve}" if curve else ""))
+    use = {"translation": "translate", "lm": "generate", "classify": "classify"}[recipe.task]
+    print(f"next: qkv {use} {shlex.quote(recipe.out_dir)}; qkv evaluate {shlex.quote(recipe.out_dir)}")
     return 0
 
 
 def _too_long(lines: InputLines, e) -> UsageError:
     return UsageError(f"{lines.where(e.index)} has {e.length} tokens; this model reads at most {e.limit}")
+
+
+def _answer(args: argparse.Namespace, answer: Callable[[InputLines], list[str]], what: str) -> int:
+    """Answer ``--input`` as one batch job (with a progress bar), or stdin line by line as the lines arrive; one
+    output line per input line, a blank line for a blank line. ``answer`` gets the non-blank lines, numbered."""
+    from qkv.cli.progress import CHUNK, bar, wrote
+    from qkv.cli.stream import answer_lines
+
+    name = args.input or "stdin"
+    with _output(args.output) as out:
+        if args.input:
+            lines = _lines(args.input)  # an input without a non-empty line is an error
+            answers: list[str] = []
+            with bar(len(lines.texts), "line") as update:
+                for start in range(0, len(lines.texts), CHUNK):
+                    part = lines.part(start, start + CHUNK)
+                    answers += answer(part)
+                    update(len(part.texts))
+            by_number = dict(zip(lines.numbers, answers, strict=True))
+            count = _line_count(args.input)
+            out.writelines(by_number.get(n, "") + "\n" for n in range(1, count + 1))
+        else:
+            banner = f"qkv {args.command}: type {what} and press Enter (Ctrl-D ends)"
+            count = answer_lines(lambda texts, numbers: answer(InputLines(list(texts), list(numbers), name)), out,
+                                 banner=banner, name=name)
+            if count == 0:
+                raise UsageError("no input: stdin is empty")
+    if args.output:
+        wrote(args.command, f"{count:,} lines (one per input line)", args.output)
+    return 0
+
+
+def _line_count(path: str) -> int:
+    from qkv.data.files import iter_lines
+
+    return sum(1 for _ in iter_lines(path))
 
 
 def translate(args: argparse.Namespace) -> int:
@@ -137,15 +183,15 @@ def translate(args: argparse.Namespace) -> int:
     from qkv.recipes.translation import translate_texts
 
     run = load_run(args.run, task="translation", device=_device(args))
-    lines = _lines(args.input)
-    try:
-        hyps = translate_texts(run.model, run.tokenizer, lines.texts, _decode(run, args))
-    except InputTooLong as e:
-        raise _too_long(lines, e) from e
-    with _output(args.output) as out:
-        for hyp in hyps:
-            print(hyp, file=out)
-    return 0
+    dec = _decode(run, args)
+
+    def answer(lines: InputLines) -> list[str]:
+        try:
+            return translate_texts(run.model, run.tokenizer, lines.texts, dec)
+        except InputTooLong as e:
+            raise _too_long(lines, e) from e
+
+    return _answer(args, answer, "a sentence")
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -158,10 +204,31 @@ def generate(args: argparse.Namespace) -> int:
     run = load_run(args.run, task="lm", device=_device(args))
     dec = DecodeConfig(strategy="greedy" if args.greedy else "sample", temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p)
-    sys.stdout.write(args.prompt)
-    sample_text(run.model, run.tokenizer, args.prompt, dec, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
-    sys.stdout.write("\n")
+
+    def continue_(prompt: str) -> None:  # the prompt, then each piece as it comes, then a newline
+        sys.stdout.write(prompt)
+        sample_text(run.model, run.tokenizer, prompt, dec, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                    on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+    if args.prompt is not None:
+        continue_(args.prompt)
+        return 0
+    from qkv.cli.stream import line_groups
+
+    if sys.stdin.isatty():
+        print("qkv generate: type a prompt and press Enter (Ctrl-D ends)", file=sys.stderr, flush=True)
+    prompts = 0
+    for group in line_groups(sys.stdin, max_group=1):
+        for _, line in group:
+            prompts += 1
+            if line.strip():
+                continue_(line)
+            else:
+                print(flush=True)
+    if prompts == 0 and not sys.stdin.isatty():
+        continue_("")  # nothing on stdin: one sample from scratch
     return 0
 
 
@@ -171,12 +238,12 @@ def classify(args: argparse.Namespace) -> int:
 
     run = load_run(args.run, task="classify", device=_device(args))
     names = run.extra.get("labels") or [str(i) for i in range(run.config.num_classes)]
-    lines = _lines(args.input)
-    labels = predict(run.model, run.tokenizer, lines.texts, on_truncate=_truncated(lines, _warn("classify")))
-    with _output(args.output) as out:
-        for text, label in zip(lines.texts, labels, strict=True):
-            print(f"{names[label]}\t{text}", file=out)
-    return 0
+
+    def answer(lines: InputLines) -> list[str]:
+        labels = predict(run.model, run.tokenizer, lines.texts, on_truncate=_truncated(lines, _warn("classify")))
+        return [f"{names[label]}\t{text}" for text, label in zip(lines.texts, labels, strict=True)]
+
+    return _answer(args, answer, "a text to label")
 
 
 def _truncated(lines: InputLines, warn: Callable[[str], None]) -> Callable[[int, int, int], None]:
@@ -196,14 +263,29 @@ def _embeddings(args: argparse.Namespace, lines: InputLines):
         if tokenizer is None:
             raise UsageError(f"--model {args.model} has no tokenizer.json")
         model = model.to(_device(args))
-        return sentence_embeddings(model, tokenizer, lines.texts)
+        return _in_parts(lines, lambda part: sentence_embeddings(model, tokenizer, part.texts))
     if not args.run:
         raise UsageError("give a qkv encoder run directory or --model FOLDER")
     from qkv.recipes import load_run
     from qkv.recipes.classify import embed
 
     run = load_run(args.run, task="classify", device=_device(args))
-    return embed(run.model, run.tokenizer, lines.texts, on_truncate=_truncated(lines, _warn("embed")))
+    return _in_parts(lines, lambda part: embed(run.model, run.tokenizer, part.texts,
+                                               on_truncate=_truncated(part, _warn("embed"))))
+
+
+def _in_parts(lines: InputLines, fn):
+    """``fn`` over ``lines`` a chunk at a time (rows concatenated), with a progress bar on a terminal."""
+    import torch
+
+    from qkv.cli.progress import CHUNK, bar
+
+    parts = []
+    with bar(len(lines.texts), "sentence") as update:
+        for start in range(0, len(lines.texts), CHUNK):
+            parts.append(fn(lines.part(start, start + CHUNK)))
+            update(len(parts[-1]))
+    return torch.cat(parts)
 
 
 def embed(args: argparse.Namespace) -> int:
@@ -218,10 +300,14 @@ def embed(args: argparse.Namespace) -> int:
 
         with _output(args.output, "wb") as f:
             np.save(f, vectors.numpy(), allow_pickle=False)
-        return 0
-    with _output(args.output) as out:
-        for row in vectors.tolist():
-            print(json.dumps([round(x, 6) for x in row]), file=out)
+    else:
+        with _output(args.output) as out:
+            for row in vectors.tolist():
+                print(json.dumps([round(x, 6) for x in row]), file=out)
+    if args.output:
+        from qkv.cli.progress import wrote
+
+        wrote("embed", f"{len(vectors):,} vectors of {vectors.shape[1]}", args.output)
     return 0
 
 

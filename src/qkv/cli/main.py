@@ -71,7 +71,8 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 
 def _add_io(p: argparse.ArgumentParser, what: str, out: str) -> None:
-    p.add_argument("--input", metavar="FILE", help=f"{what}, one per line (default: stdin)")
+    p.add_argument("--input", metavar="FILE",
+                   help=f"{what}, one per line (default: stdin, each line answered as it comes)")
     p.add_argument("--output", metavar="FILE", help=f"write {out} here (default: stdout)")
 
 
@@ -139,9 +140,11 @@ def _translate_parser(sub) -> None:
 def _generate_parser(sub) -> None:
     p = _command(sub, "generate", "continue a prompt with a language model, streaming tokens", """
   qkv generate runs/shakespeare-char --prompt "ROMEO:" --max-new-tokens 300 --top-k 40
-  qkv generate runs/shakespeare-char --greedy --max-new-tokens 100""")
+  echo "JULIET:" | qkv generate runs/shakespeare-char --greedy --max-new-tokens 100""")
     p.add_argument("run", help="run or checkpoint directory of a language model")
-    p.add_argument("--prompt", default="", help="text to continue (default: none, from scratch)")
+    p.add_argument("--prompt", default=None,
+                   help="text to continue; \"\" starts from scratch (default: each line of stdin is a prompt, "
+                        "answered as it comes; an empty stdin starts from scratch)")
     p.add_argument("--max-new-tokens", type=int, default=200, metavar="N", help="tokens to add to the prompt")
     p.add_argument("--temperature", type=float, default=0.8, help="divide the logits by this before sampling")
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K likeliest tokens "
@@ -179,13 +182,18 @@ def _embed_parser(sub) -> None:
 
 def _evaluate_parser(sub) -> None:
     p = _command(sub, "evaluate", "BLEU/chrF, exact match, perplexity or accuracy of a trained run", """
-  qkv evaluate runs/multi30k-transformer --src test.de.gz --ref test.en.gz --by-length --plot len.png
-  qkv evaluate runs/sst2-encoder --data ../shared/data/sst2/stsa.binary.test""")
+  qkv evaluate runs/demo --by-length          # the run's own test split, from its recipe
+  qkv evaluate runs/multi30k-transformer --src test.de.gz --ref test.en.gz --output test.hyp --beam 4""")
     p.add_argument("run", help="run or checkpoint directory")
-    p.add_argument("--src", metavar="FILE", help="translation: source file (default: none)")
-    p.add_argument("--ref", metavar="FILE", help="translation: reference file (default: none)")
-    p.add_argument("--data", metavar="FILE", help="lm: a text file; classify: a labelled file (default: none)")
+    p.add_argument("--src", metavar="FILE", help="translation: source file (default: the run's test split)")
+    p.add_argument("--ref", metavar="FILE", help="translation: reference file (default: the run's test split)")
+    p.add_argument("--data", metavar="FILE",
+                   help="lm: a text file; classify: a labelled file (default: the run's test split or held-out text)")
+    p.add_argument("--output", metavar="FILE",
+                   help="translation: also write the hypotheses here, one per line (default: not kept)")
     p.add_argument("--by-length", action="store_true", help="translation: BLEU per source-length bucket")
+    p.add_argument("--buckets", type=int, default=5, metavar="N",
+                   help="with --by-length: this many buckets of about equal size (quantiles of the source lengths)")
     p.add_argument("--plot", metavar="PNG", help="with --by-length: write the plot here (default: no plot)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="use the first N examples (default: all)")
     _add_decode(p)
@@ -195,13 +203,13 @@ def _evaluate_parser(sub) -> None:
 
 def _attention_parser(sub) -> None:
     p = _command(sub, "attention", "attention of any layer/head as PNG heatmaps and an HTML explorer", """
-  qkv attention runs/demo --text "3 mars 2019"
+  qkv attention runs/demo --text "3 mars 2019"      # writes runs/demo/attention/
   qkv attention runs/shakespeare-char --text "ROMEO: what" --layer 0 --out pictures""")
     p.add_argument("run", help="run or checkpoint directory")
     p.add_argument("--text", required=True, help="the input sentence")
     p.add_argument("--target", help="translation: the output to show (default: the model's translation)")
     p.add_argument("--layer", type=int, default=-1, help="layer for the PNG (default: -1, the last)")
-    p.add_argument("--out", default="attention", metavar="DIR", help="output folder")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: RUN/attention)")
     _add_device(p)
     p.set_defaults(func=commands.attention)
 

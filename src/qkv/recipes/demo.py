@@ -8,6 +8,9 @@ the checkpoint, a training curve and attention pictures into ``runs/demo`` (``ru
 from __future__ import annotations
 
 import math
+import shlex
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,9 +112,28 @@ def run_demo(recipe: Recipe, *, n_show: int = 5, n_pictures: int = 3, echo=print
     echo(f"\nwrote {ckpt} (checkpoint)")
     for f in files:
         echo(f"wrote {f}")
-    echo("\nnext:\n"
-         f"  echo '14 juillet 1989' | .venv/bin/qkv translate {out}\n"
-         f"  .venv/bin/qkv attention {out} --text 'Sunday 03.03.19' --out {out}/mine\n"
-         f"  .venv/bin/qkv demo --rnn            # the same task with the RNN + additive attention\n"
-         f"  .venv/bin/qkv train configs/multi30k_transformer.yaml   # real translation (../shared/data)")
+    echo("\n" + next_steps(out))
     return DemoResult(em, seconds, result.step, out, files, examples)
+
+
+def _qkv_command() -> str:
+    """How to run this qkv from any directory: ``qkv`` when that is the one on PATH, else its full path."""
+    program = Path(sys.argv[0])
+    if program.name == "qkv" and program.exists():
+        found = shutil.which("qkv")
+        if found and Path(found).resolve() == program.resolve():
+            return "qkv"
+        return shlex.quote(str(program.resolve()))
+    return f"{shlex.quote(sys.executable)} -m qkv"
+
+
+def next_steps(out: Path) -> str:
+    """The demo's closing hints, with absolute paths so that they work from any directory."""
+    qkv, run = _qkv_command(), shlex.quote(str(out.resolve()))
+    lines = ["next:", f"  echo '14 juillet 1989' | {qkv} translate {run}",
+             f"  {qkv} attention {run} --text 'Sunday 03.03.19'     # writes {run}/attention/",
+             f"  {qkv} demo --rnn            # the same task with the RNN + additive attention"]
+    config = Path(__file__).resolve().parents[3] / "configs" / "multi30k_transformer.yaml"
+    if config.is_file():  # a source checkout
+        lines.append(f"  {qkv} train {shlex.quote(str(config))}   # real translation (../shared/data)")
+    return "\n".join(lines)

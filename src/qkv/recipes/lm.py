@@ -15,7 +15,7 @@ from qkv.generation import generate
 from qkv.recipes.config import DecodeConfig, Recipe, RecipeError
 from qkv.training.losses import lm_loss
 
-__all__ = ["LMData", "build_data", "loss_fn", "sample_text", "TextStream"]
+__all__ = ["LMData", "build_data", "loss_fn", "sample_text", "TextStream", "test_data"]
 
 
 @dataclass
@@ -110,3 +110,15 @@ class TextStream:
         if len(text) > len(context) and (final or not text.endswith("\ufffd")):
             self.on_text(text[len(context) :])
             self.prefix, self.read = self.read, len(self.ids)
+def test_data(recipe: Recipe, tokenizer: Any) -> tuple[PackedTextDataset, str]:
+    """The recipe's held-out text, tokenised: ``data.test``, else ``data.valid``, else the last
+    ``val_fraction`` of ``data.train`` (nanoGPT's split, as training validated on it)."""
+    d = recipe.data
+    if d.source != "files" or not isinstance(d.train, str):
+        raise RecipeError("the run's recipe has no text file to hold out from")
+    for name in ("test", "valid"):
+        path = getattr(d, name)
+        if path:
+            return PackedTextDataset.from_text(read_text(path), tokenizer, d.block_size), f"data.{name} ({path})"
+    held_out = PackedTextDataset.from_text(read_text(d.train), tokenizer, d.block_size).split(d.val_fraction)[1]
+    return held_out, f"the last {d.val_fraction:.0%} of data.train ({d.train})"

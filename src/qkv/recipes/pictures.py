@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +15,35 @@ from qkv.viz import (
     write_attention_explorer,
 )
 
-__all__ = ["curve_png", "translation_attention_pictures", "translation_views"]
+__all__ = ["curve_png", "loss_note", "translation_attention_pictures", "translation_views"]
 
 
 def curve_png(run_dir: str | Path, path: str | Path) -> Path | None:
-    """``metrics.jsonl`` of a run as a training-curve PNG (None when there are no metrics yet)."""
+    """``metrics.jsonl`` of a run as a training-curve PNG (None when there are no metrics yet); the loss
+    panel notes what the training loss has that the validation loss has not (:func:`loss_note`)."""
     metrics = Path(run_dir) / "metrics.jsonl"
     if not metrics.is_file():
         return None
     curves = [r for r in read_metrics_jsonl(metrics) if r.get("split") in ("train", "eval")]  # not run/plan
-    return save_figure(training_curves(curves), path)
+    return save_figure(training_curves(curves, loss_note=loss_note(run_dir)), path)
+
+
+def loss_note(run_dir: str | Path) -> str | None:
+    """``"train loss: label smoothing 0.1, dropout 0.1"`` from a run's ``recipe.json`` and model config: why
+    the training loss sits above the validation loss (which runs without either); None when nothing differs."""
+    run_dir = Path(run_dir)
+    parts = []
+    recipe = run_dir / "recipe.json"
+    if recipe.is_file():
+        smoothing = json.loads(recipe.read_text(encoding="utf-8")).get("label_smoothing")
+        if smoothing:
+            parts.append(f"label smoothing {smoothing:g}")
+    config = run_dir / "latest" / "config.json"
+    if config.is_file():
+        dropout = json.loads(config.read_text(encoding="utf-8")).get("model", {}).get("dropout")
+        if dropout:
+            parts.append(f"dropout {dropout:g}")
+    return "train loss: " + ", ".join(parts) + " (not in val loss)" if parts else None
 
 
 def translation_views(maps: dict[str, Any]) -> list[AttentionView]:

@@ -7,6 +7,8 @@ A run directory holds the trainer's checkpoints (``step_*/``, ``latest``, ``best
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -21,16 +23,15 @@ from qkv.data import load_tokenizer
 from qkv.data.tokenizer_pair import TokenizerPair, load_tokenizer_pair
 from qkv.data.tokenizers import atomic_write_text
 from qkv.evaluation import accuracy, corpus_bleu, exact_match
-from qkv.hardware import capabilities
 from qkv.models import registry
 from qkv.models.config import DecoderConfig, EncoderConfig, RNNSeq2SeqConfig, Seq2SeqConfig
-from qkv.recipes import classify, lm, translation
+from qkv.recipes import classify, feedback, lm, translation
 from qkv.recipes.config import DecodeConfig, Recipe, RecipeError
 from qkv.training import TrainConfig, Trainer, TrainResult, load_weights, read_config
 from qkv.training.checkpoint import WEIGHTS, CheckpointError, check_fits, read_meta, resolve
 from qkv.training.rundir import RunDirError, prepare_run_dir, run_lock
 
-__all__ = ["train", "load_run", "LoadedRun", "CONFIG_TYPES", "decode_config"]
+__all__ = ["train", "load_run", "LoadedRun", "CONFIG_TYPES", "decode_config", "run_recipe"]
 
 CONFIG_TYPES = {c.__name__: c for c in (Seq2SeqConfig, RNNSeq2SeqConfig, DecoderConfig, EncoderConfig)}
 EXPECTED = {"translation": (Seq2SeqConfig, RNNSeq2SeqConfig), "lm": (DecoderConfig,), "classify": (EncoderConfig,)}
@@ -71,7 +72,7 @@ def _translation_parts(recipe: Recipe) -> dict[str, Any]:
     pair = data.tokenizers
     cfg = _model_config(recipe, src_vocab_size=pair.source.vocab_size, tgt_vocab_size=pair.target.vocab_size,
                         pad_id=pair.target.pad_id)
-    valid = data.valid[:300]
+    valid = data.valid[: recipe.metric_sentences]
 
     def metric_fn(model: nn.Module) -> dict[str, float]:
         if not valid:
@@ -86,7 +87,8 @@ def _translation_parts(recipe: Recipe) -> dict[str, Any]:
     return dict(
         cfg=cfg, tokenizer=pair, train=translation.loader(recipe, data.train),
         eval=translation.loader(recipe, eval_ds, shuffle=False) if eval_ds else None,
-        loss=translation.loss_fn(0.1, pair.target.pad_id), eval_loss=translation.loss_fn(0.0, pair.target.pad_id),
+        loss=translation.loss_fn(recipe.label_smoothing, pair.target.pad_id),
+        eval_loss=translation.loss_fn(0.0, pair.target.pad_id),
         metric=metric_fn, data=data,
     )
 
@@ -95,7 +97,8 @@ def _lm_parts(recipe: Recipe) -> dict[str, Any]:
     data = lm.build_data(recipe)
     cfg = _model_config(recipe, vocab_size=data.tokenizer.vocab_size, max_len=recipe.data.block_size)
     return dict(cfg=cfg, tokenizer=data.tokenizer, train=lm.loader(recipe, data.train),
-                eval=lm.loader(recipe, data.valid, shuffle=False), loss=lm.loss_fn, eval_loss=lm.loss_fn,
+                eval=lm.loader(recipe, data.valid, shuffle=False),
+                loss=functools.partial(lm.loss_fn, smoothing=recipe.label_smoothing), eval_loss=lm.loss_fn,
                 metric=None, data=data)
 
 
@@ -116,7 +119,7 @@ def _classify_parts(recipe: Recipe) -> dict[str, Any]:
         return {"accuracy": accuracy(*classify.predict_batches(model, valid))}
 
     return dict(cfg=cfg, tokenizer=data.tokenizer, train=classify.loader(recipe, data.train),
-                eval=valid, loss=classify.loss_fn,
+                eval=valid, loss=functools.partial(classify.loss_fn, smoothing=recipe.label_smoothing),
                 eval_loss=classify.loss_fn, metric=metric_fn, data=data, extra=extra, model=data.model)
 
 
@@ -133,7 +136,9 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
         recipe: the run.
         resume: continue the run in ``recipe.out_dir`` from its latest checkpoint (an error when it has none).
         overwrite: replace a previous run in ``recipe.out_dir`` (its checkpoints, metrics and pictures).
-        echo: (when given) gets one line before training: the device and the precision the run resolved to.
+        echo: (when given) gets the lines of :func:`qkv.recipes.feedback.header` before training (task,
+            model, data, device and the precision the run resolved to, budget, run directory), and "resuming
+            from step N".
 
     Raises:
         RecipeError: ``out_dir`` holds another run and neither flag is given, is in use by another trainer, or
@@ -192,15 +197,17 @@ def _train_locked(recipe: Recipe, out: Path, resume: bool,
         model, parts["loss"], parts["train"], tcfg, eval_data=parts["eval"], eval_loss_fn=parts["eval_loss"],
         metric_fn=parts["metric"], model_config=saved, tokenizer=parts["tokenizer"],
     )
+    if echo is not None:
+        for line in feedback.header(recipe, parts, trainer):
+            echo(line)
     if resume:
         try:
             trainer.resume(out / "latest")
         except CheckpointError as e:
             raise RecipeError(f"cannot resume {out}: {e}; nothing was changed") from e
+        if echo is not None:
+            echo(f"resuming from step {trainer.step:,} ({(out / 'latest').resolve()})")
     _write_json(out / "recipe.json", recipe.to_dict())  # only once the recipe is known to fit the run
-    if echo is not None:
-        echo(f"training on {capabilities(trainer.device)}; precision {trainer.precision} "
-             f"(train.precision: {tcfg.precision})")
     result = trainer.fit()
     parts["model"], parts["trainer"] = trainer.model, trainer
     return result, parts
@@ -259,11 +266,9 @@ def load_run(path: str | os.PathLike, *, task: str | None = None, device: str = 
     ckpt = _checkpoint_dir(path)
     try:
         read_meta(ckpt)
-        saved = read_config(ckpt)
+        saved = run_config(read_config(ckpt), ckpt)
     except CheckpointError as e:
         raise RecipeError(str(e)) from e
-    if not saved or "task" not in saved or saved.get("family") not in CONFIG_TYPES:
-        raise RecipeError(f"{ckpt} holds no qkv run config (config.json with task and family)")
     if task is not None and saved["task"] != task:
         raise RecipeError(f"{path} holds a {saved['task']} model, not a {task} model")
     cfg, model = _build_checked(saved, ckpt, device)
@@ -276,6 +281,8 @@ def load_run(path: str | os.PathLike, *, task: str | None = None, device: str = 
 
         tok = PretrainedTokenizer.from_file(ckpt / "tokenizer.json", pad_id=cfg.pad_id,
                                             max_length=saved["tokenizer"].get("max_length"))
+    elif not any(ckpt.glob("tokenizer*")):
+        raise RecipeError(f"{ckpt} holds no tokenizer; a run trained from Python needs Trainer(..., tokenizer=tok)")
     else:
         tok = load_tokenizer(ckpt)
     _check_vocab(tok, cfg, ckpt)
@@ -283,18 +290,42 @@ def load_run(path: str | os.PathLike, *, task: str | None = None, device: str = 
     return LoadedRun(saved["task"], model, tok, cfg, ckpt, extra)
 
 
-def decode_config(run: LoadedRun, *, beam: int | None = None, max_len: int | None = None) -> DecodeConfig:
-    """How ``run`` decodes: its recipe's ``decode`` section (saved as ``recipe.json`` in the run directory),
-    else the defaults; ``beam`` switches to beam search of that width, ``max_len`` caps output length."""
-    dec = DecodeConfig()
+TASK_OF = {"Seq2SeqConfig": "translation", "RNNSeq2SeqConfig": "translation", "DecoderConfig": "lm",
+           "EncoderConfig": "classify"}
+
+
+def run_config(saved: dict[str, Any] | None, ckpt: Path) -> dict[str, Any]:
+    """A checkpoint's ``config.json`` as ``{"task", "family", "model", ...}``: as ``qkv train`` writes it, or
+    a bare model config (what ``Trainer(model_config=cfg)`` writes from Python), whose family is the one
+    config class that has all its fields and whose task follows from the family."""
+    if saved and "task" in saved and saved.get("family") in CONFIG_TYPES:
+        return saved
+    fits = [name for name, cls in CONFIG_TYPES.items() if saved and set(saved) <= {f.name for f in
+                                                                                   dataclasses.fields(cls)}]
+    if len(fits) == 1:
+        return {"task": TASK_OF[fits[0]], "family": fits[0], "model": saved}
+    raise RecipeError(f"{ckpt} holds no qkv model config (config.json); train with qkv train, or from Python pass "
+                      "Trainer(..., model_config=<the model's config, e.g. DecoderConfig>, tokenizer=<its tokenizer>)")
+
+
+def run_recipe(run: LoadedRun) -> Recipe | None:
+    """The recipe ``run`` was trained from (``recipe.json`` in its checkpoint's folder or the run directory),
+    or ``None`` for a run trained without one (from Python)."""
     for folder in (run.path, run.path.parent):
         f = folder / "recipe.json"
         if f.is_file():
             try:
-                dec = Recipe.from_dict(json.loads(f.read_text(encoding="utf-8"))).decode
+                return Recipe.from_dict(json.loads(f.read_text(encoding="utf-8")))
             except (json.JSONDecodeError, UnicodeDecodeError, RecipeError) as e:
                 raise RecipeError(f"{f}: not a valid recipe ({e})") from e
-            break
+    return None
+
+
+def decode_config(run: LoadedRun, *, beam: int | None = None, max_len: int | None = None) -> DecodeConfig:
+    """How ``run`` decodes: its recipe's ``decode`` section (saved as ``recipe.json`` in the run directory),
+    else the defaults; ``beam`` switches to beam search of that width, ``max_len`` caps output length."""
+    recipe = run_recipe(run)
+    dec = recipe.decode if recipe is not None else DecodeConfig()
     if beam:
         dec = replace(dec, strategy="beam", num_beams=beam)
     if max_len:

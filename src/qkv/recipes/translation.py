@@ -19,7 +19,7 @@ from qkv.models.rnn_seq2seq import RNNSeq2Seq
 from qkv.recipes.config import DecodeConfig, InputTooLong, Recipe, RecipeError
 from qkv.training.losses import seq2seq_loss
 
-__all__ = ["TranslationData", "build_data", "loss_fn", "translate_texts", "attention_maps"]
+__all__ = ["TranslationData", "build_data", "loss_fn", "translate_texts", "attention_maps", "test_pairs"]
 
 Pairs = list[tuple[str, str]]
 
@@ -175,3 +175,19 @@ def _piece(tok: Any, i: int) -> str:
         return "</s>"
     text = tok.id_to_token(i) if hasattr(tok, "id_to_token") else tok.decode([i])
     return text.replace("\u0120", "_").replace(" ", "_") or "?"
+
+
+def test_pairs(recipe: Recipe) -> tuple[Pairs, str]:
+    """The recipe's own test split and what it is: generated pairs (rebuilt from the seed) or ``data.test``.
+
+    Raises:
+        RecipeError: the recipe reads files and names no ``data.test``.
+    """
+    d = recipe.data
+    if d.source != "files":
+        pairs = _splits(recipe)["test"]
+        return pairs, f"the recipe's {len(pairs):,} generated {d.source} test pairs (seed {d.seed})"
+    if not d.test:
+        raise RecipeError("the run's recipe names no data.test")
+    pairs = _pairs_from(d.test, "test")
+    return pairs, f"data.test ({len(pairs):,} pairs: {d.test})"

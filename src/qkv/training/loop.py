@@ -40,6 +40,7 @@ from qkv.training.distributed import (
 from qkv.training.metrics import MetricsWriter, perplexity
 from qkv.training.optim import build_optimizer, build_scheduler, schedule_fn
 from qkv.training.plan import StepTimer, steps_that_fit
+from qkv.training.progress import metrics_line, projected_end, say, train_line
 from qkv.training.rundir import run_lock
 from qkv.training.runtime import (
     SDPA_BACKENDS,
@@ -66,6 +67,7 @@ class TrainResult:
     stopped_early: bool = False
     interrupted: bool = False
     signal: int | None = None
+    timed_out: bool = False
     evals: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -422,12 +424,14 @@ class Trainer:
         loss_acc = torch.zeros((), device=self.device)
         n_acc = torch.zeros((), device=self.device)
         t0 = time.perf_counter()
+        started = (self.step, t0)
         while self.step < min(until, self.total_steps):
             loss_sum, n, norm = self.train_step()
             loss_acc += loss_sum
             n_acc += n
             self._maybe_plan()
-            bar.total = self.total_steps
+            bar.total = projected_end(self.step, self.total_steps, started=started, now=time.perf_counter(),
+                                      deadline=self._deadline)  # so the bar's ETA respects the time limit
             bar.update(1)
             stop = self._should_stop() or self.step >= min(until, self.total_steps)
             if self.step % cfg.log_every == 0 or stop:
@@ -441,6 +445,7 @@ class Trainer:
                 return
             if stop:
                 result.interrupted, result.signal = self._stop_signal is not None, self._stop_signal
+                result.timed_out = self._timed_out
                 if not saved:
                     result.last_path = self.save()
                 return
@@ -454,6 +459,8 @@ class Trainer:
             if metrics:
                 result.evals.append(metrics)
                 self.writer.write("eval", self.step, metrics)
+                if self.dist.is_main:
+                    say(metrics_line(self.step, metrics))
                 improved = self._improved(metrics)
                 result.last_path = self.save(best=improved)
                 return True, cfg.patience is not None and self.bad_evals >= cfg.patience
@@ -475,6 +482,8 @@ class Trainer:
             "epoch": self.epoch,
         }
         self.writer.write("train", self.step, values)
+        if bar.disable and self.dist.is_main:  # no bar to show them: a line per log_every updates
+            say(train_line(self.step, values))
         bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
                         tok_s=f"{values['tokens_per_s']:.0f}", refresh=False)
         return now

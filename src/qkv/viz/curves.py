@@ -102,6 +102,7 @@ def training_curves(
     title: str | None = None,
     panel_size: tuple[float, float] = (5.0, 3.2),
     log_loss: bool = False,
+    loss_note: str | None = None,
 ) -> Figure:
     """Training-curve figure: one panel per metric, train and validation lines together.
 
@@ -112,6 +113,8 @@ def training_curves(
         title: figure title.
         panel_size: inches per panel; panels are laid out two per row.
         log_loss: log scale on the loss panel's y axis.
+        loss_note: what differs between the train and validation losses (label smoothing, dropout), shown as
+            the title of the loss panel's legend.
 
     Returns:
         The figure; ``fig.axes[i]`` is panel ``i`` (titled with the panel name).
@@ -143,7 +146,8 @@ def training_curves(
         ax.grid(alpha=0.3)
         if panel == "loss" and log_loss:
             ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        note = loss_note if panel == "loss" else None
+        ax.legend(fontsize=8, title=note, title_fontsize=7)
     if title:
         fig.suptitle(title)
     return fig
