@@ -73,33 +73,32 @@ def classify_run(tmp_path_factory):
     return folder / "run"
 
 
+def _trained(tmp_path_factory, name: str, files: dict[str, str], body: str) -> Path:
+    """Write ``files`` and a recipe (``body`` plus its ``out_dir``) into a fresh folder, train, return the run."""
+    folder = tmp_path_factory.mktemp(name)
+    for file, text in files.items():
+        (folder / file).write_text(text, encoding="utf-8")
+    assert main(["train", str(write_recipe(folder, name, body + f"out_dir: {folder / 'run'}\n"))]) == 0
+    return folder / "run"
+
+
 @pytest.fixture(scope="session")
 def lm_run_dir(tmp_path_factory) -> Path:
     """A character language model (1 layer, width 32, context 16) trained for 3 steps."""
-    folder = tmp_path_factory.mktemp("lm")
-    (folder / "text.txt").write_text("to be or not to be, that is the question.\n" * 40, encoding="utf-8")
-    recipe = write_recipe(folder, "lm", (
+    return _trained(tmp_path_factory, "lm", {"text.txt": "to be or not to be, that is the question.\n" * 40}, (
         "task: lm\nmodel: gpt-char-small\n"
         "model_options: {num_layers: 1, d_model: 32, num_heads: 2, dropout: 0.0}\n"
         "data: {source: files, train: text.txt, block_size: 16, batch_size: 4}\n"
-        "train: {steps: 3, eval_every: 3, progress: false}\n"
-        f"out_dir: {folder / 'run'}\n"))
-    assert main(["train", str(recipe)]) == 0
-    return folder / "run"
+        "train: {steps: 3, eval_every: 3, progress: false}\n"))
 
 
 @pytest.fixture(scope="session")
 def labelled_run(tmp_path_factory) -> Path:
     """A sentiment classifier (1 layer, width 32, character tokens, a test split) trained for 3 steps."""
-    folder = tmp_path_factory.mktemp("labelled")
     rows = ["1 a fine film", "0 a dull film", "1 witty and warm", "0 flat and tired"] * 8
-    (folder / "train.txt").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    recipe = write_recipe(folder, "classify", (
+    return _trained(tmp_path_factory, "labelled", {"train.txt": "\n".join(rows) + "\n"}, (
         "task: classify\nmodel: encoder-small\n"
         "model_options: {num_layers: 1, d_model: 32, num_heads: 2, dropout: 0.0}\n"
         "data: {source: files, train: train.txt, valid: train.txt, test: train.txt, batch_size: 8}\n"
         "tokenizer: {kind: char}\n"
-        "train: {steps: 3, eval_every: 3, progress: false}\n"
-        f"out_dir: {folder / 'run'}\n"))
-    assert main(["train", str(recipe)]) == 0
-    return folder / "run"
+        "train: {steps: 3, eval_every: 3, progress: false}\n"))

@@ -29,7 +29,7 @@ def test_overrides_parse_yaml_scalars(tmp_path):
     "d, match",
     [
         ({"task": "dance"}, r"task must be one of \('translation', 'lm', 'classify'\), got 'dance'"),
-        ({"modle": "x"}, r"unknown key modle; valid keys are: data, decode, model, model_options"),
+        ({"modle": "x"}, r"unknown key modle; valid keys are: data, decode, label_smoothing, metric_sentences, model, model_options"),
         ({"data": {"sourc": "dates"}}, r"unknown key data.sourc; valid keys in data are: batch_size"),
         ({"train": {"steps": "many"}}, r"train.steps must be int, got 'many'"),
         ({"train": {"lr": True}}, r"train.lr must be float, got True"),
