@@ -108,9 +108,8 @@ static void load_transposed(const void *src, int dt, long src_rs, long R, long C
     for (long r0 = 0; r0 < R; r0 += VW)
         for (long c0 = 0; c0 < Cn; c0 += VW) {
             vf t[VW];
-            vmask kc = vm_lanes(c0, 0, Cn);
             for (long i = 0; i < VW; i++)
-                t[i] = r0 + i < R ? vload((const char *)src + (r0 + i) * src_rs * isz, dt, c0, kc) : vzero();
+                t[i] = r0 + i < R ? vload_part((const char *)src + (r0 + i) * src_rs * isz, dt, c0, Cn) : vzero();
             vtranspose(t);
             long nc = Cn - c0 < VW ? Cn - c0 : VW;
             for (long j = 0; j < nc; j++) vstoref(dst + (c0 + j) * ld + r0, t[j]);
@@ -124,7 +123,7 @@ static void load_rows(const void *src, int dt, long src_rs, long R, long Cn, flo
     vf m = vset1(mul);
     for (long r = 0; r < R; r++)
         for (long c = 0; c < ld; c += VW)
-            vstoref(dst + r * ld + c, vmul(vload((const char *)src + r * src_rs * isz, dt, c, vm_lanes(c, 0, Cn)), m));
+            vstoref(dst + r * ld + c, vmul(vload_part((const char *)src + r * src_rs * isz, dt, c, Cn), m));
 }
 
 static void store_rows(const float *src, long ld, long R, long Cn, float mul, void *dst, int dt, long dst_rs) {
@@ -132,7 +131,7 @@ static void store_rows(const float *src, long ld, long R, long Cn, float mul, vo
     vf m = vset1(mul);
     for (long r = 0; r < R; r++)
         for (long c = 0; c < Cn; c += VW)
-            vstore((char *)dst + r * dst_rs * osz, dt, c, vmul(vloadf(src + r * ld + c), m), vm_lanes(c, 0, Cn));
+            vstore_part((char *)dst + r * dst_rs * osz, dt, c, Cn, vmul(vloadf(src + r * ld + c), m));
 }
 
 /* Head (b, h) of a tensor with {batch, head, row} element strides st and elements of isz bytes. */
@@ -240,7 +239,7 @@ int qkv_short_backward(long B, long H, long Hkv, long L, long S, long E, long Ev
                 vf s = vzero();
                 const char *orow = oh + i * os[2] * isz;
                 for (long c = 0; c < Ev; c += VW)
-                    s = vfmadd(vloadf(dO + i * Evp + c), vload(orow, dt, c, vm_lanes(c, 0, Ev)), s);
+                    s = vfmadd(vloadf(dO + i * Evp + c), vload_part(orow, dt, c, Ev), s);
                 delta[i] = vreduce_add(s);
             }
             mm(L, Sp, E, Q, Ep, 1, Kt, Sp, P, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off);

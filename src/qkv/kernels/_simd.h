@@ -22,6 +22,7 @@
  *                             dtype dt, lanes in k only (others read as 0, memory outside k untouched);
  *                             vloadu / vstoreu: all lanes (built here from each header's vload_bf16 /
  *                             vstore_bf16; the x86 headers' plain arithmetic from QKV_X86_ARITH)
+ *   vload_part(row, dt, c, n), vstore_part(row, dt, c, n, v): elements [c, c + VW) of a row of n
  *   vreduce_max, vreduce_add, vtranspose(r[VW]): r[i] row i -> r[j] column j
  *   vm_ge(x, t), vround (to nearest), vldexp(p, n) = p * 2**n for integral n in [-126, 127] (others: any
  *                             value; vexp2 masks those lanes), from which this file builds vexp2(x, precise)
@@ -89,6 +90,17 @@ static inline uint16_t f2bf(float f) {
 
 /* Rounds up to whole vectors. */
 static inline long upw(long x) { return (x + VW - 1) & ~(long)(VW - 1); }
+
+/* Elements [c, c + VW) of a row of n elements: plain whole-vector access where all are inside, masked at the end. */
+QKV_INLINE vf vload_part(const void *row, int dt, long c, long n) {
+    return c + VW <= n ? vloadu(row, dt, c) : vload(row, dt, c, vm_lanes(c, 0, n));
+}
+QKV_INLINE void vstore_part(void *row, int dt, long c, long n, vf v) {
+    if (c + VW <= n)
+        vstoreu(row, dt, c, v);
+    else
+        vstore(row, dt, c, v, vm_lanes(c, 0, n));
+}
 
 /* 2**x for x <= 127 (scores minus their row maximum or log-sum-exp are <= ~0) as 2**n * p(x - n), n the
  * nearest integer; p fitted to relative error on [-0.5, 0.5], degree 5 (8e-8) for float32 results, degree 4
