@@ -7,8 +7,11 @@ the chunked path's C block kernels faster than its torch ops, and is chunked att
 fused SDPA? Timed as median process CPU time of interleaved calls with one thread (steadier on a shared
 machine); the kernel build is named in the output. Simulate an AVX2-only CPU on a larger one with
 ``QKV_CPU_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2``.
-Run: ``python benchmarks/isa_kernels.py [--lengths 16,32,...] [--long 1024,2048]``; writes
-benchmarks/results/isa_kernels_<class>.json.
+Run: ``python benchmarks/isa_kernels.py [--lengths 16,32,...] [--long 1024,2048] [--write-routing]``; writes
+benchmarks/results/isa_kernels_<class>.json, and with ``--write-routing`` the float32 entries of this CPU
+class in qkv's routing table (src/qkv/kernels/routing.json; other dtypes' entries are kept): the short kernel
+from the shortest L from which it won every case, the chunked C blocks where they beat the torch ops (and
+the fused SDPA) at every long L measured.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved_samples, write_json  # noqa: E402
-from short_attention import Case, _paths  # noqa: E402
+from short_attention import Case, _paths, winning_from  # noqa: E402
 
-from qkv.functional import chunked  # noqa: E402
-from qkv.hardware import capabilities  # noqa: E402
-from qkv.kernels import native  # noqa: E402
+import qkv.kernels  # noqa: E402
+from qkv.functional import chunked_attention  # noqa: E402
+from qkv.functional.accelerators import Call  # noqa: E402
+from qkv.hardware import capabilities, cpu_isa  # noqa: E402
+from qkv.kernels import blocks, native, routing  # noqa: E402
 
 
 def _cpu_ms(fns: dict, repeats: int) -> dict[str, float]:
@@ -40,19 +45,17 @@ def long_case(L: int, repeats: int) -> dict:
     q, k, v = (torch.randn(1, 8, L, 64, requires_grad=True) for _ in range(3))
     grad = torch.randn(1, 8, L, 64)
 
-    def chunked_with(c_blocks: bool):
-        def run():
-            chunked.use_native = c_blocks
-            try:
-                chunked.chunked_attention(q, k, v, causal=True).backward(grad)
-            finally:
-                chunked.use_native = True
-        return run
+    def c_blocks():
+        blocks.run(Call("chunked", q, k, v, causal=True)).backward(grad)
+
+    def torch_ops():
+        with qkv.kernels.disabled():
+            chunked_attention(q, k, v, causal=True).backward(grad)
 
     def sdpa():
         F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(grad)
 
-    ms = _cpu_ms({"c_blocks": chunked_with(True), "torch_ops": chunked_with(False), "torch_sdpa": sdpa}, repeats)
+    ms = _cpu_ms({"c_blocks": c_blocks, "torch_ops": torch_ops, "torch_sdpa": sdpa}, repeats)
     row = {"L": L, "B": 1, "H": 8, "E": 64, "dtype": "float32", "causal": True, "train": True,
            **{f"ms_{n}": t for n, t in ms.items()},
            "c_blocks_vs_torch_ops": ms["torch_ops"] / ms["c_blocks"],
@@ -63,11 +66,33 @@ def long_case(L: int, repeats: int) -> dict:
     return row
 
 
+def _record(op: str, kernel: str, float32_from: int | None, command: str) -> None:
+    """Set (or drop) the float32 minimum of one routing entry of this CPU class, keeping its other dtypes."""
+    entry = routing.table()["classes"].get(cpu_isa(), {}).get(op, {}).get(kernel, {})
+    min_len = {d: n for d, n in entry.get("min_len", {}).items() if d != "float32"}
+    if float32_from is not None:
+        min_len["float32"] = float32_from
+    print(f"routing: {op}/{kernel} on {cpu_isa()}: {min_len or 'not routed'} -> "
+          f"{routing.record(op, kernel, min_len, command)}")
+
+
+def write_routing(short_rows: list[dict], long_rows: list[dict]) -> None:
+    """This class's float32 routing entries from the measurements (see the module docstring)."""
+    command = "python benchmarks/isa_kernels.py --write-routing"
+    _record("attention", "short", winning_from(short_rows, "float32"), command)
+    shortest = min((r["L"] for r in long_rows), default=None)
+    beats = long_rows and all(r["c_blocks_vs_torch_ops"] > 1.0 for r in long_rows)
+    _record("chunked", "blocks", shortest if beats else None, command)
+    beats = long_rows and all(r["c_blocks_vs_torch_sdpa"] > 1.0 for r in long_rows)
+    _record("attention", "blocks", shortest if beats else None, command)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--lengths", default="16,32,64,128,192,256")
     p.add_argument("--long", default="1024,2048", help="chunked attention lengths ('' to skip)")
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--write-routing", action="store_true", help="record this class's float32 entries")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     kern = native.kernels()
@@ -95,6 +120,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                   "timing": "median process CPU time per call, 1 thread",
                                                   "short": rows, "chunked": longs})
     print(f"wrote {path}")
+    if args.write_routing:
+        write_routing(rows, longs)
     return rows
 
 
