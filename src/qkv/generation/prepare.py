@@ -173,14 +173,18 @@ def prepare_for_decoding(model: nn.Module, **kwargs: int) -> DecodingWeights:
 
 
 def _sliced_transpose(weight: torch.Tensor, parts: int) -> torch.Tensor:
-    """``(D_out, D_in)`` -> ``weight^T`` in ``parts`` column slices ``(parts, D_in, ceil(D_out / parts))``."""
+    """``(D_out, D_in)`` -> ``weight^T`` in ``parts`` column slices ``(parts, D_in, ceil(D_out / parts))``.
+
+    Slice ``i`` is ``weight[i n : (i + 1) n]^T``, written in one pass; zero columns pad the last one.
+    """
     out, d_in = weight.shape
     n = -(-out // parts)
-    if parts == 1:
-        return weight.t().contiguous().unsqueeze(0)
-    m = weight.new_zeros(d_in, parts * n)  # zero columns pad the last slice
-    m[:, :out] = weight.t()
-    return m.view(d_in, parts, n).transpose(0, 1).contiguous()
+    m = weight.new_empty(parts, d_in, n)
+    for i in range(parts):
+        rows = weight[i * n : (i + 1) * n]  # (cols, D_in), cols <= n
+        m[i, :, : rows.shape[0]].copy_(rows.t())
+        m[i, :, rows.shape[0] :].zero_()
+    return m
 
 
 def _sliced_matmul(x2: torch.Tensor, m: torch.Tensor, bias: torch.Tensor | None, out: int) -> torch.Tensor:
