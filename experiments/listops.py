@@ -46,6 +46,7 @@ def run_variant(name: str, options: dict, args: argparse.Namespace) -> dict:
         f"model_options.attention_options={json.dumps(options)}",
         f"train.steps={args.steps}",
         f"train.time_limit={args.time_limit}",
+        "train.precision=fp32",  # the README's table: every kernel in fp32, whatever the CPU class
         f"data.n_train={args.n_train}",
         f"data.max_length={args.max_length}",
         f"out_dir={args.out}/{name}",

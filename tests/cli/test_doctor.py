@@ -26,7 +26,7 @@ def test_doctor_reports_versions_class_precision_and_kernels(capsys, monkeypatch
     assert out.startswith("qkv ") and "torch " in out
     assert f"instruction-set class {caps.isa}" in out
     assert f"precision auto -> {hardware.resolve_precision('auto', 'cpu')}" in out
-    assert f"{caps.threads} intra-op threads" in out
+    assert f"torch uses {caps.threads} intra-op thread" in out
     assert "kernels:" in out and all(line in out for line in kernel_lines())
 
 

@@ -81,7 +81,8 @@ def report(*, bench: bool = False, device: str = "auto") -> list[str]:
         f"CPU: {platform.processor() or platform.machine()}, instruction-set class {caps.isa}{cap}"
         + (f", ONEDNN_MAX_CPU_ISA={onednn}" if onednn else ""),
         f"bf16 matmuls on {caps.device}: {'native' if caps.native_bf16 else 'not native (emulated, slow)'}",
-        f"threads: torch uses {caps.threads} intra-op threads on {caps.cores} logical CPUs"
+        f"threads: torch uses {caps.threads} intra-op thread{'s' if caps.threads != 1 else ''} on {caps.cores} "
+        "logical CPUs"
         + (f" (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})" if "OMP_NUM_THREADS" in os.environ else ""),
         f"precision auto -> {auto}" + ("" if auto == "bf16" else " (bf16 matmuls are not native here)"),
         "kernels:",
@@ -89,7 +90,8 @@ def report(*, bench: bool = False, device: str = "auto") -> list[str]:
     ]
     if bench:
         r = matmul_probe(device=caps.device)
-        where = caps.device if caps.device != "cpu" else f"{torch.get_num_threads()} threads"
+        n = torch.get_num_threads()
+        where = caps.device if caps.device != "cpu" else f"{n} thread{'s' if n != 1 else ''}"
         lines.append(f"matmul 512x512 on {where}: fp32 {r['fp32']:.1f} GFLOP/s, "
                      f"bf16 {r['bf16']:.1f} GFLOP/s, bf16/fp32 {r['bf16_over_fp32']:.2f}x")
     return lines

@@ -97,7 +97,9 @@ def _demo_parser(sub) -> None:
   qkv demo                       # trains for up to 5 minutes, writes runs/demo
   qkv demo --rnn --time-limit 120 --out runs/demo-rnn""")
     p.add_argument("--rnn", action="store_true", help="the RNN encoder-decoder with additive attention instead")
-    p.add_argument("--steps", type=int, default=None, metavar="N", help="training steps (default: 1000)")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="most training steps (default: 4000, 1000 with --rnn; the time limit plans fewer on a "
+                        "slower machine)")
     p.add_argument("--time-limit", type=float, default=300.0, metavar="SECONDS",
                    help="stop training after this many seconds")
     p.add_argument("--n-train", type=int, default=40000, metavar="N", help="generated training pairs")

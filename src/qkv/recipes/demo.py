@@ -41,8 +41,9 @@ def demo_recipe(*, rnn: bool = False, out_dir: str | None = None, steps: int | N
     """The demo's recipe; ``steps``/``n_train`` shrink it for a quick run.
 
     With a ``time_limit`` the schedule is fitted to it (``TrainConfig.fit_schedule``): a CPU that makes fewer
-    steps in the time gets a shorter but complete cosine. ``precision`` ``auto`` is bf16 where bf16 matmuls
-    are native and fp32 elsewhere (:func:`qkv.hardware.resolve_precision`).
+    steps in the time gets a shorter but complete cosine. The Transformer takes small batches (32 pairs), so
+    that a CPU that trains in fp32 (slower per example) still makes enough updates in its time. ``precision``
+    ``auto`` is bf16 where bf16 matmuls are native and fp32 elsewhere (:func:`qkv.hardware.resolve_precision`).
 
     Raises:
         RecipeError: a count below 1 or a time limit <= 0 (before anything is trained).
@@ -53,18 +54,18 @@ def demo_recipe(*, rnn: bool = False, out_dir: str | None = None, steps: int | N
     if time_limit is not None and time_limit <= 0:
         raise RecipeError(f"--time-limit must be > 0 seconds, got {time_limit}")
     if rnn:
-        model, options, lr, default_steps = "rnn-attention-small", {"embed_dim": 64, "hidden_size": 128,
-                                                                    "dropout": 0.0}, 3e-3, 1000
+        model, options, lr, default_steps, batch = "rnn-attention-small", {"embed_dim": 64, "hidden_size": 128,
+                                                                           "dropout": 0.0}, 3e-3, 1000, 128
     else:
-        model, options, lr, default_steps = "transformer-tiny", {"d_model": 128, "d_ff": 512, "num_heads": 4,
-                                                                 "share_embeddings": True}, 2e-3, 1000
+        model, options, lr, default_steps, batch = "transformer-tiny", {"d_model": 128, "d_ff": 512, "num_heads": 4,
+                                                                        "share_embeddings": True}, 2e-3, 4000, 32
     steps = default_steps if steps is None else steps
     return Recipe(
         task="translation",
         model=model,
         model_options=options,
-        data=DataConfig(source="dates", n_train=n_train, n_valid=min(200, n_test), n_test=n_test, batch_size=128,
-                        seed=seed),
+        data=DataConfig(source="dates", n_train=n_train, n_valid=min(200, n_test), n_test=n_test,
+                        batch_size=batch, seed=seed),
         train=TrainConfig(steps=steps, lr=lr, warmup=min(100, steps // 10), schedule="cosine", min_lr_ratio=0.05,
                           weight_decay=0.01, eval_every=max(steps // 4, 1), log_every=10, seed=seed,
                           keep_last=1, time_limit=time_limit, fit_schedule=time_limit is not None,
@@ -80,7 +81,7 @@ def run_demo(recipe: Recipe, *, n_show: int = 5, n_pictures: int = 3, echo=print
     """Train, evaluate on the held-out test dates, print examples, write pictures."""
     kind = "RNN encoder-decoder + additive attention" if recipe.model.startswith("rnn") else "Transformer"
     echo(f"qkv demo: dates -> ISO dates with a {kind} ({recipe.model}), "
-         f"{recipe.data.n_train} generated training pairs, up to {recipe.train.steps} steps"
+         f"{recipe.data.n_train} generated training pairs, up to {recipe.train.steps} steps of {recipe.data.batch_size}"
          + (f" or {recipe.train.time_limit:.0f} s" if recipe.train.time_limit else ""))
     out = Path(recipe.out_dir)
     if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):
