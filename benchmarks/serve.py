@@ -56,11 +56,11 @@ class Case:
 def train_runs(seconds: float) -> tuple[Path, Path]:
     """A dates translator and a char LM trained for about ``seconds`` each."""
     mt = ROOT / "runs" / "bench-serve-dates"
-    train(demo_recipe(out_dir=str(mt), time_limit=seconds, n_train=20000, n_test=200))
+    train(demo_recipe(out_dir=str(mt), time_limit=seconds, n_train=20000, n_test=200), overwrite=True)
     lm = ROOT / "runs" / "bench-serve-shakespeare"
     overrides = [f"out_dir={lm}", f"train.time_limit={seconds}", "train.eval_every=100000",
                  f"data.train={SHAKESPEARE}"]
-    train(load_recipe(ROOT / "configs" / "shakespeare_char.yaml", overrides))
+    train(load_recipe(ROOT / "configs" / "shakespeare_char.yaml", overrides), overwrite=True)
     return mt, lm
 
 

@@ -263,6 +263,7 @@ def create_app(
     max_batch: int = 16,
     queue_size: int = 64,
     timeout: float = 60.0,
+    batch_wait: float = 0.01,
     device: str = "cpu",
     name: str | None = None,
 ) -> FastAPI:
@@ -273,6 +274,7 @@ def create_app(
         max_batch: most completion requests decoded together (per-step batching).
         queue_size: most requests waiting to start; more are answered 503.
         timeout: seconds a request may take from arrival to its last token (then 504 / an error event).
+        batch_wait: the longest a new batch waits for the previous batch's clients to come back (seconds).
         device: where to load the model (when ``run`` is a path).
         name: the model id in responses (default: the run directory's name).
 
@@ -282,7 +284,7 @@ def create_app(
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
     loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
-    engine = Engine(backend_for(loaded), max_batch=max_batch, queue_size=queue_size)
+    engine = Engine(backend_for(loaded), max_batch=max_batch, queue_size=queue_size, batch_wait=batch_wait)
     base = Path(run) if not isinstance(run, LoadedRun) else loaded.path
     if base.name in ("best", "latest", "averaged") or base.name.startswith("step_"):
         base = base.parent

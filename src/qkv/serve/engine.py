@@ -58,12 +58,17 @@ class Engine:
         backend: what the model does (generative or encoder backend).
         max_batch: most completion rows decoded together.
         queue_size: most requests waiting (not yet started); more are refused with :class:`QueueFull`.
+        batch_wait: the longest a new wave waits for the clients of the last one to send their next request
+            (seconds; a dynamic-batching queue delay, as Triton's ``max_queue_delay``). Without it, clients that
+            were just answered miss the next wave by a moment, and waves split into small ones.
     """
 
-    def __init__(self, backend: Any, *, max_batch: int = 16, queue_size: int = 64) -> None:
-        if max_batch < 1 or queue_size < 1:
-            raise ValueError(f"max_batch ({max_batch}) and queue_size ({queue_size}) must be >= 1")
-        self.backend, self.max_batch, self.queue_size = backend, max_batch, queue_size
+    def __init__(self, backend: Any, *, max_batch: int = 16, queue_size: int = 64, batch_wait: float = 0.01) -> None:
+        if max_batch < 1 or queue_size < 1 or batch_wait < 0:
+            raise ValueError(f"max_batch ({max_batch}) and queue_size ({queue_size}) must be >= 1, batch_wait "
+                             f"({batch_wait}) >= 0")
+        self.backend, self.max_batch, self.queue_size, self.batch_wait = backend, max_batch, queue_size, batch_wait
+        self._last_wave = 0  # rows in the last wave: how many clients may be about to come back
         self.stats = EngineStats()
         self._pending: collections.deque[Row | Call] = collections.deque()
         self._cond = threading.Condition()
@@ -111,10 +116,26 @@ class Engine:
                 return None
             if isinstance(self._pending[0], Call):
                 return [self._pending.popleft()]
+            end = time.monotonic() + self.batch_wait
+            while not self._stop and self._rows_waiting() < min(self._last_wave, self.max_batch):
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)  # submit() wakes us at each arrival
             rows: list[Row | Call] = []
             while self._pending and isinstance(self._pending[0], Row) and len(rows) < self.max_batch:
                 rows.append(self._pending.popleft())
+            self._last_wave = len(rows)
             return rows
+
+    def _rows_waiting(self) -> int:
+        """Completion rows at the head of the queue (up to the first call)."""
+        n = 0
+        for item in self._pending:
+            if not isinstance(item, Row):
+                break
+            n += 1
+        return n
 
     def _drop_expired(self) -> None:
         now, kept = time.monotonic(), collections.deque()

@@ -50,7 +50,7 @@ def head_view(weights: torch.Tensor, head: int | str) -> list:
         w = weights.float()
     else:
         w = weights[head].float()
-    return w.mul(1e4).round().div(1e4).tolist()
+    return w.double().mul(1e4).round().div(1e4).tolist()  # float64: 4 decimals print as 4 decimals
 
 
 @dataclass(eq=False)
