@@ -74,7 +74,11 @@ JS = r"""
     });
     var out = v.slice(); while (out.length < keys().length) out.push(null); return out;
   }
-  function redraw() { hm.update(st.weights.map(row), st.tokens.slice(), keys()); }
+  var pending = false;
+  function redraw() { pending = false; hm.update(st.weights.map(row), st.tokens.slice(), keys()); }
+  function redrawSoon() {  // at most one picture per frame while tokens pour in
+    if (!pending) { pending = true; window.requestAnimationFrame(function () { if (pending) redraw(); }); }
+  }
   function describe(sel) {
     if (!sel || !st.weights.length) {
       $("info").textContent = st.tokens.length ? "hover a token or a cell" : ""; return;
@@ -116,7 +120,7 @@ JS = r"""
     var c = obj.choices[0], a = c.attention;
     if (a && a.keys) { st.keys = a.keys; $("what").textContent = a.kind + "-attention, layer " + a.layer; }
     st.text += c.text; $("output").textContent = st.text;
-    if (a && a.weights) { setHeads(a.weights.length); addToken(a.token, a.weights); redraw(); }
+    if (a && a.weights) { setHeads(a.weights.length); addToken(a.token, a.weights); redrawSoon(); }
     $("status").textContent = st.tokens.length + " tokens" + (c.finish_reason ? " (" + c.finish_reason + ")" : "");
   }
   function fail(message) {
@@ -128,7 +132,9 @@ JS = r"""
     $("status").textContent = ""; $("status").className = ""; hm.clear(); redraw();
     document.documentElement.dataset.qkvDone = "0";
   }
-  function done() { st.running = false; $("go").disabled = false; document.documentElement.dataset.qkvDone = "1"; }
+  function done() {
+    redraw(); st.running = false; $("go").disabled = false; document.documentElement.dataset.qkvDone = "1";
+  }
 
   async function readStream(resp) {
     var reader = resp.body.getReader(), decoder = new TextDecoder(), buffer = "";
