@@ -177,7 +177,7 @@ def test_a_second_trainer_is_refused_and_signals_exit_143_and_130(capsys, tmp_pa
     try:
         for name, proc in zip(("term", "int"), procs, strict=True):
             wait_for(tmp_path / name / "latest", proc)
-        rc, _, err = run_cli(capsys, "train", cfgs[0], "--resume")
+        rc, _, err = run_cli(capsys, "train", cfgs[0], "--resume", "--set", "train.steps=1")
         assert_one_line_error(rc, err, "in use by another trainer", f"pid {procs[0].pid}")
         procs[0].send_signal(signal.SIGTERM)
         procs[1].send_signal(signal.SIGINT)

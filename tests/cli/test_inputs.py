@@ -57,7 +57,7 @@ def test_evaluate_classification_warns_of_long_examples(classify_run, capsys, tm
 @pytest.mark.parametrize("args, fragment", [
     (["evaluate", "RUN", "--src", "s", "--ref", "r", "--limit", "-1"], "--limit must be >= 1"),
     (["generate", "RUN", "--max-new-tokens", "-5"], "--max-new-tokens must be >= 1"),
-    (["demo", "--n-test", "0", "--out", "OUT"], "--n-test must be >= 1"),
+    (["demo", "--n-test", "0", "--steps", "1", "--n-train", "20", "--out", "OUT"], "--n-test must be >= 1"),
     (["train", "CFG", "--set", "data.batch_size=0"], "data.batch_size must be >= 1"),
 ])
 def test_bad_counts_are_refused_before_any_work(tiny_run, capsys, tmp_path, args, fragment):
