@@ -83,7 +83,7 @@ def _rewrite_json(path, **changes):
 
 def test_a_tampered_config_asking_for_a_huge_model_is_refused_before_allocating(tiny_run, copy_of, capsys):
     run, ckpt = copy_of(tiny_run)
-    _rewrite_json(ckpt / "config.json", **{"model.d_model": 2**24, "model.d_ff": 2**25})  # petabytes if built
+    _rewrite_json(ckpt / "config.json", **{"model.d_ff": 2**45})  # a 2^45 x 16 weight: 2 PiB, no allocator has it
     rc, _, err = run_cli(capsys, "translate", run, "--input", os.devnull)
     assert_one_line_error(rc, err, "model.safetensors: does not fit", "misshapen")
 

@@ -111,9 +111,9 @@ def test_sharded_safetensors_index(gpt2_folder):
 
 def test_a_tampered_config_is_checked_against_the_weights_before_allocating(gpt2_folder):
     cfg = json.loads((gpt2_folder / "config.json").read_text())
-    cfg |= {"n_embd": 2**24, "n_head": 4}  # (3 * 2^24) x 2^24 floats: more than any address space holds
+    cfg |= {"n_inner": 2**45}  # a 2^45 x 32 feed-forward weight: 4 PiB, more than any address space holds
     (gpt2_folder / "config.json").write_text(json.dumps(cfg))
-    # built first, this model would fail in the allocator (a RuntimeError, or the OOM killer)
+    # built before the check, this model fails in the allocator (a RuntimeError naming no file)
     with pytest.raises(ValueError, match=r"does not fit the model built from its config\.json.*misshapen"):
         load_pretrained(gpt2_folder)
 
