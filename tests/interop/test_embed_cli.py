@@ -46,3 +46,25 @@ def test_embeddings_need_an_encoder(tmp_path):
     model, _ = load_pretrained(folder)
     with pytest.raises(ValueError, match="need an encoder.*DecoderModel"):
         sentence_embeddings(model, None, ["hello"])
+
+
+def test_embeddings_that_are_not_finite_are_an_error_not_nan_json(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    import shutil
+
+    from tests.interop import hf_builders
+
+    tok = minilm.get_model_path() / "tokenizer.json"
+    vocab = json.loads(tok.read_text())["model"]["vocab"]
+    model = transformers.BertModel(transformers.BertConfig(
+        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=32), add_pooling_layer=False).eval()
+    with torch.no_grad():
+        model.encoder.layer[0].output.dense.weight[0, 0] = float("nan")
+    folder = hf_builders.save(model, tmp_path / "bert")
+    shutil.copy(tok, folder / "tokenizer.json")
+    src = tmp_path / "in.txt"
+    src.write_text("hello\nworld\n")
+    assert main(["embed", "--model", str(folder), "--input", str(src)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "embedding of" in err and "line 1 is not finite" in err
