@@ -72,3 +72,11 @@ def test_translate_rejects(src, kwargs, match, family):
 def test_zero_new_tokens_is_empty_not_an_error(lm):
     assert generate(lm, torch.ones(2, 3, dtype=torch.long), max_new_tokens=0).shape == (2, 0)
     assert generate(lm, torch.ones(2, 3, dtype=torch.long), max_new_tokens=0, strategy="beam").shape == (2, 0)
+
+
+def test_greedy_on_nan_logits_is_an_error_not_token_zero():
+    model = tiny.decoder(max_len=16)
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.dim() == 2).fill_(float("nan"))
+    with pytest.raises(ValueError, match="logits hold NaN at step 0"):
+        generate(model, torch.ones(1, 3, dtype=torch.long), max_new_tokens=4)

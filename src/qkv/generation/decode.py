@@ -104,6 +104,9 @@ def iter_tokens(
             probs = settings.shape(logits).softmax(dim=-1)  # (N, V)
             tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
         else:
+            if bool(torch.isnan(logits).any()):  # argmax would pick token 0 from a row of NaN
+                raise ValueError(f"the model's logits hold NaN at step {t} (its weights or inputs are not finite): "
+                                 "greedy decoding has no token to choose")
             tokens = logits.argmax(dim=-1)  # (N,)
         yield StepTokens(t, rows, tokens)
         if t == max_new_tokens - 1:
