@@ -89,3 +89,15 @@ def test_plot_has_one_line_per_system_and_writes_a_png(tmp_path):
     image = mpimg.imread(path)
     assert image.shape[:2] == (200, 320)
     assert not list(path.parent.glob(".*tmp"))  # atomic write leaves no temp file
+
+
+def test_plot_file_follows_the_umask(tmp_path):
+    import os
+
+    sources, hyps, refs = corpus()
+    old = os.umask(0o022)
+    try:
+        path = plot_bleu_by_length(bleu_by_length(sources, hyps, refs, edges=(5, 10)), tmp_path / "p.png", dpi=30)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
