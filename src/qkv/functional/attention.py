@@ -36,7 +36,7 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None, dim: int = -
     Rows with no True entry give all zeros (not NaN), with zero gradient. Computed in at least
     float32 and returned in the dtype of ``scores``: torch's softmax kernels accumulate half-precision
     input in float32 and round once, so bf16/fp16 scores go in as they are (the same weights as a float32
-    copy cast back, measured bit for bit on CPU, without the two casts each way).
+    copy cast back, bit for bit, without the two casts each way; tests/functional checks the equality).
     """
     if mask is None:
         return torch.softmax(scores, dim=dim)
@@ -276,7 +276,7 @@ def scaled_dot_product_attention(
         ``out (B, H, L, Ev)``, or ``(out, weights)`` when ``return_weights``.
 
     Without weights the output comes from torch's fused kernel, unless a registered accelerator
-    (:mod:`qkv.functional.accelerators`; ``qkv.kernels`` on CPUs where its kernels were measured faster)
+    (:mod:`qkv.functional.accelerators`; ``qkv.kernels`` where its routing table lists the inputs)
     offers a faster exact path for these inputs; :func:`explain` says which path runs and why. Inside
     ``torch.nn.attention.sdpa_kernel(...)`` no accelerator is asked: torch's chosen backends run. With weights
     and autograd recording, the output still comes from that path (its backward is the fast one) and the

@@ -4,9 +4,9 @@ table that routes calls to them.
 ``qkv.functional`` holds the readable reference algorithms in torch ops and knows nothing about hardware. This
 package makes some of them faster on some machines and reaches them through one door
 (:mod:`qkv.functional.accelerators`): importing it registers :class:`~qkv.kernels.routing.KernelAccelerator`,
-which offers a kernel for a call where :mod:`qkv.kernels.routing`'s measured table says it is faster on this
-CPU class. ``QKV_KERNELS=0`` in the environment (read at import), or :func:`disable`, keeps every call on
-``qkv.functional``'s own paths; :func:`qkv.functional.explain` says which path a call takes.
+which offers a kernel for a call where :mod:`qkv.kernels.routing`'s table (written by the benchmarks) lists
+it for this instruction-set class. ``QKV_KERNELS=0`` in the environment (read at import), or :func:`disable`,
+keeps every call on ``qkv.functional``'s own paths; :func:`qkv.functional.explain` says which path a call takes.
 
 Modules: :mod:`~qkv.kernels.native` (build and ctypes bindings of ``_blocks.c`` / ``_short.c``),
 :mod:`~qkv.kernels.short` (whole-head attention for short sequences), :mod:`~qkv.kernels.blocks` (chunked
