@@ -1,10 +1,10 @@
-"""Which qkv kernel serves which call on this machine: one table of rules, thresholds measured per CPU class.
+"""Which qkv kernel serves which call on this machine: one table of rules, thresholds read per CPU class.
 
 :data:`RULES` lists, in the order they are tried, each kernel with the operation it serves
 (:class:`qkv.functional.accelerators.Call` ``op``), a ``fits`` test (can the kernel compute this call at
 all) and a ``run``. Whether it *should* is data: ``routing.json`` (package data; ``$QKV_ROUTING`` names
 another file) holds, per CPU class of :func:`qkv.hardware.cpu_isa`, per operation, kernel and dtype, the
-shortest ``min(L, S)`` from which the kernel was measured faster than the path ``qkv.functional`` takes
+shortest ``min(L, S)`` from which the benchmarks found the kernel ahead of the path ``qkv.functional`` takes
 otherwise, with the machine and the benchmark command that measured it. A call goes to the first rule
 that has a measurement for its class and dtype, is long enough, and fits; a class without measurements
 routes nothing to qkv's kernels.
@@ -84,7 +84,7 @@ def record(op: str, kernel: str, min_len: dict[str, int], command: str, path: Pa
     Args:
         op: ``"attention"`` or ``"chunked"``.
         kernel: a :data:`RULES` kernel name for ``op``.
-        min_len: dtype name -> the shortest ``min(L, S)`` from which the kernel was measured faster; an empty
+        min_len: dtype name -> the shortest ``min(L, S)`` from which the kernel wins; an empty
             dict removes the entry (never faster on this class).
         command: how it was measured.
         path: the table to update (default :func:`table_path`); written to a temporary file, then renamed.
