@@ -68,7 +68,7 @@ def test_long_bf16_goes_to_the_c_blocks_where_measured(shipped):
     out = scaled_dot_product_attention(q, k, v, mask=mask, causal=True)
     want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask & causal_mask(n))
     torch.testing.assert_close(out.float(), want, atol=2e-2, rtol=2e-2)
-    assert explain(q.float(), k.float(), v.float(), mask=mask).path == "torch sdpa"  # float32: not measured faster
+    assert explain(q.float(), k.float(), v.float(), mask=mask).path == "torch sdpa"  # float32: no routing entry
     assert explain(q, k, v, mask=mask, dropout_p=0.1).path == "torch sdpa"
     broadcast = torch.ones(1, 1, n, 1, dtype=torch.bool).expand(1, 1, n, n)  # keys broadcast: not in C
     assert explain(q, k, v, mask=broadcast).path == "torch sdpa"
@@ -88,7 +88,7 @@ def test_a_cpu_class_without_measurements_routes_nothing(monkeypatch, tmp_path):
     for dtype in (torch.float32, torch.bfloat16):
         for L in (64, 512):
             route = explain(*qkv_(L, dtype=dtype, B=1, H=2))
-            assert route.path == "torch sdpa" and "not measured faster" in "".join(route.declined)
+            assert route.path == "torch sdpa" and "has no routing entry" in "".join(route.declined)
     assert chunked_route(*qkv_(64)).path == "qkv.functional.chunked"
 
 

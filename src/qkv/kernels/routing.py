@@ -120,7 +120,7 @@ def _cpu_class() -> str:
 
 @constant_under_compile
 def _min_len(isa: str, op: str, kernel: str, dtype: str) -> int:
-    """The measured minimum of ``min(L, S)`` for this CPU class, op, kernel and dtype; -1 where unmeasured."""
+    """The routing table's minimum of ``min(L, S)`` for this CPU class, op, kernel and dtype; -1 where unmeasured."""
     entry = table()["classes"].get(isa, {}).get(op, {}).get(kernel, {})
     return int(entry.get("min_len", {}).get(dtype, -1))
 
@@ -148,7 +148,7 @@ class KernelAccelerator:
                 continue
             need = _min_len(isa, call.op, rule.kernel, dtype)
             if need < 0:
-                declined.append(f"{rule.path} not measured faster for {dtype} on CPU class {isa}")
+                declined.append(f"{rule.path} has no routing entry for {dtype} on CPU class {isa}")
                 continue
             if shortest < need:
                 declined.append(f"{rule.path}: min(L, S) below {need}, where it was measured faster ({dtype}, CPU "
