@@ -39,7 +39,7 @@ def test_short_sequences_route_by_the_measured_minimum(shipped):
         n = short[name]
         assert explain(*qkv_(n, dtype=dtype), causal=True).path == "qkv.kernels.short"
         below = explain(*qkv_(n - 1, dtype=dtype))
-        assert below.path == "torch sdpa" and f"below {n}, where it was measured faster ({name}" in "".join(below.declined)
+        assert below.path == "torch sdpa" and f"below {n}, its routing entry's minimum ({name}" in "".join(below.declined)
     q, k, v = qkv_(64)
     assert explain(q[:, :, :1], k, v).path == "torch sdpa"  # one query (a decoding step)
     assert explain(q.double(), k.double(), v.double()).path == "torch sdpa"

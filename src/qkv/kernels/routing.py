@@ -151,14 +151,14 @@ class KernelAccelerator:
                 declined.append(f"{rule.path} has no routing entry for {dtype} on CPU class {isa}")
                 continue
             if shortest < need:
-                declined.append(f"{rule.path}: min(L, S) below {need}, where it was measured faster ({dtype}, CPU "
+                declined.append(f"{rule.path}: min(L, S) below {need}, its routing entry's minimum ({dtype}, CPU "
                                 f"class {isa})")
                 continue
             why = rule.fits(call)
             if why is not None:
                 declined.append(f"{rule.path}: {why}")
                 continue
-            return Offer(rule.path, f"measured faster from min(L, S) = {need} for {dtype} on CPU class {isa}",
+            return Offer(rule.path, f"routed from min(L, S) = {need} for {dtype} on CPU class {isa}",
                          functools.partial(rule.run, call))
         return Offer(self.name, "; ".join(declined) or f"no kernel for {call.op}")
 

@@ -13,7 +13,7 @@ back in the ``(B, L, H, E)`` memory order the surrounding projections use, so me
 
 :func:`short_attention` is exact (float32 arithmetic, bfloat16 only at the inputs and outputs): it is tested
 against float64 math, gradients included. :mod:`qkv.kernels.routing` offers it to the attention dispatcher
-for the calls :func:`fits` accepts, where it was measured faster.
+for the calls :func:`fits` accepts, where the routing table lists them.
 """
 
 from __future__ import annotations
