@@ -178,8 +178,8 @@ def report() -> list[str]:
     """The routing table in force for this CPU class, and the path :func:`qkv.functional.explain` gives for
     typical shapes (one line each)."""
     isa = hardware.cpu_isa()
-    measured = table()["classes"].get(isa, {})
-    kernels = sorted({f"{op}/{kernel}" for op, by_kernel in measured.items() if isinstance(by_kernel, dict)
+    entries = table()["classes"].get(isa, {})
+    kernels = sorted({f"{op}/{kernel}" for op, by_kernel in entries.items() if isinstance(by_kernel, dict)
                       for kernel in by_kernel})
     lines = [f"routing table {table_path()}: CPU class {isa}: "
              + (f"measured {', '.join(kernels)}" if kernels else "no measurements, nothing is routed to qkv's kernels")]
