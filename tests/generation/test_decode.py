@@ -246,12 +246,6 @@ def test_streaming_matches_generate_and_translate():
     assert torch.equal(got, want)
 
 
-def test_generation_stops_at_the_context_length():
-    model = tiny.decoder(max_len=16)
-    out = generate(model, torch.randint(1, 13, (2, 12)), max_new_tokens=10)
-    assert out.shape == (2, 4)
-
-
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
 def test_translate_batch_equals_solo(strategy):
     model = tiny.sharpen(tiny.seq2seq(vocab=9))

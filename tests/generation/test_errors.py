@@ -19,7 +19,8 @@ def lm():
     [
         (torch.zeros(1, 0, dtype=torch.long), {}, "input_ids"),
         (torch.zeros(0, 3, dtype=torch.long), {}, "input_ids"),
-        (torch.ones(1, 17, dtype=torch.long), {}, r"input_ids has 17 tokens.*context \(16\)"),
+        (torch.ones(1, 17, dtype=torch.long), {"strategy": "beam"}, r"input_ids has 17 tokens.*context \(16\)"),
+        (torch.ones(1, 3, dtype=torch.long), {"strategy": "beam", "max_new_tokens": 15}, r"max_new_tokens \(15\)"),
         (torch.ones(1, 3, dtype=torch.long), {"max_new_tokens": -1}, r"max_new_tokens.*-1"),
         (torch.ones(1, 3, dtype=torch.long), {"max_new_tokens": 2.5}, "max_new_tokens"),
         (torch.ones(1, 3, dtype=torch.long), {"strategy": "sample", "top_p": 0.0}, r"top_p.*0\.0"),

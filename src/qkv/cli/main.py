@@ -147,7 +147,9 @@ def _generate_parser(sub) -> None:
     p.add_argument("--prompt", default=None,
                    help="text to continue; \"\" starts from scratch (default: each line of stdin is a prompt, "
                         "answered as it comes; an empty stdin starts from scratch)")
-    p.add_argument("--max-new-tokens", type=int, default=200, metavar="N", help="tokens to add to the prompt")
+    p.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
+                   help="tokens to add to the prompt; past the model's context C the window slides (the model sees "
+                        "at most C tokens, then the last C/2), as qkv.generation.generate does")
     p.add_argument("--temperature", type=float, default=0.8, help="divide the logits by this before sampling")
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K likeliest tokens "
                    "(default: all)")

@@ -2,13 +2,17 @@
 
 ``generate`` continues prompts with a ``DecoderModel``; ``translate`` decodes an ``EncoderDecoderModel``
 or an ``RNNSeq2Seq``. Both drive the model through the step protocol of :mod:`qkv.generation.steps`.
+Past a decoder's context, greedy and sampled generation slide a window (:mod:`qkv.generation.window`);
+:class:`IncrementalText` turns streamed tokens into text deltas.
 
 Example::
 
     new = generate(lm, ids, max_new_tokens=100, strategy="sample", top_p=0.9, temperature=0.8, seed=0,
                    eos_id=eos)                                      # (B, T') new tokens, pad after EOS
-    for st in stream_generate(lm, ids, max_new_tokens=100, eos_id=eos):  # st.step, st.rows, st.tokens
-        print(tokenizer.decode(st.tokens.tolist()), end="", flush=True)
+    text = IncrementalText(tokenizer)
+    for st in stream_generate(lm, ids, max_new_tokens=100, eos_id=eos):  # st.step, st.rows, st.tokens (one row)
+        print(text.push(int(st.tokens[0])), end="", flush=True)
+    print(text.finish())
     hyp = translate(mt, src, max_len=40, strategy="beam", num_beams=4, bos_id=bos, eos_id=eos, pad_id=pad)
 """
 
@@ -33,6 +37,8 @@ from qkv.generation.steps import (
     context_length,
     select_state,
 )
+from qkv.generation.text import IncrementalText
+from qkv.generation.window import sliding_steps, window_start
 
 __all__ = [
     "generate",
@@ -61,4 +67,7 @@ __all__ = [
     "DecoderStepper",
     "EncoderDecoderStepper",
     "RNNStepper",
+    "window_start",
+    "sliding_steps",
+    "IncrementalText",
 ]

@@ -7,6 +7,11 @@ Both validate their input up front (a ValueError names the argument and its valu
 :mod:`~qkv.generation.decode`: ``strategy="greedy"``, ``"sample"`` or ``"beam"``. ``stream_generate`` and
 ``stream_translate`` yield :class:`~qkv.generation.decode.StepTokens` as tokens are chosen (for the CLI).
 
+Past a decoder's context, greedy and sampled ``generate`` and ``stream_generate`` go on by one policy, the
+sliding window of :mod:`~qkv.generation.window` (``qkv generate`` calls ``generate``, so it does the same):
+the model sees at most its context ``C``; a full window drops to its last ``C // 2`` tokens, read again. Beam
+search compares whole hypotheses and does not slide: a beam request that passes the context is a ValueError.
+
 Decoding runs under ``torch.inference_mode()`` and, for one call (a stream: until it ends or is closed),
 :func:`~qkv.generation.prepare.prepare_for_decoding` (weight copies for few-row products, made and dropped
 within the call); results are cloned back to normal tensors. ``on_token`` callbacks see inference tensors
@@ -25,6 +30,7 @@ from qkv.generation.decode import StepTokens, beam_search, decode_tokens, iter_t
 from qkv.generation.prepare import prepare_for_decoding
 from qkv.generation.sampling import LogitsSettings
 from qkv.generation.steps import DecoderStepper, EncoderDecoderStepper, RNNStepper, Stepper, context_length
+from qkv.generation.window import sliding_steps
 
 __all__ = ["generate", "translate", "stream_generate", "stream_translate", "STRATEGIES"]
 
@@ -93,45 +99,62 @@ def _check_mask(name: str, mask: torch.Tensor | None, ids: torch.Tensor) -> torc
     return mask
 
 
-def _run(stepper: Stepper, opts: _Options, B: int, T: int, prefix, prefix_mask, on_token, device) -> torch.Tensor:
-    if opts.strategy == "beam":
-        tokens, _ = beam_search(
-            stepper, num_beams=opts.num_beams, max_new_tokens=T, eos_id=opts.eos_id,
-            length_penalty=opts.length_penalty, early_stopping=opts.early_stopping,
-            min_new_tokens=opts.min_new_tokens, settings=opts.settings, prefix=prefix,
-            prefix_mask=prefix_mask, pad_id=opts.pad_id,
-        )
-        if on_token is not None:  # beam search knows its answer only at the end
-            rows = torch.arange(B, device=tokens.device)
-            for t in range(tokens.shape[1]):
-                on_token(StepTokens(t, rows, tokens[:, t]))
-        return tokens
-    steps = _steps(stepper, opts, T, prefix, prefix_mask)
-    return decode_tokens(steps, B, T, pad_id=opts.pad_id, on_token=on_token, device=device)
+def _beam(stepper: Stepper, opts: _Options, T: int, prefix, prefix_mask, on_token) -> torch.Tensor:
+    tokens, _ = beam_search(
+        stepper, num_beams=opts.num_beams, max_new_tokens=T, eos_id=opts.eos_id,
+        length_penalty=opts.length_penalty, early_stopping=opts.early_stopping,
+        min_new_tokens=opts.min_new_tokens, settings=opts.settings, prefix=prefix,
+        prefix_mask=prefix_mask, pad_id=opts.pad_id,
+    )
+    if on_token is not None:  # beam search knows its answer only at the end
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        for t in range(tokens.shape[1]):
+            on_token(StepTokens(t, rows, tokens[:, t]))
+    return tokens
 
 
-def _steps(stepper: Stepper, opts: _Options, T: int, prefix, prefix_mask) -> Iterator[StepTokens]:
+def _steps(stepper: Stepper, opts: _Options, T: int, prefix=None, prefix_mask=None, done: int = 0,
+           last: bool = True) -> Iterator[StepTokens]:
+    """Greedy or sampled decoding of ``T`` tokens after ``done`` earlier ones (``min_new_tokens`` counts from
+    the first); ``last``: these end the call (``force_eos`` applies to their last step)."""
     return iter_tokens(
         stepper, max_new_tokens=T, sample=opts.strategy == "sample", settings=opts.settings,
-        eos_id=opts.eos_id, min_new_tokens=opts.min_new_tokens, force_eos=opts.force_eos,
+        eos_id=opts.eos_id, min_new_tokens=max(0, opts.min_new_tokens - done), force_eos=opts.force_eos and last,
         generator=opts.generator, prefix=prefix, prefix_mask=prefix_mask,
     )
 
 
-def _decoder_session(model, input_ids, key_padding, max_new_tokens, opts, use_cache):
+def _decoder_input(model, input_ids, key_padding, max_new_tokens, opts) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Validated ``ids (B, P)`` and ``key_padding``; beam search must fit the context (it does not slide)."""
     if hasattr(model, "decode") or hasattr(model, "decode_step"):
         raise ValueError(f"model is an encoder-decoder ({type(model).__name__}); use translate(model, src, ...)")
     ids = _check_ids("input_ids", input_ids)
     key_padding = _check_mask("key_padding", key_padding, ids)
     _check_count("max_new_tokens", max_new_tokens)
-    ctx = context_length(model)
-    if ctx is not None and ids.shape[1] > ctx:
-        raise ValueError(f"input_ids has {ids.shape[1]} tokens, longer than the model's context ({ctx})")
-    T = max_new_tokens if ctx is None else min(max_new_tokens, ctx - ids.shape[1])
-    rows = ids.shape[0] * (opts.num_beams if opts.strategy == "beam" else 1)
-    stepper = DecoderStepper(model, ids, key_padding=key_padding, max_new_tokens=T, rows=rows,
-                             use_cache=use_cache)
-    return ids, key_padding, T, stepper
+    ctx, P = context_length(model), ids.shape[1]
+    if opts.strategy == "beam" and ctx is not None:
+        if P > ctx:
+            raise ValueError(f"input_ids has {P} tokens, longer than the model's context ({ctx}); beam search "
+                             "does not slide its window: shorten the prompt or use greedy/sample")
+        if P + max_new_tokens - 1 > ctx:
+            raise ValueError(f"max_new_tokens ({max_new_tokens}) after a prompt of {P} tokens passes the model's "
+                             f"context ({ctx}); beam search does not slide its window: ask at most "
+                             f"{ctx - P + 1}, or use greedy/sample")
+    return ids, key_padding
+
+
+def _beam_stepper(model, ids, key_padding, T: int, opts: _Options, use_cache: bool) -> DecoderStepper:
+    return DecoderStepper(model, ids, key_padding=key_padding, max_new_tokens=T, rows=ids.shape[0] * opts.num_beams,
+                          use_cache=use_cache)
+
+
+def _decoder_steps(model, ids, key_padding, T: int, opts: _Options, use_cache: bool) -> Iterator[StepTokens]:
+    """Greedy or sampled decoding, past the context by the sliding window (:mod:`~qkv.generation.window`)."""
+    def chunk(stepper, n, prefix, prefix_mask, done):
+        return _steps(stepper, opts, n, prefix, prefix_mask, done, last=done + n == T)
+
+    return sliding_steps(model, ids, key_padding, max_new_tokens=T, chunk=chunk, eos_id=opts.eos_id,
+                         pad_id=opts.pad_id, use_cache=use_cache)
 
 
 def generate(
@@ -161,8 +184,11 @@ def generate(
 
     Args:
         model: ``forward(ids, *, key_padding, positions, cache)``, ``new_cache(batch, max_len)``.
-        input_ids: prompts ``(B, P)`` (or ``(P,)``), left-padded when their lengths differ.
-        max_new_tokens: ``T >= 0``; generation also stops at the model's context length.
+        input_ids: prompts ``(B, P)`` (or ``(P,)``), left-padded when their lengths differ. A prompt
+            longer than the model's context ``C`` starts from its last ``C // 2`` tokens (greedy / sample).
+        max_new_tokens: ``T >= 0``. Greedy and sampling go on past the context by the sliding window
+            (:mod:`~qkv.generation.window`: the model sees at most ``C`` tokens of a row; a full window drops
+            to the last ``C // 2``, read again); beam search must fit: ``P + T - 1 <= C``.
         strategy: ``"greedy"``, ``"sample"`` or ``"beam"``.
         key_padding: ``(B, P)`` bool, True = real token (needed with left padding).
         eos_id: a row that emits it is finished (then padded with ``pad_id``).
@@ -177,13 +203,22 @@ def generate(
         on_token: called with each :class:`StepTokens` as it is chosen.
 
     Returns:
-        New tokens ``(B, T')``, ``T' <= T`` (``(T',)`` for a 1-D prompt), EOS kept, padded after it.
+        New tokens ``(B, T')``, ``T' <= T`` (``(T',)`` for a 1-D prompt), EOS kept, padded after it
+        (``T' < T`` only when every row emitted EOS, or beam search chose shorter hypotheses).
+
+    Raises:
+        ValueError: bad input, named; ``strategy="beam"`` with a prompt or ``max_new_tokens`` past the context.
     """
     opts = _options(strategy, eos_id, pad_id, temperature, top_k, top_p, repetition_penalty, min_new_tokens,
                     force_eos, num_beams, length_penalty, early_stopping, generator, seed, input_ids.device)
     with torch.inference_mode(), prepare_for_decoding(model):
-        ids, kp, T, stepper = _decoder_session(model, input_ids, key_padding, max_new_tokens, opts, use_cache)
-        out = _run(stepper, opts, ids.shape[0], T, ids, kp, on_token, ids.device)
+        ids, kp = _decoder_input(model, input_ids, key_padding, max_new_tokens, opts)
+        T = max_new_tokens
+        if opts.strategy == "beam":
+            out = _beam(_beam_stepper(model, ids, kp, T, opts, use_cache), opts, T, ids, kp, on_token)
+        else:
+            steps = _decoder_steps(model, ids, kp, T, opts, use_cache)
+            out = decode_tokens(steps, ids.shape[0], T, pad_id=opts.pad_id, on_token=on_token, device=ids.device)
     out = out.clone()  # a normal tensor again: inference tensors cannot enter autograd later
     return out[0] if input_ids.dim() == 1 else out
 
@@ -191,7 +226,11 @@ def generate(
 def stream_generate(
     model: nn.Module, input_ids: torch.Tensor, *, max_new_tokens: int, **kwargs
 ) -> Iterator[StepTokens]:
-    """Like :func:`generate` (greedy or sample), yielding each step's tokens as soon as they are chosen."""
+    """Like :func:`generate` (greedy or sample), yielding each step's tokens as soon as they are chosen.
+
+    The steps are exactly those :func:`generate` collects, past the context too (the same sliding window):
+    ``step`` counts from the first new token, ``rows`` index ``input_ids``.
+    """
     kwargs.pop("on_token", None)
     use_cache = kwargs.pop("use_cache", True)
     key_padding = kwargs.pop("key_padding", None)
@@ -200,8 +239,8 @@ def stream_generate(
         raise ValueError("strategy 'beam' cannot stream (its answer is known only at the end); use generate")
     with prepare_for_decoding(model):  # the copies live until the stream ends or is closed
         with torch.inference_mode():
-            ids, kp, T, stepper = _decoder_session(model, input_ids, key_padding, max_new_tokens, opts, use_cache)
-        yield from _stream(_steps(stepper, opts, T, ids, kp))
+            ids, kp = _decoder_input(model, input_ids, key_padding, max_new_tokens, opts)
+        yield from _stream(_decoder_steps(model, ids, kp, max_new_tokens, opts, use_cache))
 
 
 def _stream(steps: Iterator[StepTokens]) -> Iterator[StepTokens]:
@@ -288,7 +327,11 @@ def translate(
     opts = _options(**kw, device=src.device)
     with torch.inference_mode(), prepare_for_decoding(model):
         ids, T, stepper = _seq2seq_session(model, src, src_mask, max_len, opts, bos_id, pad_id, use_cache)
-        out = _run(stepper, opts, ids.shape[0], T, None, None, on_token, ids.device)
+        if opts.strategy == "beam":
+            out = _beam(stepper, opts, T, None, None, on_token)
+        else:
+            out = decode_tokens(_steps(stepper, opts, T), ids.shape[0], T, pad_id=opts.pad_id, on_token=on_token,
+                                device=ids.device)
     out = out.clone()  # a normal tensor again
     return out[0] if src.dim() == 1 else out
 
@@ -307,4 +350,4 @@ def stream_translate(model: nn.Module, src: torch.Tensor, src_mask: torch.Tensor
     with prepare_for_decoding(model):  # the copies live until the stream ends or is closed
         with torch.inference_mode():
             _, T, stepper = _seq2seq_session(model, src, src_mask, max_len, opts, bos_id, pad_id, use_cache)
-        yield from _stream(_steps(stepper, opts, T, None, None))
+        yield from _stream(_steps(stepper, opts, T))

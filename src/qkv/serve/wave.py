@@ -18,11 +18,10 @@ from typing import Any
 
 import torch
 
-from qkv.generation import LogitsSettings
+from qkv.generation import IncrementalText, LogitsSettings
 from qkv.serve.backends import GenerativeBackend, Prepared
 from qkv.serve.channel import Channel, deliver
 from qkv.serve.schemas import AttentionRequest
-from qkv.serve.text import IncrementalText
 
 __all__ = ["EngineStats", "Row", "Wave", "head_view"]
 
