@@ -9,7 +9,7 @@ tokens): the whole history while it holds at most ``C`` tokens. When feeding the
 window ``C + 1`` tokens long, it drops to the last ``max(1, C // 2)`` tokens of the history, which are read
 again from scratch (positions from 0, a fresh cache), and grows again. A prompt longer than ``C`` starts
 from its last ``max(1, C // 2)`` tokens by the same rule. So past the context each new token is predicted
-from at least ``C // 2`` tokens, and one re-read (a prefill of ``C // 2`` tokens) buys ``C // 2 + 1`` new
+from at least ``C // 2`` tokens, and one re-read (a prefill of ``C // 2`` tokens) buys ``C - C // 2 + 1`` new
 tokens. The repetition penalty counts the tokens of the window. Models without a context (no positional
 table) never slide.
 
