@@ -37,6 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json  # noqa: E402
 
+import qkv.kernels  # noqa: E402
 from qkv.hardware import capabilities  # noqa: E402
 from qkv.models import DecoderModel  # noqa: E402
 from qkv.models.registry import config as model_config  # noqa: E402
@@ -63,6 +64,7 @@ class Case:
     precision: str = "auto"  # the Trainer's default: resolved by qkv.hardware.resolve_precision
     compile: bool = True  # one graph per step (attention included where a qkv kernel serves it)
     attention: str | None = None  # an SDPA backend to restrict to (then no qkv kernel is asked); plain: torch's
+    batch_split: int | str = "auto"  # the trainer's parts per batch on CPU threads (auto: one per torch thread)
 
 
 def load_text() -> tuple[str, str]:
@@ -114,7 +116,8 @@ class _Batch:
 
 
 def plain_loop(model: torch.nn.Module, case: Case, data: torch.Tensor) -> Callable[[int], None]:
-    """nanoGPT's train.py on CPU: eager fp32, AdamW (decay on every matrix), cosine lr, clip 1.0."""
+    """nanoGPT's train.py on CPU: eager fp32, AdamW (decay on every matrix), cosine lr, clip 1.0, attention in
+    torch's SDPA as nanoGPT's model calls it (qkv's kernels are not asked while it runs)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": case.weight_decay},
@@ -130,6 +133,10 @@ def plain_loop(model: torch.nn.Module, case: Case, data: torch.Tensor) -> Callab
         return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (case.lr - min_lr)
 
     def run(k: int) -> None:
+        with qkv.kernels.disabled():
+            steps(k)
+
+    def steps(k: int) -> None:
         for _ in range(k):
             for group in opt.param_groups:
                 group["lr"] = get_lr(state["it"])
@@ -163,7 +170,7 @@ def trainer_config(case: Case) -> TrainConfig:
     return TrainConfig(
         steps=case.steps, lr=case.lr, warmup=case.warmup, schedule="cosine", min_lr_ratio=0.1,
         weight_decay=case.weight_decay, betas=(0.9, 0.99), eps=1e-8, grad_clip=1.0, fused_grad_scale=True,
-        precision=case.precision, compile=case.compile, attention_backend=case.attention,
+        precision=case.precision, compile=case.compile, attention_backend=case.attention, batch_split=case.batch_split,
         log_every=case.chunk, progress=False,
         device="cpu", seed=case.seed,
     )
@@ -229,7 +236,8 @@ def run_case(case: Case) -> dict:
     ratios = [q / p for q, p in zip(samples["qkv"], samples["plain"], strict=True)]
     losses = {"plain": val_loss(plain_model, val, case), "qkv": val_loss(qkv_model, val, case)}
     return {
-        **asdict(case), "precision_resolved": trainer.precision, "cpu": str(capabilities("cpu")),
+        **asdict(case), "precision_resolved": trainer.precision, "batch_split_resolved": trainer.batch_split,
+        "cpu": str(capabilities("cpu")),
         "data": source, "vocab": vocab, "threads": torch.get_num_threads(),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "steps_done": trainer.step,
@@ -296,6 +304,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=None, help="training steps of each loop")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (both loops)")
     p.add_argument("--precision", default="auto", help="the trainer's precision: auto (default), fp32, bf16")
+    p.add_argument("--batch-split", default="auto",
+                   help="the trainer's batch_split: auto (default: one part per torch thread) or a number")
     p.add_argument("--variants", action="store_true",
                    help="also time torch's attention backends, explicit fp32 and bf16, and eager (no torch.compile)")
     p.add_argument("--ddp", type=int, default=0, metavar="N",
@@ -306,7 +316,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     base = Case(steps=60, chunk=10, eval_batches=5) if args.quick else Case()
-    base = Case(**{**asdict(base), "precision": args.precision, **({"steps": args.steps} if args.steps else {})})
+    split = args.batch_split if args.batch_split == "auto" else int(args.batch_split)
+    base = Case(**{**asdict(base), "precision": args.precision, "batch_split": split,
+                   **({"steps": args.steps} if args.steps else {})})
     if args.ddp_worker:
         ddp_worker(base)
         return []
@@ -328,7 +340,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for case in cases:
         row = run_case(case)
         rows.append(row)
-        print(f"{case.precision}->{row['precision_resolved']} compile={case.compile!s:5} attention={case.attention} steps={case.steps}: plain "
+        print(f"{case.precision}->{row['precision_resolved']} compile={case.compile!s:5} attention={case.attention} split={row['batch_split_resolved']} steps={case.steps}: plain "
               f"{row['tokens_per_s_plain']:8.0f} tok/s  qkv {row['tokens_per_s_qkv']:8.0f} tok/s  "
               f"qkv/plain {row['ratio_qkv_over_plain']:.2f} (per chunk {row['ratio_per_chunk_min']:.2f}.."
               f"{row['ratio_per_chunk_max']:.2f})  val loss plain {row['val_loss_plain']:.4f} "

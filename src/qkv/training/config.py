@@ -33,6 +33,12 @@ class TrainConfig:
             gradients fewer than scaling and ``clip_grad_norm_``, which are the default). Needs ``fused``
             AdamW (not ``False``) and the ``ddp`` strategy.
         grad_accum: micro-batches per update (the loss is averaged over all their tokens).
+        batch_split: cut each micro-batch into this many parts along its batch dimension and compute them at
+            once on as many CPU threads, one intra-op thread each (data parallelism over the cores of one
+            process; :mod:`qkv.training.split`). ``auto``: torch's intra-op thread count when training on the
+            CPU in one process and the step draws no random numbers (no dropout), else 1. A number ``>= 2``
+            asks for it and is an error where it cannot hold (not the CPU, torchrun, a step with dropout).
+            The update is the same as unsplit (up to float rounding) and runs stay bit-exact.
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``; resolved once on the training device by
             :func:`qkv.hardware.resolve_precision`: ``auto`` is bf16 where bf16 matmuls are native (CUDA with
             bf16, CPUs with AVX512-BF16 or AMX) and fp32 elsewhere. bf16/fp16 autocast the forward passes
@@ -85,6 +91,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     fused_grad_scale: bool = False
     grad_accum: int = 1
+    batch_split: int | str = 1
     precision: str = "auto"
     compile: bool = False
     attention_backend: str | None = None
@@ -112,6 +119,9 @@ class TrainConfig:
             raise ValueError(f"steps ({self.steps}) and warmup ({self.warmup}) must be >= 0")
         if self.grad_accum < 1 or self.log_every < 1:
             raise ValueError(f"grad_accum ({self.grad_accum}) and log_every ({self.log_every}) must be >= 1")
+        if self.batch_split != "auto" and (isinstance(self.batch_split, bool) or not isinstance(self.batch_split, int)
+                                           or self.batch_split < 1):
+            raise ValueError(f"batch_split must be 'auto' or an integer >= 1, got {self.batch_split!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule {self.schedule!r} is not one of {SCHEDULES}")
         if self.schedule == "inverse_sqrt" and not self.d_model:

@@ -51,6 +51,7 @@ from qkv.training.runtime import (
     seed_everything,
     to_device,
 )
+from qkv.training.split import BatchSplit
 
 MetricFn = Callable[[nn.Module], dict[str, float]]
 
@@ -130,6 +131,10 @@ class Trainer:
             eps=config.eps, fused=config.fused,
         )
         self.scheduler = build_scheduler(self.optimizer, self._schedule(config.steps))
+        self.batch_split = self._resolve_split()
+        self._split = (BatchSplit(self.batch_split, self.step_module, list(self.model.parameters()), self._autocast)
+                       if self.batch_split > 1 else None)
+        self._split_probed = False
         self.planned_steps: int | None = None
         sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
         self._timer = StepTimer(config.plan_after, sync)
@@ -182,6 +187,32 @@ class Trainer:
         self.plan(steps)
         self.writer.write("plan", self.step, {"planned_steps": steps, "seconds_per_step": per_step})
 
+    def _resolve_split(self) -> int:
+        """``config.batch_split`` as a number of threads (``auto``: torch's intra-op threads on a CPU)."""
+        asked = self.config.batch_split
+        possible = self.device.type == "cpu" and not self.dist.enabled
+        if asked == "auto":
+            return torch.get_num_threads() if possible else 1
+        if asked > 1 and not possible:
+            raise ValueError(f"batch_split={asked} splits batches over CPU threads in one process; this run trains "
+                             f"on {self.device} with {self.dist.world_size} process(es): use batch_split 1 or auto")
+        return asked
+
+    def _splitter(self, batch: Any) -> BatchSplit | None:
+        """The batch split, once probed on the run's first batch: a step that draws random numbers (dropout)
+        cannot be split deterministically (``auto`` then trains unsplit; an explicit number is an error)."""
+        if self._split is not None and not self._split_probed:
+            self._split_probed = True
+            if self._split.draws_random(batch):
+                if self.config.batch_split != "auto":
+                    raise ValueError(f"batch_split={self.config.batch_split}: the training step draws random "
+                                     "numbers (dropout), which threads cannot draw in a fixed order; use "
+                                     "batch_split 1 or auto, or dropout 0")
+                self._split.__exit__(None, None, None)
+                self._split.close()
+                self._split, self.batch_split = None, 1
+        return self._split
+
     # ------------------------------------------------------------------------------------ data
     def _next_batch(self) -> Any:
         for _ in range(2):
@@ -220,6 +251,12 @@ class Trainer:
         ddp = isinstance(self.step_module, nn.parallel.DistributedDataParallel)
         for i in range(self.config.grad_accum):
             batch = self._next_batch()
+            split = self._splitter(batch)
+            if split is not None:  # the parts at once on CPU threads (no DDP here)
+                loss_n, n = split.accumulate(batch)
+                loss_sum += loss_n
+                n_sum += n
+                continue
             last = i == self.config.grad_accum - 1
             sync = contextlib.nullcontext() if (last or not ddp) else self.step_module.no_sync()
             with sync:
@@ -269,7 +306,7 @@ class Trainer:
         """Mean loss and perplexity over ``eval_data`` (summed over ranks) plus ``metric_fn``'s values."""
         if self.eval_data is None and self.metric_fn is None:
             return {}
-        with self._unsharded():
+        with self._unsharded(), self._split.paused() if self._split is not None else contextlib.nullcontext():
             return self._evaluate()
 
     @contextlib.contextmanager
@@ -403,7 +440,7 @@ class Trainer:
         if not any(r["split"] == "run" for r in self.writer.records):  # once per Trainer
             self.writer.write("run", self.step, {"precision": self.precision, "requested": self.config.precision,
                                                  "device": str(self.device)})
-        with self._signals(), self._progress() as bar:
+        with self._signals(), self._progress() as bar, self._split or contextlib.nullcontext():
             self._loop(result, bar, self.total_steps if until is None else until)
         result.step, result.best = self.step, self.best
         if self.out_dir is not None and (self.out_dir / "best").exists():
