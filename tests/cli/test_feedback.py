@@ -79,3 +79,14 @@ def test_batch_jobs_say_what_they_wrote(dates_run, tmp_path, capsys):
     assert main(["translate", str(dates_run), "--input", str(src), "--output", str(tmp_path / "out.txt")]) == 0
     err = capsys.readouterr().err
     assert f"qkv translate: wrote 3 lines (one per input line) to {tmp_path / 'out.txt'}" in err
+
+
+def test_batch_split_in_the_header_and_its_refusal_with_dropout(dates_recipe, tmp_path, capsys):
+    sets = ["--set", f"out_dir={tmp_path / 'split'}", "--set", "train.batch_split=2", "--set", "train.eval_every=0"]
+    assert main(["train", str(dates_recipe), *sets, "--set", "model_options.dropout=0.0"]) == 0
+    header = capsys.readouterr().out.splitlines()[2]
+    assert header.endswith("; batches split over 2 threads (train.batch_split: 2)"), header
+    sets[1] = f"out_dir={tmp_path / 'dropout'}"
+    assert main(["train", str(dates_recipe), *sets, "--set", "model_options.dropout=0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "batch_split=2: the training step draws random numbers (dropout)" in err[0], err

@@ -48,6 +48,14 @@ def _budget(trainer: Trainer) -> str:
     return text + f"; evaluation {every}at the end"
 
 
+def _split(trainer: Trainer) -> str:
+    if trainer.batch_split < 2:
+        return ""
+    unless = " unless the step draws random numbers" if trainer.config.batch_split == "auto" else ""
+    asked = trainer.config.batch_split
+    return f"; batches split over {trainer.batch_split} threads{unless} (train.batch_split: {asked})"
+
+
 def header(recipe: Recipe, parts: dict[str, Any], trainer: Trainer) -> list[str]:
     """What is about to run: task, model and size, data, vocabulary, device and precision, budget, directory."""
     n_params = sum(p.numel() for p in trainer.model.parameters())
@@ -56,7 +64,7 @@ def header(recipe: Recipe, parts: dict[str, Any], trainer: Trainer) -> list[str]
         f"{recipe.task}: {model} ({type(parts['cfg']).__name__}), {n_params:,} parameters",
         f"{_data_line(recipe, parts['data'])}; {_vocabulary(parts['tokenizer'])}",
         f"device: {capabilities(trainer.device)}; precision {trainer.precision} "
-        f"(train.precision: {trainer.config.precision})",
+        f"(train.precision: {trainer.config.precision}){_split(trainer)}",
         _budget(trainer),
         f"run directory: {recipe.out_dir}",
     ]
