@@ -1,12 +1,14 @@
-"""The memory rule: for L, S >= 1024 no path without weights (or dropout) allocates an L x S float tensor.
+"""The memory rule: for L, S >= 1024 no path without weights allocates an L x S float tensor, dropout included.
 
 Every aten op's fresh floating output is watched (a TorchDispatchMode; views of existing storage are not
-allocations). The same probe flags the math path, which does build the scores, so it can fail."""
+allocations). The same probe flags the math path, which does build the scores, and torch's CPU SDPA with
+dropout, which takes that path, so it can fail."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -48,7 +50,9 @@ def inputs(dtype):
 
 CASES = {"plain": lambda m, b: {}, "causal": lambda m, b: dict(causal=True), "mask": lambda m, b: dict(mask=m),
          "bias": lambda m, b: dict(bias=b), "mask_bias": lambda m, b: dict(mask=m, bias=b),
-         "mask_causal": lambda m, b: dict(mask=m, causal=True)}
+         "mask_causal": lambda m, b: dict(mask=m, causal=True),
+         "plain_dropout": lambda m, b: dict(dropout_p=0.1), "causal_dropout": lambda m, b: dict(causal=True, dropout_p=0.1),
+         "mask_dropout": lambda m, b: dict(mask=m, dropout_p=0.1)}
 
 
 @pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch_only"])
@@ -83,3 +87,5 @@ def test_the_probe_sees_the_scores_of_the_math_path():
     q, k, v, _, _ = inputs(torch.float32)
     n, _ = largest_allocation(lambda: attention_math(q, k, v)[0].sum().backward())
     assert n >= L * S
+    n, _ = largest_allocation(lambda: F.scaled_dot_product_attention(q, k, v, dropout_p=0.1).sum().backward())
+    assert n >= L * S  # torch's CPU SDPA applies dropout to the full weights: why such calls are routed away

@@ -152,8 +152,9 @@ def attention_math(
     return _weighted_values(p.to(v.dtype), v), w
 
 
-# From this min(L, S) on, no path without weights or dropout builds an L x S float tensor (torch's kernels turn a
-# bool mask into an additive float one of that size; such calls go to chunked attention instead).
+# From this min(L, S) on, no path without weights builds an L x S float tensor: torch's kernels turn a bool mask into
+# an additive float one of that size, and torch's CPU SDPA applies dropout in its math path, to the L x S weights
+# (its CPU flash kernel takes no dropout); such calls go to chunked attention, which draws dropout per block.
 DENSE_LIMIT = 1024
 
 
@@ -167,6 +168,12 @@ def _torch_route(c: Call, H_kv: int, declined: tuple[str, ...]) -> Route:
     cached additive causal mask (torch's math kernel rebuilds the mask and checks for empty rows every call)."""
     q, k, v = c.q, c.k, c.v
     L, S = q.shape[2], k.shape[2]
+    dense = _dense_in_torch(c)
+    if dense and min(L, S) >= DENSE_LIMIT and not backends_restricted():
+        return Route("qkv.functional.chunked_attention", f"L, S >= {DENSE_LIMIT} and {dense}; online softmax over "
+                     "key blocks builds none", declined,
+                     lambda: chunked_attention(q, k, v, mask=c.mask, bias=c.bias, causal=c.causal,
+                                               dropout_p=c.dropout_p, scale=c.scale))
     if c.causal and L == S and c.mask is None and c.bias is None:
         if q.device.type == "cpu" and _math_backend_only():
             return Route("qkv.functional.attention_math", "sdpa_kernel(MATH) on CPU, causal with L == S: the math "
@@ -175,24 +182,23 @@ def _torch_route(c: Call, H_kv: int, declined: tuple[str, ...]) -> Route:
                                                 dropout_p=c.dropout_p, scale=c.scale)[0])
         return Route("torch sdpa", "torch's kernel with is_causal (L == S, no mask or bias)", declined,
                      lambda: _sdpa(q, k, v, None, True, c.dropout_p, c.scale, H_kv))
-    if _dense_float_mask(c) and min(L, S) >= DENSE_LIMIT and not c.dropout_p and not backends_restricted():
-        return Route("qkv.functional.chunked_attention", f"an L x S mask with L, S >= {DENSE_LIMIT}: torch's "
-                     "kernels would make it an L x S float tensor; online softmax over key blocks builds none",
-                     declined,
-                     lambda: chunked_attention(q, k, v, mask=c.mask, bias=c.bias, causal=c.causal, scale=c.scale))
     what = "no mask or bias" if c.mask is None and c.bias is None and not c.causal else "the combined mask/bias"
     return Route("torch sdpa", f"torch's kernel with {what}", declined,
                  lambda: _masked_sdpa(q, k, v, c.mask, c.bias, c.causal, c.dropout_p, c.scale, H_kv))
 
 
-def _dense_float_mask(c: Call) -> bool:
-    """Whether torch's kernel would get an additive float mask of full ``(L, S)`` extent for this call."""
+def _dense_in_torch(c: Call) -> str:
+    """Why torch's kernels would build an ``(L, S)`` float tensor for this call ("" if they would not)."""
     def full(t):
         return t is not None and t.dim() >= 2 and t.shape[-2] > 1 and t.shape[-1] > 1
 
     L, S = c.q.shape[2], c.k.shape[2]
     combined = c.mask is not None or c.bias is not None
-    return (c.causal and (L != S or combined)) or full(c.mask) or (c.mask is not None and full(c.bias))
+    if (c.causal and (L != S or combined)) or full(c.mask) or (c.mask is not None and full(c.bias)):
+        return "an L x S mask, which torch's kernels would make an L x S float tensor"
+    if c.dropout_p and c.q.device.type == "cpu":
+        return "dropout on CPU, which torch's SDPA applies in its math path, to L x S weights"
+    return ""
 
 
 def _masked_sdpa(q, k, v, mask, bias, causal, dropout_p, scale, H_kv) -> torch.Tensor:

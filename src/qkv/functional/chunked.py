@@ -14,6 +14,15 @@ Structured masks are never materialised either: ``causal``, a sliding ``window``
 only blocks that straddle a boundary build a small ``(bq, bk)`` visibility mask from positions. An
 arbitrary bool ``mask`` and float ``bias`` (broadcastable to ``(B, H, L, S)``) are sliced per block.
 
+Dropout on the weights (``dropout_p``) has the semantics of :func:`qkv.functional.attention_math`:
+``out_i = sum_j (keep_ij / (1 - p)) P_ij v_j`` with ``P`` the softmax weights; the normaliser ``l`` sums the
+undropped weights. No ``L x S`` mask is stored either: each call draws one seed (:func:`dropout_seed`, from
+the caller's generator or the global RNG), and block ``(qs, ks)``'s keep-mask comes from a generator seeded
+from ``(seed, qs, ks)`` alone (:func:`dropout_keep`), so the backward regenerates exactly the forward's masks.
+The masks therefore depend on the block sizes, not only on the seed. The backward is FlashAttention-2's with
+dropout: ``dV`` uses the dropped weights, ``dP = (dO V^T) * keep / (1 - p)``, ``D = rowsum(dO * O)`` still
+holds (``O`` is the dropped output), and ``dS = P * (dP - D)``.
+
 This is the readable reference, in torch ops, computed in float32 (float64 stays float64). Faster
 implementations of the same function (``qkv.kernels``) are used where an accelerator offers one
 (:mod:`qkv.functional.accelerators`); they are tested against this one and against float64 math.
@@ -29,9 +38,30 @@ import torch
 from qkv.functional.accelerators import Call, Route, ask
 from qkv.functional.masks import check_broadcast
 
-__all__ = ["chunked_attention", "chunked_route", "block_plan", "default_blocks"]
+__all__ = ["chunked_attention", "chunked_route", "block_plan", "default_blocks", "dropout_seed", "dropout_keep"]
 
 _BLOCK_ELEMS = 1 << 21  # target scores per block, all batch elements and heads together
+_U64 = (1 << 64) - 1
+
+
+def dropout_seed(generator: torch.Generator | None = None) -> int:
+    """The one draw a call with dropout takes from ``generator`` (default: the global CPU RNG): its seed."""
+    device = "cpu" if generator is None else generator.device
+    return int(torch.randint(1 << 62, (1,), generator=generator, device=device))
+
+
+def dropout_keep(seed: int, p: float, shape: tuple[int, ...], qs: int, ks: int,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """Bool keep-mask of the block whose first query row is ``qs`` and first key ``ks`` (each entry True with
+    probability ``1 - p``), for the call whose seed is ``seed``. ``shape`` is ``(B, H, qe - qs, ke - ks)``.
+
+    A pure function of its arguments: forward and backward call it with the same ones and get the same mask.
+    """
+    x = (seed ^ (qs * 0x9E3779B97F4A7C15) ^ (ks * 0xC2B2AE3D27D4EB4F)) & _U64  # splitmix64 of (seed, qs, ks)
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _U64
+    g = torch.Generator(device=device).manual_seed(x ^ (x >> 31))
+    return torch.rand(shape, generator=g, device=device) >= p
 
 
 def block_plan(L: int, S: int, bq: int, bk: int, *, causal: bool = False, window: int | None = None,
@@ -94,7 +124,7 @@ def _cut(t: torch.Tensor | None, qs: int, qe: int, ks: int, ke: int) -> torch.Te
 class _Problem:
     """One call's inputs as the block loops use them: k/v expanded to H heads, float32 (or float64)."""
 
-    def __init__(self, q, k, v, mask, bias, causal, window, lengths, scale, bq, bk, layout) -> None:
+    def __init__(self, q, k, v, mask, bias, causal, window, lengths, scale, bq, bk, layout, dropout) -> None:
         G = q.shape[1] // k.shape[1]
         self.acc = torch.float64 if q.dtype == torch.float64 else torch.float32
         self.q = q.to(self.acc) * scale  # (B, H, L, E), scaled once
@@ -102,6 +132,7 @@ class _Problem:
         self.v = v.to(self.acc).repeat_interleave(G, dim=1)  # (B, H, S, Ev)
         self.mask, self.bias, self.causal, self.window, self.lengths = mask, bias, causal, window, lengths
         self.scale, self.bq, self.bk, self.layout, self.G = scale, bq, bk, layout, G
+        self.dropout_p, self.seed = dropout  # (p, the call's seed)
 
     def plan(self):
         L, S = self.q.shape[2], self.k.shape[2]
@@ -136,6 +167,13 @@ class _Problem:
         ok = self.visible(qs, qe, ks, ke, needs_mask)
         return s if ok is None else s.masked_fill(~ok, float("-inf"))
 
+    def dropped(self, p: torch.Tensor, qs, ks) -> torch.Tensor:
+        """``p * keep / (1 - dropout_p)`` for the ``(B, H, bq, bk)`` block at ``(qs, ks)``; ``p`` without dropout."""
+        if not self.dropout_p:
+            return p
+        keep = dropout_keep(self.seed, self.dropout_p, p.shape, qs, ks, p.device)
+        return p * keep * (1.0 / (1.0 - self.dropout_p))
+
 
 def _forward(P: _Problem) -> tuple[torch.Tensor, torch.Tensor]:
     """Online softmax. Returns ``out (B, H, L, Ev)`` and the row log-sum-exp ``(B, H, L, 1)`` (+inf for rows
@@ -154,7 +192,7 @@ def _forward(P: _Problem) -> tuple[torch.Tensor, torch.Tensor]:
             p = torch.exp(s - m_safe)
             alpha = torch.exp(m - m_safe)  # rescales what was summed under the old maximum
             l = l * alpha + p.sum(-1, keepdim=True)
-            acc = acc * alpha + p @ P.v[:, :, ks:ke]
+            acc = acc * alpha + P.dropped(p, qs, ks) @ P.v[:, :, ks:ke]  # l above sums the undropped p
             m = m_new
         out[:, :, qs:qe] = torch.where(l > 0, acc / l.clamp_min(1e-30), 0.0)
         lse[:, :, qs:qe] = torch.where(l > 0, m + l.log(), float("inf"))
@@ -170,8 +208,8 @@ def _backward(P: _Problem, out, lse, dout, need_bias_grad: bool):
     for qs, qe, blocks in P.plan():
         for ks, ke, needs_mask in blocks:
             p = torch.exp(P.scores(qs, qe, ks, ke, needs_mask) - lse[:, :, qs:qe])  # (B, H, bq, bk) weights
-            dv[:, :, ks:ke] += p.transpose(-1, -2) @ dout[:, :, qs:qe]
-            dp = dout[:, :, qs:qe] @ P.v[:, :, ks:ke].transpose(-1, -2)
+            dv[:, :, ks:ke] += P.dropped(p, qs, ks).transpose(-1, -2) @ dout[:, :, qs:qe]
+            dp = P.dropped(dout[:, :, qs:qe] @ P.v[:, :, ks:ke].transpose(-1, -2), qs, ks)  # same keep-mask
             ds = p * (dp - delta[:, :, qs:qe])  # gradient of the scores
             if dbias is not None:
                 target = _cut(dbias, qs, qe, ks, ke)
@@ -188,11 +226,11 @@ def _backward(P: _Problem, out, lse, dout, need_bias_grad: bool):
 
 class _OnlineSoftmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, bias, mask, lengths, causal, window, scale, bq, bk, layout):
-        P = _Problem(q, k, v, mask, bias, causal, window, lengths, scale, bq, bk, layout)
+    def forward(ctx, q, k, v, bias, mask, lengths, causal, window, scale, bq, bk, layout, dropout):
+        P = _Problem(q, k, v, mask, bias, causal, window, lengths, scale, bq, bk, layout, dropout)
         out, lse = _forward(P)
         ctx.save_for_backward(q, k, v, bias, mask, lengths, out, lse)
-        ctx.args = (causal, window, scale, bq, bk, layout)
+        ctx.args = (causal, window, scale, bq, bk, layout, dropout)
         return out.to(q.dtype)
 
     @staticmethod
@@ -201,10 +239,10 @@ class _OnlineSoftmax(torch.autograd.Function):
         P = _Problem(q, k, v, mask, bias, *ctx.args[:2], lengths, *ctx.args[2:])
         dq, dk, dv, db = _backward(P, out, lse, dout, bias is not None and ctx.needs_input_grad[3])
         grads = (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None if db is None else db.to(bias.dtype))
-        return (*grads, None, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None, None)
 
 
-def _check(q, k, v, mask, bias, lengths, window, block_q, block_k) -> None:
+def _check(q, k, v, mask, bias, lengths, window, block_q, block_k, dropout_p) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D (B, H, L, E) / (B, H_kv, S, E), got shape {tuple(t.shape)}")
@@ -227,6 +265,8 @@ def _check(q, k, v, mask, bias, lengths, window, block_q, block_k) -> None:
                          f"{lengths.dtype} {tuple(lengths.shape)}")
     if window is not None and (not isinstance(window, int) or window < 1):
         raise ValueError(f"window must be an int >= 1, got {window!r}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     for name, val in (("block_q", block_q), ("block_k", block_k)):
         if val is not None and (not isinstance(val, int) or val < 1):
             raise ValueError(f"{name} must be an int >= 1, got {val!r}")
@@ -235,9 +275,13 @@ def _check(q, k, v, mask, bias, lengths, window, block_q, block_k) -> None:
 def chunked_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None = None,
                   bias: torch.Tensor | None = None, causal: bool = False, window: int | None = None,
                   lengths: torch.Tensor | None = None, scale: float | None = None, block_q: int | None = None,
-                  block_k: int | None = None, layout: torch.Tensor | None = None) -> Route:
-    """Which implementation :func:`chunked_attention` runs for these arguments, and why (printable)."""
-    _check(q, k, v, mask, bias, lengths, window, block_q, block_k)
+                  block_k: int | None = None, layout: torch.Tensor | None = None, dropout_p: float = 0.0,
+                  generator: torch.Generator | None = None) -> Route:
+    """Which implementation :func:`chunked_attention` runs for these arguments, and why (printable).
+
+    Nothing is computed and no random number is drawn until the route's ``run()``.
+    """
+    _check(q, k, v, mask, bias, lengths, window, block_q, block_k, dropout_p)
     B, H, L, E = q.shape
     S = k.shape[2]
     scale = 1.0 / math.sqrt(E) if scale is None else float(scale)
@@ -251,13 +295,14 @@ def chunked_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: to
                              f"block_q={block_q}, block_k={block_k}")
     if L == 0 or S == 0:
         return Route("empty", "no queries or no keys: zeros", (), lambda: q.new_zeros(B, H, L, v.shape[-1]))
-    call = Call("chunked", q, k, v, mask, bias, bool(causal), 0.0, scale, window, lengths, layout, bq, bk)
+    call = Call("chunked", q, k, v, mask, bias, bool(causal), dropout_p, scale, window, lengths, layout, bq, bk)
     rows = None if layout is None else layout.tolist()  # nested lists: fast lookups in the block plan
 
     def reference(declined: tuple[str, ...]) -> Route:
         return Route("qkv.functional.chunked", "online softmax over key blocks in torch ops (the reference)",
-                     declined, lambda: _OnlineSoftmax.apply(q, k, v, bias, mask, lengths, bool(causal), window,
-                                                            scale, bq, bk, rows))
+                     declined, lambda: _OnlineSoftmax.apply(
+                         q, k, v, bias, mask, lengths, bool(causal), window, scale, bq, bk, rows,
+                         (dropout_p, dropout_seed(generator) if dropout_p else 0)))
 
     return ask(call, reference)
 
@@ -276,6 +321,8 @@ def chunked_attention(
     block_q: int | None = None,
     block_k: int | None = None,
     layout: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Exact softmax attention in ``O(L)`` extra memory, differentiable (backward by recomputation).
 
@@ -295,9 +342,13 @@ def chunked_attention(
         layout: optional block-sparse layout, bool ``(ceil(L / block_q), ceil(S / block_k))``: only
             blocks marked True are computed (the other entries count as masked). Requires both block
             sizes. :mod:`qkv.functional.sparse` builds layouts for local, strided and BigBird patterns.
+        dropout_p: dropout on the attention weights, kept ones scaled by ``1 / (1 - dropout_p)`` (as
+            :func:`qkv.functional.attention_math`); the masks are drawn per block (module docstring).
+        generator: where the call's one seed is drawn from (:func:`dropout_seed`); default the global RNG.
 
     Returns:
         ``(B, H, L, Ev)`` in q's dtype; query rows with no visible key are zeros.
     """
     return chunked_route(q, k, v, mask=mask, bias=bias, causal=causal, window=window, lengths=lengths, scale=scale,
-                         block_q=block_q, block_k=block_k, layout=layout).run()
+                         block_q=block_q, block_k=block_k, layout=layout, dropout_p=dropout_p,
+                         generator=generator).run()
