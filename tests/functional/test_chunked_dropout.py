@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch._dynamo
 
 import qkv.kernels
 from qkv.functional import attention_weights, chunked_attention, scaled_dot_product_attention
@@ -54,8 +55,9 @@ def test_equals_dense_math_with_the_same_keep_mask(case, blocks):
     out = chunked_attention(q, k, v, dropout_p=p, generator=gen(3), block_q=blocks[0], block_k=blocks[1], **kw)
     keep = dense_keep(dropout_seed(gen(3)), p, B, H, L, S, *blocks)
     w = attention_weights(q, k, **kw)  # (B, H, L, S) float64, before dropout
-    ref = (w * keep / (1 - p)).view(B, 2, 2, L, S) @ v[:, :, None]  # (B, H_kv, G, L, E): grouped heads
-    ref = ref.reshape(B, H, L, -1)
+    H_kv = k.shape[1]
+    ref = (w * keep / (1 - p)).view(B, H_kv, H // H_kv, L, S) @ v[:, :, None]  # (B, H_kv, G, L, E)
+    ref = ref.reshape(B, H, L, -1)  # (B, H, L, E)
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
     assert not torch.allclose(out, chunked_attention(q, k, v, block_q=blocks[0], block_k=blocks[1], **kw))
     g = torch.randn_like(out)
@@ -134,3 +136,19 @@ def test_dispatcher_routes_long_dropout_here_and_draws_from_the_global_rng():
     torch.testing.assert_close(out, chunked_attention(q, k, v, causal=True, dropout_p=0.2), atol=0, rtol=0)
     with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\), got 1.0"):
         chunked_attention(q, k, v, dropout_p=1.0)
+
+
+def test_compiled_dropout_draws_a_fresh_seed_each_call_without_recompiling():
+    q, k, v = (torch.randn(1, 1, 1024, 8, requires_grad=True) for _ in range(3))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v: scaled_dot_product_attention(q, k, v, causal=True, dropout_p=0.2),
+                             backend="eager")
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        outs = [compiled(q, k, v) for _ in range(3)]
+        torch.manual_seed(4)
+        out = compiled(q, k, v)
+    assert not torch.equal(outs[1], outs[2])  # not one seed baked into the graph
+    torch.manual_seed(4)
+    torch.testing.assert_close(out, scaled_dot_product_attention(q, k, v, causal=True, dropout_p=0.2), atol=0, rtol=0)
+    out.sum().backward()
+    assert torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0

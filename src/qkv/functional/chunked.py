@@ -35,6 +35,7 @@ from collections.abc import Iterator
 
 import torch
 
+from qkv.functional._tracing import tracing
 from qkv.functional.accelerators import Call, Route, ask
 from qkv.functional.masks import check_broadcast
 
@@ -298,11 +299,16 @@ def chunked_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: to
     call = Call("chunked", q, k, v, mask, bias, bool(causal), dropout_p, scale, window, lengths, layout, bq, bk)
     rows = None if layout is None else layout.tolist()  # nested lists: fast lookups in the block plan
 
+    def run() -> torch.Tensor:
+        dropout = (dropout_p, dropout_seed(generator) if dropout_p else 0)
+        return _OnlineSoftmax.apply(q, k, v, bias, mask, lengths, bool(causal), window, scale, bq, bk, rows, dropout)
+
+    if dropout_p and tracing():  # a fresh seed each call: torch.compile runs it outside the graph, not per seed
+        run = torch.compiler.disable(run)
+
     def reference(declined: tuple[str, ...]) -> Route:
         return Route("qkv.functional.chunked", "online softmax over key blocks in torch ops (the reference)",
-                     declined, lambda: _OnlineSoftmax.apply(
-                         q, k, v, bias, mask, lengths, bool(causal), window, scale, bq, bk, rows,
-                         (dropout_p, dropout_seed(generator) if dropout_p else 0)))
+                     declined, run)
 
     return ask(call, reference)
 
