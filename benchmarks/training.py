@@ -64,7 +64,7 @@ class Case:
     precision: str = "auto"  # the Trainer's default: resolved by qkv.hardware.resolve_precision
     compile: bool = True  # one graph per step (attention included where a qkv kernel serves it)
     attention: str | None = None  # an SDPA backend to restrict to (then no qkv kernel is asked); plain: torch's
-    batch_split: int | str = "auto"  # the trainer's parts per batch on CPU threads (auto: one per torch thread)
+    batch_split: int | str = 1  # the trainer's default; N: parts of each batch computed at once on N threads
 
 
 def load_text() -> tuple[str, str]:
@@ -304,8 +304,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=None, help="training steps of each loop")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (both loops)")
     p.add_argument("--precision", default="auto", help="the trainer's precision: auto (default), fp32, bf16")
-    p.add_argument("--batch-split", default="auto",
-                   help="the trainer's batch_split: auto (default: one part per torch thread) or a number")
+    p.add_argument("--batch-split", default="1",
+                   help="the trainer's batch_split: 1 (its default), auto (one part per torch thread) or a number")
     p.add_argument("--variants", action="store_true",
                    help="also time torch's attention backends, explicit fp32 and bf16, and eager (no torch.compile)")
     p.add_argument("--ddp", type=int, default=0, metavar="N",
