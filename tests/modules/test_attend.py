@@ -125,3 +125,24 @@ def test_decoder_config_selects_kernel_and_cached_decoding_matches(name):
         cache = model.new_cache(2, 20)
         steps = [model(ids[:, t : t + 1], cache=cache) for t in range(20)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["chunked", "sliding_window", "bigbird"])
+def test_chunked_kernels_drop_attention_weights_in_training(name):
+    """Attention dropout reaches the block kernels: in training the output changes with the seed, repeats with
+    it, and averages over seeds to the output without dropout (the kept weights are scaled by 1 / (1 - p))."""
+    mha = MultiHeadAttention(32, 4, num_kv_heads=2, dropout=0.5, attend=build_attend(name, **KERNELS[name]))
+    x = torch.randn(1, 40, 32)
+    with torch.no_grad():
+        clean = mha.eval()(x, causal=True)
+        mha.train()
+
+        def seeded(seed):
+            torch.manual_seed(seed)
+            return mha(x, causal=True)
+
+        outs = torch.stack([seeded(s) for s in range(100)])
+    assert torch.equal(outs[0], seeded(0)) and not torch.allclose(outs[0], outs[1])
+    one = (outs[0] - clean).abs().mean()
+    mean = (outs.mean(0) - clean).abs().mean()
+    assert mean < one / 5, (float(mean), float(one))

@@ -58,8 +58,9 @@ class SoftmaxAttend(nn.Module):
 
 ATTEND_REGISTRY: dict[str, Callable[..., nn.Module]] = {"softmax": SoftmaxAttend}
 
-# Long-sequence kernels (functional.chunked / sparse / linear). They never form the attention weights,
-# so attention-weight dropout is not applied by them (dropout_p is accepted for the common signature);
+# Long-sequence kernels (functional.chunked / sparse / linear). They never form the attention weights. The
+# chunked ones (exact, sliding window, block-sparse) drop attention weights block by block as they go; the
+# linear/kernel ones have no weights to drop (dropout_p is accepted for the common signature there).
 # return_weights=True computes the weights their pattern implies, explicitly (O(L S), for inspection).
 
 
@@ -78,7 +79,7 @@ class ChunkedAttend(nn.Module):
 
     def forward(self, q, k, v, *, mask=None, bias=None, causal=False, dropout_p=0.0, return_weights=False):
         out = chunked_attention(q, k, v, mask=mask, bias=bias, causal=causal, block_q=self.block_q,
-                                block_k=self.block_k)
+                                block_k=self.block_k, dropout_p=dropout_p)
         return _with_weights(out, q, k, mask=mask, bias=bias, causal=causal, return_weights=return_weights)
 
 
@@ -93,7 +94,8 @@ class SlidingWindowAttend(nn.Module):
 
     def forward(self, q, k, v, *, mask=None, bias=None, causal=False, dropout_p=0.0, return_weights=False):
         out = chunked_attention(q, k, v, mask=mask, bias=bias, causal=causal, window=self.window,
-                                block_q=max(64, min(256, self.window)), block_k=max(64, min(256, self.window)))
+                                block_q=max(64, min(256, self.window)), block_k=max(64, min(256, self.window)),
+                                dropout_p=dropout_p)
         if not return_weights:
             return out
         local = sliding_window_mask(q.shape[2], k.shape[2], window=self.window, causal=causal, device=q.device)
@@ -123,7 +125,7 @@ class BlockSparseAttend(nn.Module):
             pmask, pbias = _pad_mask(mask, L, S, pl, ps, q.device), _pad_bias(bias, pl, ps)
         layout = self.make_layout((L + pl) // b, (S + ps) // b, causal)
         out = chunked_attention(qp, kp, vp, mask=pmask, bias=pbias, causal=causal,
-                                block_q=b, block_k=b, layout=layout)[:, :, pl:]  # (B, H, L, Ev)
+                                block_q=b, block_k=b, layout=layout, dropout_p=dropout_p)[:, :, pl:]  # (B, H, L, Ev)
         if not return_weights:
             return out
         dense = layout_to_mask(layout, b, L + pl, S + ps)[..., pl:, ps:]  # (1, 1, L, S)
