@@ -12,7 +12,7 @@ apart), the precision ``auto`` resolved to and the CPU class (``qkv.hardware``).
 ``--threads 1``: with more OpenMP threads than free cores, both loops slow down ten-fold. Figures: README
 ("Speed"), per CPU class.
 Run: ``python benchmarks/training.py [--quick] [--steps N] [--threads T] [--precision P]``;
-writes benchmarks/results/training_<CPU class>.json. ``--ddp 2`` instead runs qkv's trainer as two one-thread DDP
+writes benchmarks/results/training_<CPU class>_t<threads>.json. ``--ddp 2`` instead runs qkv's trainer as two one-thread DDP
 processes (torchrun, gloo; each takes half of every global batch of 12) against the plain loop with
 torch's threads: two cores either way (plain loop timed before and after; benchmarks/results/training_ddp.json).
 """
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"qkv/plain {row['ratio_qkv_over_plain']:.2f} (per chunk {row['ratio_per_chunk_min']:.2f}.."
               f"{row['ratio_per_chunk_max']:.2f})  val loss plain {row['val_loss_plain']:.4f} "
               f"qkv {row['val_loss_qkv']:.4f}", flush=True)
-    path = write_json(f"training_{capabilities('cpu').isa}", {"cases": rows})
+    path = write_json(f"training_{capabilities('cpu').isa}_t{torch.get_num_threads()}", {"cases": rows})
     print(f"wrote {path}")
     return rows
 
