@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -131,3 +135,30 @@ def test_flex_backend_equals_block_loop():
     ref = attention_math(q, k, v, mask=sliding_window_mask(256, 256, window=20) & causal_mask(256))[0]
     torch.testing.assert_close(sliding_window_attention(q, k, v, window=20, backend="flex"), ref,
                                atol=1e-5, rtol=1e-5)
+
+
+FLEX_VS_BLOCKS = """
+import torch
+from qkv.functional import bigbird_layout, block_sparse_attention
+q, k, v = torch.randn(3, 1, 2, 256, 8).unbind(0)
+lay = bigbird_layout(2, 2, window=0, num_global=0, num_random=1)
+out, ref = (block_sparse_attention(q, k, v, lay, block=128, causal=True, backend=b) for b in ("flex", "blocks"))
+print(torch.backends.cpu.get_cpu_capability(), (out - ref).abs().max().item())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not flex_available(), reason="flex_attention not in this torch build")
+def test_flex_kernels_compiled_for_one_instruction_set_are_not_reused_by_another(tmp_path):
+    """An AVX-512 run and an AVX2 run sharing inductor's cache each get kernels for their own vector width."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+    seen = []
+    for capability in ("avx512", "avx2"):  # the first run fills the cache the second one reads
+        run = subprocess.run([sys.executable, "-c", FLEX_VS_BLOCKS], env={**env, "ATEN_CPU_CAPABILITY": capability},
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        isa, err = run.stdout.split()
+        seen.append(isa)
+        assert float(err) < 1e-5, f"flex under {isa} differs from the block loop by {err}"
+    if seen[0] != "AVX512":
+        pytest.skip(f"this CPU has no AVX-512 to share the cache with AVX2 (got {seen})")
