@@ -162,3 +162,16 @@ def test_flex_kernels_compiled_for_one_instruction_set_are_not_reused_by_another
         assert float(err) < 1e-5, f"flex under {isa} differs from the block loop by {err}"
     if seen[0] != "AVX512":
         pytest.skip(f"this CPU has no AVX-512 to share the cache with AVX2 (got {seen})")
+
+
+def test_compile_cache_tag_adds_the_instruction_set_inductor_was_asked_for(monkeypatch):
+    from qkv.functional._tracing import compile_cache_tag
+
+    before = torch.compiler.config.cache_key_tag
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    with compile_cache_tag():
+        assert torch.compiler.config.cache_key_tag == before
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    with compile_cache_tag():
+        assert torch.compiler.config.cache_key_tag == f"{before}|ATEN_CPU_CAPABILITY=avx2"
+    assert torch.compiler.config.cache_key_tag == before

@@ -6,14 +6,16 @@ and compiled graphs see the plain ops.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import torch
 
 F = TypeVar("F", bound=Callable)
 
-__all__ = ["constant_under_compile", "tracing"]
+__all__ = ["compile_cache_tag", "constant_under_compile", "tracing"]
 
 
 def tracing() -> bool:
@@ -27,3 +29,22 @@ def constant_under_compile(fn: F) -> F:
     and bakes the result into the graph), without importing torch._dynamo, which costs seconds at import."""
     fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
     return fn
+
+
+@contextlib.contextmanager
+def compile_cache_tag() -> Iterator[None]:
+    """``torch.compile``'s cache key extended with ``ATEN_CPU_CAPABILITY``, for the compilations in the block.
+
+    Inductor picks the vector instruction set of its C++ from that variable and bakes its width into the code,
+    but leaves it out of its on-disk cache key: a run with ``ATEN_CPU_CAPABILITY=avx2`` sharing the cache with
+    a run without it would load kernels generated for AVX-512 (out-of-bounds indices or wrong results), and
+    the reverse. The variable is the input inductor reads (not a CPU flag): the tag only keeps such entries
+    apart. Wrap both the first call of a compiled function and its first backward (compiled lazily).
+    """
+    capability = os.environ.get("ATEN_CPU_CAPABILITY")
+    if not capability:
+        yield
+        return
+    tag = f"{torch.compiler.config.cache_key_tag}|ATEN_CPU_CAPABILITY={capability}"
+    with torch.compiler.config.patch(cache_key_tag=tag):
+        yield

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from qkv.functional._tracing import compile_cache_tag
 from qkv.functional.chunked import chunked_attention
 
 __all__ = [
@@ -320,16 +321,5 @@ def _flex(q, k, v, *, layout, block, causal, window, lengths, scale):
     bm = create_block_mask(mask_mod, B if lens is not None else None, None, L, S, device=q.device)
     if "flex" not in _COMPILED:
         _COMPILED["flex"] = torch.compile(flex_attention, dynamic=False)
-    with torch.compiler.config.patch(cache_key_tag=_cache_tag(q.device)):
+    with compile_cache_tag():
         return _COMPILED["flex"](q, k, v, block_mask=bm, scale=scale, enable_gqa=k.shape[1] != H)
-
-
-def _cache_tag(device: torch.device) -> str:
-    """``torch.compile``'s cache tag, extended on CPU with the instruction set torch generates code for.
-
-    Inductor bakes the vector width of that set (``ATEN_CPU_CAPABILITY``) into its C++ but leaves it out of
-    its on-disk cache key, so a kernel generated for AVX-512 would be reused on an AVX2 run sharing the
-    cache directory (and the reverse): out-of-bounds indices or wrong results. The tag keeps them apart.
-    """
-    tag = torch.compiler.config.cache_key_tag
-    return f"{tag}|cpu={torch.backends.cpu.get_cpu_capability()}" if device.type == "cpu" else tag

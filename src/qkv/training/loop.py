@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn.attention import sdpa_kernel
 
+from qkv.functional._tracing import compile_cache_tag
 from qkv.hardware import resolve_precision
 from qkv.training import checkpoint as ckpt
 from qkv.training.average import average_last, list_checkpoints, prune_checkpoints
@@ -440,7 +441,7 @@ class Trainer:
         if not any(r["split"] == "run" for r in self.writer.records):  # once per Trainer
             self.writer.write("run", self.step, {"precision": self.precision, "requested": self.config.precision,
                                                  "device": str(self.device)})
-        with self._signals(), self._progress() as bar, self._split or contextlib.nullcontext():
+        with self._signals(), self._progress() as bar, self._split or contextlib.nullcontext(), compile_cache_tag():
             self._loop(result, bar, self.total_steps if until is None else until)
         result.step, result.best = self.step, self.best
         if self.out_dir is not None and (self.out_dir / "best").exists():
