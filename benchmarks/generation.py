@@ -15,8 +15,8 @@ one per core); writes benchmarks/results/generation_tN.json.
 
 With one thread GPT-2-small at batch 1 is bound by one core's memory stream: MKL runs a one-row product
 on one thread, and every float32 weight passes once per token. With T threads qkv's
-decoding copies (qkv.generation.prepare_for_decoding, entered by each generate call) split each matrix
-into T column slices streamed in parallel.
+decoding products (qkv.generation.prepare_for_decoding, entered by each generate call) cut each matrix
+into T row slices (views, no copy) streamed in parallel.
 """
 
 from __future__ import annotations

@@ -1,19 +1,21 @@
-"""Decoding through weight copies laid out for few-row products: an explicit step of the generation code.
+"""Decoding through products laid out for few rows (weight slices, oneDNN copies): an explicit step of the
+generation code.
 
 Notation: R rows per product (B x beams while decoding), D_in and D_out a weight's sizes, T torch threads.
 
 A decoding step multiplies a few rows by every weight matrix of the model, so its time is set by how fast
-the weights stream from memory. For float32 weights on a CPU two layouts serve that better than
+the weights stream from memory. For float32 weights on a CPU two ways serve that better than
 ``F.linear`` on the ``(D_out, D_in)`` parameter (``benchmarks/generation.py``; figures in the README):
 
-* up to ``transpose_rows`` rows: a contiguous ``weight^T`` cut into ``T`` column slices
-  ``(T, D_in, ceil(D_out / T))`` (the last one zero-padded), so that one batched product streams one slice
-  per thread where a one-row product would run on a single thread;
-* more rows, up to ``max_rows``: oneDNN's inner product on a weight reordered once (``to_mkldnn``).
+* up to ``sliced_rows`` rows: no copy. The weight's rows are cut into ``T`` contiguous slices (views
+  ``(T, D_out // T, D_in)`` of the live weight), so that one batched product streams one slice per thread
+  where a one-row product would run on a single thread;
+* more rows, up to ``max_rows``: oneDNN's inner product on a copy of the weight reordered once
+  (``to_mkldnn``).
 
 Small weights (under ``min_elements``), autograd, tracing, other devices and dtypes keep ``F.linear``.
 
-:func:`prepare_for_decoding` gives a model these copies for the length of a ``with`` block;
+:func:`prepare_for_decoding` gives a model these products for the length of a ``with`` block;
 :func:`~qkv.generation.generate`, :func:`~qkv.generation.translate` and the streams enter one block per
 call. Invariants, which keep a copy from ever standing in for weights other than the live ones:
 
@@ -26,7 +28,7 @@ call. Invariants, which keep a copy from ever standing in for weights other than
 * Inside a block that a caller holds across calls, a copy serves only the same weight object with the
   same storage, version counter, dtype, device and shape; and any product with autograd on (training
   inside the block) drops every copy, because the optimiser step that follows may change none of those.
-* A weight gets its copy at its second product inside a block: a product done once per call (an
+* A weight gets its oneDNN copy at its second product inside a block: a product done once per call (an
   encoder over the source, a prompt) gains less than the copy costs.
 * Blocks nest: an inner block over layers that an outer one already replaced leaves them to it.
 """
@@ -68,10 +70,10 @@ class DecodingWeights:
 
     Use :func:`prepare_for_decoding` to make one. Entering replaces the ``forward`` of every ``nn.Linear``
     and :class:`~qkv.modules.TiedOutput` in the model (exact types; subclasses keep theirs) by one that
-    multiplies through a copy; leaving restores them and frees the copies. Up to ``transpose_rows`` rows
-    use the sliced ``weight^T``; more rows use oneDNN's reordered weight, unless the transposed copy
-    already exists (one copy per weight at a time). ``DecodingWeights.enabled = False`` switches the
-    copies off everywhere (the memory of a second set of weights, for the speed).
+    multiplies faster; leaving restores them and frees the copies. Up to ``sliced_rows`` rows multiply
+    through row slices of the weight itself (no copy); more rows through oneDNN's reordered copy of it.
+    ``DecodingWeights.enabled = False`` switches both off everywhere (the copies cost the memory of a
+    second set of weights).
 
     Args:
         model: the network whose layers to serve.
@@ -80,18 +82,18 @@ class DecodingWeights:
     """
 
     enabled = True
-    transpose_rows = 2
-    onednn_min_elements = 2**18  # smaller weights (a tied output over a small vocabulary) stay transposed
+    sliced_rows = 2
+    onednn_min_elements = 2**18  # smaller weights (a tied output over a small vocabulary) are never copied
 
     def __init__(self, model: nn.Module, *, max_rows: int = 256, min_elements: int = 2**18) -> None:
         self.model, self.max_rows, self.min_elements = model, max_rows, min_elements
-        self._entries: dict[int, dict[str, Any]] = {}  # id(weight) -> {"key", "matrix", "packed"}
+        self._entries: dict[int, dict[str, Any]] = {}  # id(weight) -> {"key", "packed"}
         self._replaced: list[tuple[nn.Module, Any]] = []
 
     @property
     def num_copies(self) -> int:
-        """How many weights have a copy now."""
-        return sum(e["matrix"] is not None or e["packed"] is not None for e in self._entries.values())
+        """How many weights have a (oneDNN) copy now."""
+        return sum(e["packed"] is not None for e in self._entries.values())
 
     def __enter__(self) -> DecodingWeights:
         for module in self.model.modules():
@@ -124,27 +126,21 @@ class DecodingWeights:
                 or x.dtype != torch.float32 or weight.dtype != torch.float32
                 or x.numel() > self.max_rows * D or type(weight) not in _PLAIN or tracing()):
             return F.linear(x, weight, bias)
+        x2, shape = x.reshape(-1, D), (*x.shape[:-1], weight.shape[0])
+        if x2.shape[0] <= self.sliced_rows or not _ONEDNN or weight.numel() < self.onednn_min_elements:
+            parts = min(torch.get_num_threads(), weight.numel() >> 16)  # >= 64k weights a slice
+            return _row_sliced(x2, weight, bias, parts).view(shape)
         wkey = _key(weight)
         entry = self._entries.get(id(weight))
         if entry is None or entry["key"][0] is not weight:  # first product: no copy yet
-            self._entries[id(weight)] = {"key": wkey, "matrix": None, "packed": None}
+            self._entries[id(weight)] = {"key": wkey, "packed": None}
             return F.linear(x, weight, bias)
         if not _same(entry["key"], wkey):  # changed inside the block: start again from this weight
-            entry.update(key=wkey, matrix=None, packed=None)
-        return self._product(entry, x.reshape(-1, D), weight, bias).view(*x.shape[:-1], weight.shape[0])
+            entry.update(key=wkey, packed=None)
+        return self._packed(entry, x2, weight, bias).view(shape)
 
-    def _product(self, entry: dict, x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """``x2 (R, D_in)`` times ``entry``'s copy of ``weight`` (made or remade here) -> ``(R, D_out)``."""
-        small = weight.numel() < self.onednn_min_elements
-        parts = 1 if small else min(torch.get_num_threads(), weight.numel() >> 16)  # >= 64k weights a slice
-        rows, m = x2.shape[0], entry["matrix"]
-        if rows <= self.transpose_rows or m is not None or not _ONEDNN or small:
-            # a transposed copy, once made, also serves more rows, so that a prompt after decoding builds
-            # nothing; decoding after a oneDNN copy replaces it
-            if m is None or (rows <= self.transpose_rows and m.shape[0] != parts):
-                entry["packed"] = entry["matrix"] = None  # free before making the new copy
-                entry["matrix"] = m = _sliced_transpose(weight.detach(), parts)
-            return _sliced_matmul(x2, m, bias, weight.shape[0])
+    def _packed(self, entry: dict, x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``x2 (R, D_in)`` times ``entry``'s oneDNN copy of ``weight`` (made or remade here) -> ``(R, D_out)``."""
         bkey = _key(bias)
         if entry["packed"] is None or not _same(entry["packed"][2], bkey):
             entry["packed"] = None
@@ -172,26 +168,17 @@ def prepare_for_decoding(model: nn.Module, **kwargs: int) -> DecodingWeights:
     return DecodingWeights(model, **kwargs)
 
 
-def _sliced_transpose(weight: torch.Tensor, parts: int) -> torch.Tensor:
-    """``(D_out, D_in)`` -> ``weight^T`` in ``parts`` column slices ``(parts, D_in, ceil(D_out / parts))``.
-
-    Slice ``i`` is ``weight[i n : (i + 1) n]^T``, written in one pass; zero columns pad the last one.
-    """
+def _row_sliced(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, parts: int) -> torch.Tensor:
+    """``x2 (R, D_in) @ weight^T + bias`` with ``weight``'s rows cut into ``parts`` contiguous slices: one
+    batched product (``bmm``) whose batch runs across threads, each streaming its slice. No copy: the slices
+    are views of the live weight; the last ``D_out % parts`` rows take one small product of their own."""
     out, d_in = weight.shape
-    n = -(-out // parts)
-    m = weight.new_empty(parts, d_in, n)
-    for i in range(parts):
-        rows = weight[i * n : (i + 1) * n]  # (cols, D_in), cols <= n
-        m[i, :, : rows.shape[0]].copy_(rows.t())
-        m[i, :, rows.shape[0] :].zero_()
-    return m
-
-
-def _sliced_matmul(x2: torch.Tensor, m: torch.Tensor, bias: torch.Tensor | None, out: int) -> torch.Tensor:
-    """``x2 (R, D_in) @ weight^T + bias`` from the sliced copy ``m``: one slice per thread via ``bmm``."""
-    parts, d_in, n = m.shape
-    if parts == 1:
-        return x2 @ m[0] if bias is None else torch.addmm(bias, x2, m[0])
-    y = torch.bmm(x2.expand(parts, *x2.shape), m)  # (parts, R, n): the batch runs across threads
-    y = y.transpose(0, 1).reshape(x2.shape[0], parts * n)[:, :out]  # (R, D_out)
-    return y + bias if bias is not None else y.contiguous()
+    n = out // parts if parts > 1 and weight.is_contiguous() else 0
+    if n == 0:
+        return F.linear(x2, weight, bias)
+    slices = weight[: n * parts].view(parts, n, d_in)  # (parts, n, D_in)
+    y = torch.bmm(slices, x2.t().expand(parts, d_in, x2.shape[0]))  # (parts, n, R)
+    y = y.permute(2, 0, 1).reshape(x2.shape[0], parts * n)  # (R, parts * n)
+    if n * parts < out:
+        y = torch.cat([y, x2 @ weight[n * parts :].t()], dim=1)
+    return y + bias if bias is not None else y
