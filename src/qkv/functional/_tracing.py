@@ -39,12 +39,16 @@ def compile_cache_tag() -> Iterator[None]:
     but leaves it out of its on-disk cache key: a run with ``ATEN_CPU_CAPABILITY=avx2`` sharing the cache with
     a run without it would load kernels generated for AVX-512 (out-of-bounds indices or wrong results), and
     the reverse. The variable is the input inductor reads (not a CPU flag): the tag only keeps such entries
-    apart. Wrap both the first call of a compiled function and its first backward (compiled lazily).
+    apart. AOTAutograd's cache, which would hand back inductor's entries by their old keys, ignores the tag
+    and is off in the block. Wrap both the first call of a compiled function and its first backward (compiled
+    lazily), in the thread that makes them: compilations in a worker thread need a block of their own.
     """
     capability = os.environ.get("ATEN_CPU_CAPABILITY")
     if not capability:
         yield
         return
     tag = f"{torch.compiler.config.cache_key_tag}|ATEN_CPU_CAPABILITY={capability}"
-    with torch.compiler.config.patch(cache_key_tag=tag):
+    import torch._functorch.config as functorch_config
+
+    with torch.compiler.config.patch(cache_key_tag=tag), functorch_config.patch(enable_autograd_cache=False):
         yield

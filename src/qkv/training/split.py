@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from qkv.functional._tracing import compile_cache_tag
+
 __all__ = ["BatchSplit", "batch_rows", "split_batch"]
 
 Part = tuple[tuple[torch.Tensor | None, ...], torch.Tensor, torch.Tensor]  # (grads, loss * n, n)
@@ -123,11 +125,12 @@ class BatchSplit:
         self.pool.shutdown(wait=True)
 
     def _part(self, batch: Any) -> Part:
-        with self.context():
-            loss, n = self.step(batch)
-        n = torch.as_tensor(n, device=loss.device, dtype=torch.float32)
-        weighted = loss.float() * n
-        grads = torch.autograd.grad(weighted, self.params, allow_unused=True)
+        with compile_cache_tag():
+            with self.context():
+                loss, n = self.step(batch)
+            n = torch.as_tensor(n, device=loss.device, dtype=torch.float32)
+            weighted = loss.float() * n
+            grads = torch.autograd.grad(weighted, self.params, allow_unused=True)
         return grads, weighted.detach(), n
 
     def draws_random(self, batch: Any) -> bool:
