@@ -1,6 +1,10 @@
 """``TrainConfig.batch_split``: a micro-batch's parts computed at once on CPU threads (qkv.training.split)."""
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +116,32 @@ def test_split_batch_cuts_every_tensor_along_the_batch_dimension():
     assert len(split_batch((x[:1], y[:1]), 4)) == 1  # never an empty part
     with pytest.raises(ValueError, match=r"share one leading \(batch\) dimension, got leading sizes \[3, 5\]"):
         split_batch((x, y[:3]), 2)
+
+
+SPLIT_VS_EAGER = """
+import torch
+from tests.training.test_batch_split import _train
+torch.set_num_threads(1)
+ref, split = _train(1), _train(2, compile=True)
+err = max((a - b).abs().max().item() for a, b in zip(ref.model.parameters(), split.model.parameters()))
+print(torch.backends.cpu.get_cpu_capability(), err)
+"""
+
+
+@pytest.mark.slow
+def test_split_compilations_are_not_reused_across_instruction_sets(tmp_path):
+    """A native run then an AVX2 run sharing inductor's cache: the split's worker threads compile under the
+    instruction-set tag too (without it the AVX2 run loaded the native kernels and trained to NaN)."""
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path)
+    root = Path(__file__).resolve().parents[2]
+    seen = []
+    for extra in ({}, {"ATEN_CPU_CAPABILITY": "avx2"}):  # the first run fills the cache the second one reads
+        run = subprocess.run([sys.executable, "-c", SPLIT_VS_EAGER], env={**env, **extra}, cwd=root,
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        isa, err = run.stdout.split()[-2:]
+        seen.append(isa)
+        assert float(err) < 1e-5, f"compiled split training under {isa} differs from eager by {err}"
+    if seen[0] == seen[1]:
+        pytest.skip(f"this CPU has no wider instruction set than AVX2 to share the cache with (got {seen})")
