@@ -9,7 +9,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-BENCHMARKS = ["attention", "short_attention", "models", "long_context", "generation", "training", "embeddings", "serve"]
+BENCHMARKS = ["attention", "short_attention", "models", "long_context", "generation", "training", "training_bound", "embeddings", "serve"]
 
 
 def main(argv: list[str] | None = None) -> int:

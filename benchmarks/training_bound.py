@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds of products and plain steps")
+    p.add_argument("--quick", action="store_true", help="two rounds: a smoke run")
     args = p.parse_args(argv)
+    if args.quick:
+        args.rounds = 2
     if args.threads:
         torch.set_num_threads(args.threads)
     case = Case()
