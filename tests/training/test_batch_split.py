@@ -145,3 +145,28 @@ def test_split_compilations_are_not_reused_across_instruction_sets(tmp_path):
         assert float(err) < 1e-5, f"compiled split training under {isa} differs from eager by {err}"
     if seen[0] == seen[1]:
         pytest.skip(f"this CPU has no wider instruction set than AVX2 to share the cache with (got {seen})")
+
+
+class _Movable:
+    def __init__(self) -> None:
+        self.moved_to = None
+
+    def to(self, device):
+        self.moved_to = str(device)
+        return self
+
+
+def test_to_device_and_split_batch_walk_the_same_structures():
+    """One walker (qkv.training.runtime.map_tensors) serves both: tensors in dicts, tuples, namedtuples and
+    dataclasses are mapped; other objects with .to() are moved by to_device and repeated by split_batch."""
+    from collections import namedtuple
+
+    from qkv.training.runtime import to_device
+
+    Pair = namedtuple("Pair", "a b")
+    other = _Movable()
+    batch = {"p": Pair(torch.zeros(4, 2), [torch.ones(4)]), "d": _Pair(torch.zeros(4, 1), torch.ones(4)), "o": other}
+    moved = to_device(batch, torch.device("cpu"))
+    assert type(moved["p"]) is Pair and type(moved["d"]) is _Pair and other.moved_to == "cpu"
+    parts = split_batch(batch, 2)
+    assert [p["p"].b[0].shape[0] for p in parts] == [2, 2] and all(p["o"] is other for p in parts)

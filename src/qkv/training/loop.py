@@ -132,9 +132,9 @@ class Trainer:
             eps=config.eps, fused=config.fused,
         )
         self.scheduler = build_scheduler(self.optimizer, self._schedule(config.steps))
-        self.batch_split = self._resolve_split()
-        self._split = (BatchSplit(self.batch_split, self.step_module, list(self.model.parameters()), self._autocast)
-                       if self.batch_split > 1 else None)
+        threads = self._resolve_split()
+        self._split = (BatchSplit(threads, self.step_module, list(self.model.parameters()), self._autocast)
+                       if threads > 1 else None)
         self._split_probed = False
         self.planned_steps: int | None = None
         sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
@@ -209,10 +209,14 @@ class Trainer:
                     raise ValueError(f"batch_split={self.config.batch_split}: the training step draws random "
                                      "numbers (dropout), which threads cannot draw in a fixed order; use "
                                      "batch_split 1 or auto, or dropout 0")
-                self._split.__exit__(None, None, None)
                 self._split.close()
-                self._split, self.batch_split = None, 1
+                self._split = None
         return self._split
+
+    @property
+    def batch_split(self) -> int:
+        """Threads (and parts) each micro-batch is split over; 1 when not split (see ``config.batch_split``)."""
+        return 1 if self._split is None else self._split.n
 
     # ------------------------------------------------------------------------------------ data
     def _next_batch(self) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import random
 from collections.abc import Callable
@@ -37,19 +38,29 @@ class LossModule(nn.Module):
         return self.loss_fn(self.model, batch)
 
 
+def map_tensors(batch: Any, fn: Callable[[torch.Tensor], Any], leaf: Callable[[Any], Any] | None = None) -> Any:
+    """``batch`` with ``fn`` applied to every tensor inside tuples, lists, dicts, namedtuples and dataclasses
+    (same types back); other objects go through ``leaf`` (default: returned as they are)."""
+    def walk(b: Any) -> Any:
+        if isinstance(b, torch.Tensor):
+            return fn(b)
+        if isinstance(b, dict):
+            return {k: walk(v) for k, v in b.items()}
+        if isinstance(b, tuple) and hasattr(b, "_fields"):  # namedtuple
+            return type(b)(*(walk(v) for v in b))
+        if isinstance(b, (list, tuple)):
+            return type(b)(walk(v) for v in b)
+        if dataclasses.is_dataclass(b) and not isinstance(b, type):
+            return dataclasses.replace(b, **{f.name: walk(getattr(b, f.name)) for f in dataclasses.fields(b) if f.init})
+        return b if leaf is None else leaf(b)
+
+    return walk(batch)
+
+
 def to_device(batch: Any, device: torch.device) -> Any:
-    """Move tensors inside tuples, lists, dicts and objects with ``.to()`` to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
-        return type(batch)(to_device(v, device) for v in batch)
-    if isinstance(batch, tuple):  # namedtuple
-        return type(batch)(*(to_device(v, device) for v in batch))
-    if hasattr(batch, "to") and callable(batch.to):
-        return batch.to(device)
-    return batch
+    """Move the tensors of ``batch`` (see :func:`map_tensors`), and other objects with ``.to()``, to ``device``."""
+    return map_tensors(batch, lambda t: t.to(device, non_blocking=True),
+                       leaf=lambda o: o.to(device) if callable(getattr(o, "to", None)) else o)
 
 
 def seed_everything(seed: int) -> None:

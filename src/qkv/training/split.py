@@ -19,7 +19,6 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from qkv.functional._tracing import compile_cache_tag
+from qkv.training.runtime import map_tensors
 
 __all__ = ["BatchSplit", "batch_rows", "split_batch"]
 
@@ -38,7 +38,8 @@ Part = tuple[tuple[torch.Tensor | None, ...], torch.Tensor, torch.Tensor]  # (gr
 def batch_rows(batch: Any) -> int:
     """The batch size: the leading dimension shared by every tensor of ``batch`` (tensors, tuples, lists,
     dicts, dataclasses and namedtuples of them)."""
-    sizes = {t.shape[0] for t in _tensors(batch) if t.dim() > 0}
+    sizes: set[int] = set()
+    map_tensors(batch, lambda t: sizes.add(t.shape[0]) if t.dim() > 0 else None)
     if len(sizes) != 1:
         raise ValueError(f"batch_split needs batches whose tensors share one leading (batch) dimension, got "
                          f"leading sizes {sorted(sizes)}")
@@ -49,34 +50,7 @@ def split_batch(batch: Any, n: int) -> list[Any]:
     """``batch`` cut into ``min(n, rows)`` parts along dimension 0 (sizes differ by at most one), each of the
     same type as ``batch``; scalars and non-tensors are repeated in every part."""
     parts = min(n, batch_rows(batch))
-    return [_take(batch, i, parts) for i in range(parts)]
-
-
-def _take(batch: Any, i: int, parts: int) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.tensor_split(parts)[i] if batch.dim() > 0 else batch
-    if isinstance(batch, dict):
-        return {k: _take(v, i, parts) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(_take(v, i, parts) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_take(v, i, parts) for v in batch)
-    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        return dataclasses.replace(batch, **{f.name: _take(getattr(batch, f.name), i, parts)
-                                             for f in dataclasses.fields(batch) if f.init})
-    return batch
-
-
-def _tensors(batch: Any) -> list[torch.Tensor]:
-    if isinstance(batch, torch.Tensor):
-        return [batch]
-    if isinstance(batch, dict):
-        batch = list(batch.values())
-    elif dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        batch = [getattr(batch, f.name) for f in dataclasses.fields(batch)]
-    if isinstance(batch, (list, tuple)):
-        return [t for v in batch for t in _tensors(v)]
-    return []
+    return [map_tensors(batch, lambda t, i=i: t.tensor_split(parts)[i] if t.dim() > 0 else t) for i in range(parts)]
 
 
 class BatchSplit:
@@ -122,6 +96,8 @@ class BatchSplit:
                 self.__enter__()
 
     def close(self) -> None:
+        """Restore torch's thread count (if in use) and stop the threads."""
+        self.__exit__(None, None, None)
         self.pool.shutdown(wait=True)
 
     def _part(self, batch: Any) -> Part:
@@ -149,12 +125,11 @@ class BatchSplit:
             ``(loss * n, n)`` summed over the parts (0-dim float32 tensors).
         """
         parts = [f.result() for f in [self.pool.submit(self._part, b) for b in split_batch(batch, self.n)]]
-        for i, p in enumerate(self.params):
-            grads = [g for g in (part[0][i] for part in parts) if g is not None]
-            if not grads:
-                continue
-            total = grads[0]
-            for g in grads[1:]:
-                total = total + g
-            p.grad = total if p.grad is None else p.grad.add_(total)
+        have = [i for i, g in enumerate(parts[0][0]) if g is not None]  # the same parameters in every part
+        total = [parts[0][0][i] for i in have]
+        for part in parts[1:]:
+            torch._foreach_add_(total, [part[0][i] for i in have])  # in part order: deterministic
+        for i, g in zip(have, total, strict=True):
+            p = self.params[i]
+            p.grad = g if p.grad is None else p.grad.add_(g)
         return sum(part[1] for part in parts), sum(part[2] for part in parts)
