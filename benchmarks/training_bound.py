@@ -2,11 +2,20 @@
 
 Question: the step of ``benchmarks/training.py``'s model (char GPT 4x128, batch 12 x 64) is mostly the
 matrix products of its linear layers. In fp32 their count is fixed by the model; the best a trainer can do is
-run them at this CPU's rate and make everything else free. This script times exactly those products alone
-(forward ``x W^T``, backward ``dY W`` and ``dY^T x`` for every linear layer, attention and elementwise work
-left out) and the plain nanoGPT-style loop's whole step in the same run; their ratio bounds the trainer's
-speed-up at this precision. Also reported: the products' GFLOP/s and those of one 1024^3 product (near the
-core's peak), so one can see whether the plain loop already runs its products at the machine's rate.
+run them at this CPU's rate and make everything else free. Measured here, interleaved in one process so load
+from elsewhere hits all alike:
+
+* the plain nanoGPT-style loop's step and qkv's trainer step (its defaults, as ``training.py`` runs it), wall
+  clock;
+* the products alone (forward ``x W^T``, backward ``dY W`` and ``dY^T x`` for every linear layer; attention and
+  elementwise work left out) as contiguous ``a @ b`` calls, and one 1024^3 product (near the core's peak);
+* the time each loop spends inside those products as it runs them (``aten::mm`` / ``aten::addmm`` self time
+  under ``torch.profiler``, per step; the operands' layouts are the loop's own, so the rate can differ from the
+  contiguous calls').
+
+``plain step / products`` bounds any fp32 trainer's speed-up over the plain loop; ``plain step / 1.5 - qkv's
+products`` is what a trainer 1.5x the plain loop would have left for attention, GELU, LayerNorm, the loss, the
+optimizer and per-op overhead.
 Run: ``python benchmarks/training_bound.py [--threads T]`` (under the AVX2 variables for that class);
 writes benchmarks/results/training_bound_<CPU class>_t<T>.json.
 """
@@ -20,12 +29,15 @@ import time
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json  # noqa: E402
-from training import Case, build_model, encode, load_text, plain_loop  # noqa: E402
+from training import Case, build_model, encode, load_text, plain_loop, qkv_loop  # noqa: E402
 
 from qkv.hardware import capabilities  # noqa: E402
+
+PRODUCT_OPS = ("aten::mm", "aten::addmm")
 
 
 def linear_products(model: torch.nn.Module, rows: int) -> list[tuple[int, int, int]]:
@@ -46,17 +58,25 @@ def seconds(fn, repeats: int) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
+def products_in_loop(run, steps: int) -> tuple[float, int]:
+    """Seconds per step the loop ``run`` spends in matrix products, and how many it calls per step."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run(steps)
+    rows = [e for e in prof.key_averages() if e.key in PRODUCT_OPS]
+    return sum(e.self_cpu_time_total for e in rows) / 1e6 / steps, sum(e.count for e in rows) // steps
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds of products and plain steps")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds of products and the two loops' steps")
     p.add_argument("--quick", action="store_true", help="two rounds: a smoke run")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds = 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    case = Case()
+    case = Case(steps=10_000)  # the schedule's length only: the loops run what the rounds ask
     text, _ = load_text()
     train, _, vocab = encode(text)
     model = build_model(case, vocab)
@@ -64,25 +84,43 @@ def main(argv: list[str] | None = None) -> dict:
     operands = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes]
     flops = sum(2 * m * k * n for m, k, n in shapes)
     big = (torch.randn(1024, 1024), torch.randn(1024, 1024))
-    step = plain_loop(model, case, train)
-    step(5)  # warm-up
-    products, steps, peak = [], [], []
+    plain = plain_loop(model, case, train)
+    trainer, ours = qkv_loop(build_model(case, vocab), case, train)
+    plain(5)
+    ours(case.chunk)  # warm-up, with the compilation
+    products, steps, qkv_steps, peak = [], [], [], []
     for _ in range(args.rounds):  # alternate, so load from elsewhere hits all alike
         products.append(seconds(lambda: [a @ b for a, b in operands], 10))
-        steps.append(seconds(lambda: step(1), 10))
+        steps.append(seconds(lambda: plain(1), 10))
+        qkv_steps.append(seconds(lambda: ours(1), 10))
         peak.append(2 * 1024**3 / seconds(lambda: big[0] @ big[1], 5) / 1e9)
-    t_products, t_step = statistics.median(products), statistics.median(steps)
+    in_plain, n_plain = products_in_loop(plain, 10)
+    in_qkv, n_qkv = products_in_loop(ours, 10)
+    t_products, t_step, t_qkv = statistics.median(products), statistics.median(steps), statistics.median(qkv_steps)
     row = {
-        "cpu": str(capabilities("cpu")), "threads": torch.get_num_threads(), "products": len(shapes),
-        "gflop_per_step": flops / 1e9, "products_s": t_products, "plain_step_s": t_step,
-        "products_gflops": flops / t_products / 1e9, "peak_1024_gflops": statistics.median(peak),
+        "cpu": str(capabilities("cpu")), "threads": torch.get_num_threads(), "precision_qkv": trainer.precision,
+        "products": len(shapes), "gflop_per_step": flops / 1e9,
+        "products_s": t_products, "products_gflops": flops / t_products / 1e9,
+        "peak_1024_gflops": statistics.median(peak),
+        "plain_step_s": t_step, "qkv_step_s": t_qkv, "qkv_over_plain": t_step / t_qkv,
+        "products_in_plain_step_s": in_plain, "product_calls_plain": n_plain,
+        "products_in_qkv_step_s": in_qkv, "product_calls_qkv": n_qkv,
+        "qkv_rest_s": t_qkv - in_qkv, "plain_rest_s": t_step - in_plain,
         "products_share_of_plain_step": t_products / t_step, "bound_plain_over_products": t_step / t_products,
+        "bound_plain_over_qkv_products": t_step / in_qkv,
+        "rest_budget_at_1_5x_s": t_step / 1.5 - in_qkv,
     }
-    print(f"{capabilities('cpu').isa}, {row['threads']} thread(s): {row['gflop_per_step']:.2f} GFLOP of fp32 linear "
-          f"products per step, {t_products * 1e3:.1f} ms at {row['products_gflops']:.0f} GFLOP/s (1024^3 product: "
-          f"{row['peak_1024_gflops']:.0f} GFLOP/s); plain loop step {t_step * 1e3:.1f} ms; bound on a trainer at fp32: "
-          f"{row['bound_plain_over_products']:.2f}x", flush=True)
-    name = f"training_bound_{capabilities('cpu').isa}_t{row['threads']}"
+    isa = capabilities("cpu").isa
+    ms = {k: v * 1e3 for k, v in row.items() if k.endswith("_s")}
+    print(f"{isa}, {row['threads']} thread(s): {row['gflop_per_step']:.2f} GFLOP of fp32 linear products per step; "
+          f"alone {ms['products_s']:.1f} ms ({row['products_gflops']:.0f} GFLOP/s; 1024^3: "
+          f"{row['peak_1024_gflops']:.0f}); inside the plain step {ms['products_in_plain_step_s']:.1f} of "
+          f"{ms['plain_step_s']:.1f} ms, inside qkv's {ms['products_in_qkv_step_s']:.1f} of {ms['qkv_step_s']:.1f} ms "
+          f"(qkv {row['qkv_over_plain']:.2f}x the plain loop). Bound on an fp32 trainer: "
+          f"{row['bound_plain_over_products']:.2f}x (products alone), {row['bound_plain_over_qkv_products']:.2f}x "
+          f"(qkv's products); at 1.5x, {ms['rest_budget_at_1_5x_s']:.1f} ms would be left for everything else "
+          f"(qkv spends {ms['qkv_rest_s']:.1f}, the plain loop {ms['plain_rest_s']:.1f})", flush=True)
+    name = f"training_bound_{isa}_t{row['threads']}"
     print(f"wrote {write_json(name, row)}")
     return row
 
