@@ -123,6 +123,34 @@ def test_transpose_converts_scales_and_respects_strides(kern, src_dtype, dst_dty
         kern.transpose(src, torch.empty(3, 37, 53, dtype=dst_dtype))
 
 
+@pytest.mark.parametrize("src_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dst_dtype", [torch.float32, torch.bfloat16])
+def test_scale_rows_converts_scales_and_respects_strides(kern, src_dtype, dst_dtype):
+    src = torch.randn(3, 40, 70)[:, 2:39, 5:58].to(src_dtype)  # (3, 37, 53): rows of 53 with row stride 70
+    big = torch.zeros(3, 45, 61, dtype=dst_dtype)
+    dst = big[:, 4:41, 3:56]  # (3, 37, 53) with row stride 61
+    kern.scale_rows(src, dst, 0.37)
+    assert torch.equal(dst, (src.float() * torch.tensor(0.37, dtype=torch.float32)).to(dst_dtype))
+    untouched = torch.ones_like(big, dtype=torch.bool)
+    untouched[:, 4:41, 3:56] = False
+    assert big[untouched].abs().max() == 0
+    with pytest.raises(ValueError, match=r"scale_rows: src \(3, 37, 53\) / dst \(3, 53, 37\)"):
+        kern.scale_rows(src, torch.empty(3, 53, 37, dtype=dst_dtype))
+
+
+@pytest.mark.parametrize("a_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("b_dtype", [torch.float32, torch.bfloat16])
+def test_rowdot_is_the_row_sums_of_products_in_float32(kern, a_dtype, b_dtype):
+    a = torch.randn(4, 30, 90)[:, 1:29, 3:70].to(a_dtype)  # (4, 28, 67): strided rows, a masked tail
+    b = torch.randn(4, 28, 67).to(b_dtype)
+    out = torch.full((4, 28, 1), float("nan"))
+    kern.rowdot(a, b, out)
+    exact = (a.double() * b.double()).sum(-1, keepdim=True)
+    torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"rowdot: out \(4, 28\) torch.bfloat16 \(need 112 contiguous float32\)"):
+        kern.rowdot(a, b, torch.empty(4, 28, dtype=torch.bfloat16))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_accumulate_copies_then_adds_into_strided_rows(kern, dtype):
     acc_big = torch.randn(2, 9, 12)

@@ -185,6 +185,41 @@ int qkv_backward_tile(long N, long R, long K, const void *s, const void *dp, int
     return 0;
 }
 
+/* Row r of head n of a tensor of dtype dt with {head, row} element strides hs, rs. */
+QKV_INLINE char *row_at(const void *base, int dt, long hs, long rs, long n, long r) {
+    return (char *)base + (n * hs + r * rs) * (dt == DT_BF16 ? 2 : 4);
+}
+
+/* out[n * R + r] = sum_e a[n][r][e] * b[n][r][e] in float32: rows of E elements of dtypes adt, bdt with
+ * {head, row} element strides (the backward pass's delta = rowsum(dO * O), one pass and no float32 copy). */
+int qkv_rowdot(long N, long R, long E, const void *a, int adt, long a_hs, long a_rs, const void *b, int bdt,
+               long b_hs, long b_rs, float *out, int nt) {
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt) if (nt > 1)
+    for (long n = 0; n < N; n++)
+        for (long r = 0; r < R; r++) {
+            const char *ar = row_at(a, adt, a_hs, a_rs, n, r), *br = row_at(b, bdt, b_hs, b_rs, n, r);
+            vf acc = vzero();
+            for (long c = 0; c < E; c += VW) acc = vfmadd(vload_part(ar, adt, c, E), vload_part(br, bdt, c, E), acc);
+            out[n * R + r] = vreduce_add(acc);
+        }
+    return 0;
+}
+
+/* dst[n][r][:] = scale * src[n][r][:], converted from sdt to ddt: rows of E elements with {head, row} element
+ * strides (block copies of the queries with their scale, gradients and outputs cast on the way out). */
+int qkv_scale_rows(long N, long R, long E, const void *src, int sdt, long s_hs, long s_rs, void *dst, int ddt,
+                   long d_hs, long d_rs, float scale, int nt) {
+    vf sc = vset1(scale);
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt) if (nt > 1)
+    for (long n = 0; n < N; n++)
+        for (long r = 0; r < R; r++) {
+            const char *sr = row_at(src, sdt, s_hs, s_rs, n, r);
+            char *dr = row_at(dst, ddt, d_hs, d_rs, n, r);
+            for (long c = 0; c < E; c += VW) vstore_part(dr, ddt, c, E, vmul(vload_part(sr, sdt, c, E), sc));
+        }
+    return 0;
+}
+
 /* acc (N, R, E) float32 with head/row strides = part (contiguous (N, R, E), dtype dt) if first, else += part. */
 int qkv_accumulate(long N, long R, long E, float *acc, long acc_hs, long acc_rs, const void *part, int dt,
                    int first, int nt) {

@@ -8,7 +8,7 @@ The algorithm and the block plan are the reference's (:func:`qkv.functional.chun
 is where the work runs. Each block's matmuls are torch's (in the input dtype: bf16 matmuls on CPUs that have
 them), and everything between them (row max, exp2, sums, rescaling, casts, ``p`` and ``ds`` in the backward,
 causal/window/padding and bool masks, transposed copies) is one C pass per block row. Scores are in log2
-units (queries pre-scaled by ``scale * log2(e)``). Query heads sharing a kv head are stacked as rows
+units (query blocks scaled by ``scale * log2(e)`` as they are copied). Query heads sharing a kv head are stacked as rows
 ``i * G + g`` so each block is one batched matmul per kv head.
 
 Buffers: a fresh CPU tensor of a few MB comes from new pages whose first touch costs a page fault per 4 KiB,
@@ -104,13 +104,14 @@ class _Context:
     bk: int
     B: int
     G: int
+    qscale: float  # queries are multiplied by this (scale * log2(e)) as their blocks are made
 
     def batch(self, b: int) -> _Context:
         """The context of batch element ``b`` (mask/bias sliced where they have a batch dim)."""
         def one(t):
             return t if t is None or t.shape[0] == 1 else t[b : b + 1]
         return _Context(one(self.mask), one(self.bias), self.causal, self.window, self.layout, self.off, self.bq,
-                        self.bk, 1, self.G)
+                        self.bk, 1, self.G, self.qscale)
 
 
 class _Work:
@@ -146,20 +147,22 @@ class _Work:
 
 
 class _Blocks:
-    """The row blocks of ``t (N, n, E)`` as contiguous ``(N, size, E)`` tensors (``transpose``: ``(N, E, size)``),
-    copied once into one scratch buffer (torch.bmm would copy a non-contiguous slice on every call)."""
+    """The row blocks of ``scale * t`` (``t (N, n, E)``) as contiguous ``(N, size, E)`` tensors (``transpose``:
+    ``(N, E, size)``), written once into one scratch buffer (torch.bmm would copy a non-contiguous slice on every
+    call); the scale rides along with that copy (the queries' ``scale * log2(e)``) instead of a pass of its own."""
 
-    def __init__(self, name: str, t: torch.Tensor, size: int, kern, transpose: bool = False) -> None:
+    def __init__(self, name: str, t: torch.Tensor, size: int, kern, transpose: bool = False,
+                 scale: float = 1.0) -> None:
         N, n, E = t.shape
         buf = _scratch(name, t.numel(), t.dtype, t.device)
         self.size, self.parts = size, []
         for s in range(0, n, size):
             e = min(s + size, n)
             part = buf[N * s * E : N * e * E].view((N, E, e - s) if transpose else (N, e - s, E))
-            if transpose and t.stride(2) == 1:
-                kern.transpose(t[:, s:e], part)
+            if t.stride(2) == 1:
+                (kern.transpose if transpose else kern.scale_rows)(t[:, s:e], part, scale)
             else:
-                part.copy_(t[:, s:e].transpose(1, 2) if transpose else t[:, s:e])
+                torch.mul(t[:, s:e].transpose(1, 2) if transpose else t[:, s:e], scale, out=part)
             self.parts.append(part)
 
     def __getitem__(self, start: int) -> torch.Tensor:
@@ -192,7 +195,8 @@ def _forward(q3, k3, v3, cx: _Context, length: int, out, lse, kern) -> None:
     N, LG, _ = q3.shape
     G, bq, bk, S = cx.G, cx.bq, cx.bk, k3.shape[1]
     w = _Work(N, min(bq, LG // G) * G, min(bk, S), max(q3.shape[-1], v3.shape[-1]), q3.dtype, q3.device)
-    qb, kTb, vb = _Blocks("qb", q3, bq * G, kern), _Blocks("kTb", k3, bk, kern, True), _Blocks("vb", v3, bk, kern)
+    qb = _Blocks("qb", q3, bq * G, kern, scale=cx.qscale)
+    kTb, vb = _Blocks("kTb", k3, bk, kern, True), _Blocks("vb", v3, bk, kern)
     for qs, qe, blocks in block_plan(LG // G, S, bq, bk, causal=cx.causal, window=cx.window, length=length,
                                      layout=cx.layout):
         rows = slice(qs * G, qe * G)
@@ -220,13 +224,14 @@ def _backward(q3, k3, v3, out, lse, dout, cx: _Context, length: int, grads, kern
     G, bq, bk, S, Ev = cx.G, cx.bq, cx.bk, k3.shape[1], v3.shape[-1]
     w = _Work(N, min(bq, LG // G) * G, min(bk, S), max(E, Ev), q3.dtype, q3.device)
     dq, dk, dv = grads  # dq float32, dk/dv in the inputs' dtype; first contributions copied in
-    do32 = _scratch("do32", dout.numel(), torch.float32, dout.device).view(dout.shape).copy_(dout)
-    delta = do32.mul_(out).sum(-1, keepdim=True)  # (N, L*G, 1)
+    delta = torch.empty((N, LG, 1), dtype=torch.float32, device=dout.device)
+    kern.rowdot(dout, out, delta)  # rowsum(dO * O), float32
     dout = dout.to(q3.dtype)
     rq = bq * G
     kb, kTb, vTb = _Blocks("kb", k3, bk, kern), _Blocks("kTb", k3, bk, kern, True), _Blocks("vTb", v3, bk, kern, True)
-    qb, dob = _Blocks("qb", q3, rq, kern), _Blocks("dob", dout, rq, kern)  # (N, bq*G, E), (N, bq*G, Ev)
-    qTb, doTb = _Blocks("qTb", q3, rq, kern, True), _Blocks("doTb", dout, rq, kern, True)  # (N, E|Ev, bq*G)
+    qb, dob = _Blocks("qb", q3, rq, kern, scale=cx.qscale), _Blocks("dob", dout, rq, kern)  # (N, bq*G, E|Ev)
+    qTb = _Blocks("qTb", q3, rq, kern, True, scale=cx.qscale)  # (N, E, bq*G)
+    doTb = _Blocks("doTb", dout, rq, kern, True)  # (N, Ev, bq*G)
     dk_acc = _scratch("dkT", dk.numel(), torch.float32, dk.device).view(N, E, S)
     dv_acc = _scratch("dvT", dv.numel(), torch.float32, dv.device).view(N, Ev, S)
     seen = set()  # key blocks (by start) with a contribution in dk/dv so far
@@ -255,7 +260,7 @@ def _backward(q3, k3, v3, out, lse, dout, cx: _Context, length: int, grads, kern
         if ks not in seen:  # keys no query sees: zero gradient
             dk_acc[:, :, ks : ks + bk].zero_()
             dv_acc[:, :, ks : ks + bk].zero_()
-    kern.transpose(dk_acc, dk, _LN2)  # transposed back and cast in one pass; q3 carries scale * log2(e)
+    kern.transpose(dk_acc, dk, _LN2)  # transposed back and cast in one pass; the query blocks carry scale * log2(e)
     kern.transpose(dv_acc, dv)
 
 
@@ -271,13 +276,15 @@ def _arranged(t: torch.Tensor, H_kv: int) -> torch.Tensor:
     return _grouped(t, H_kv).reshape(B * H_kv, L * (H // H_kv), E)
 
 
-def _scaled_queries(q: torch.Tensor, scale: float, H_kv: int) -> torch.Tensor:
-    """``q * scale * log2(e)`` as :func:`_arranged`, in per-thread scratch (the backward rebuilds it)."""
-    B, H, L, E = q.shape
-    grouped = _grouped(q, H_kv)  # (B, H_kv, L, G, E)
-    q3 = _scratch("q3", q.numel(), q.dtype, q.device).view(grouped.shape)
-    torch.mul(grouped, scale * _LOG2E, out=q3)
-    return q3.view(B * H_kv, L * (H // H_kv), E)
+def _ungrouped(t3: torch.Tensor, out: torch.Tensor, H_kv: int, scale: float, kern) -> torch.Tensor:
+    """``out (B, H, L, E) = scale * t3``, ``t3 (N, L*G, E)`` float32 in the blocks' layout (:func:`_arranged`),
+    cast to ``out``'s dtype in one C pass per head of a group."""
+    B, H, L, E = out.shape
+    G = H // H_kv
+    rows, heads = t3.view(B * H_kv, L, G, E), _grouped(out, H_kv)  # (N, L, G, E), (B, H_kv, L, G, E)
+    for g in range(G):
+        kern.scale_rows(rows[:, :, g], heads[:, :, :, g].flatten(0, 1), scale)  # (N, L, E) each
+    return out
 
 
 def _sequences(cx: _Context, lengths, N: int, S: int):
@@ -295,7 +302,7 @@ class _BlockAttention(torch.autograd.Function):
         kern = native.kernels()
         B, H, L, E = q.shape
         H_kv, S, Ev = k.shape[1], k.shape[2], v.shape[-1]
-        q3 = _scaled_queries(q, scale, H_kv)  # scaled once, in log2 units
+        q3 = _arranged(q, H_kv)  # (N, L*G, E); scaled as its blocks are made (cx.qscale)
         k3, v3 = k.reshape(B * H_kv, S, E), v.reshape(B * H_kv, S, Ev)  # (N, S, E), (N, S, Ev)
         shape = (*q3.shape[:2], Ev)
         out3 = (empty_large(*shape, dtype=torch.float32, device=q.device) if q.dtype == torch.float32
@@ -303,8 +310,10 @@ class _BlockAttention(torch.autograd.Function):
         lse = q3.new_full((*q3.shape[:2], 1), float("inf"), dtype=torch.float32)
         for sl, sub, length in _sequences(cx, lengths, q3.shape[0], S):
             _forward(q3[sl], k3[sl], v3[sl], sub, length, out3[sl], lse[sl], kern)
-        # (N, L*G, Ev) -> (B, H_kv, L, G, Ev) -> (B, H_kv, G, L, Ev) -> (B, H, L, Ev)
-        out = out3.view(B, H_kv, L, cx.G, Ev).transpose(2, 3).reshape(B, H, L, Ev).to(q.dtype)
+        if q.dtype == torch.float32 and cx.G == 1:
+            out = out3.view(B, H, L, Ev)  # the float32 result itself (not scratch for float32 inputs)
+        else:
+            out = _ungrouped(out3, q.new_empty(B, H, L, Ev), H_kv, 1.0, kern)
         ctx.save_for_backward(q, k3, v3, out, lse, bias, mask, lengths)  # out, not the float32 scratch
         ctx.cx, ctx.scale, ctx.shapes = cx, scale, (k.shape, v.shape)
         return out
@@ -316,16 +325,16 @@ class _BlockAttention(torch.autograd.Function):
         B, H, L, E = q.shape
         k_shape, v_shape = ctx.shapes
         H_kv = k_shape[1]
-        q3 = _scaled_queries(q, ctx.scale, H_kv)
+        q3 = _arranged(q, H_kv)
         dq3 = (torch.empty(q3.shape, dtype=torch.float32, device=q.device) if q.dtype == torch.float32
                else _scratch("dq", q3.numel(), torch.float32, q.device).view(q3.shape))
         grads = (dq3, torch.empty_like(k3), torch.empty_like(v3))
+        dout = dout if dout.stride(-1) == 1 else dout.contiguous()  # e.g. the expanded gradient of a sum
         out3, dout3 = _arranged(out, H_kv), _arranged(dout, H_kv)
         for sl, sub, length in _sequences(cx, lengths, q3.shape[0], k3.shape[1]):
             _backward(q3[sl], k3[sl], v3[sl], out3[sl], lse[sl], dout3[sl], sub, length,
                       tuple(g[sl] for g in grads), kern)
-        dq = q3.new_empty(B, H, L, E)
-        torch.mul(dq3.view(B, H_kv, L, cx.G, E), ctx.scale, out=_grouped(dq, H_kv))  # scaled and cast in one pass
+        dq = _ungrouped(dq3, q.new_empty(B, H, L, E), H_kv, ctx.scale, kern)  # scaled and cast in one pass
         return dq, grads[1].view(k_shape), grads[2].view(v_shape), None, None, None, None, None
 
 
@@ -342,5 +351,5 @@ def run(call: Call) -> torch.Tensor:
                                 causal=call.causal)
     layout = None if call.layout is None else call.layout.tolist()
     cx = _Context(_arrange(call.mask, H_kv, G), _arrange(call.bias, H_kv, G), bool(call.causal), call.window,
-                  layout, S - L, bq, bk, B, G)
+                  layout, S - L, bq, bk, B, G, scale * _LOG2E)
     return _BlockAttention.apply(q, k, call.v, call.bias, call.mask, call.lengths, cx, scale)

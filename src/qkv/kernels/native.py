@@ -175,12 +175,16 @@ class Kernels:
         self._accumulate.argtypes = [L, L, L, P, L, L, P, I, I, I]
         self._transpose = lib.qkv_transpose
         self._transpose.argtypes = [L, L, L, P, I, L, L, P, I, L, L, ctypes.c_float, I]
+        self._scale_rows = lib.qkv_scale_rows
+        self._scale_rows.argtypes = [L, L, L, P, I, L, L, P, I, L, L, ctypes.c_float, I]
+        self._rowdot = lib.qkv_rowdot
+        self._rowdot.argtypes = [L, L, L, P, I, L, L, P, I, L, L, P, I]
         self._short_forward = lib.qkv_short_forward
         self._short_forward.argtypes = [L] * 7 + [P] * 9 + [I, ctypes.c_float, I, I]
         self._short_backward = lib.qkv_short_backward
         self._short_backward.argtypes = [L] * 7 + [P] * 17 + [I, ctypes.c_float, I, I]
-        for f in (self._forward, self._backward, self._accumulate, self._transpose, self._short_forward,
-                  self._short_backward):
+        for f in (self._forward, self._backward, self._accumulate, self._transpose, self._scale_rows, self._rowdot,
+                  self._short_forward, self._short_backward):
             f.restype = ctypes.c_int
 
     @staticmethod
@@ -242,6 +246,27 @@ class Kernels:
                              "(N, B, A), unit last strides)")
         self._transpose(N, A, B, src.data_ptr(), _DTYPES[src.dtype], src.stride(0), src.stride(1), dst.data_ptr(),
                         _DTYPES[dst.dtype], dst.stride(0), dst.stride(1), scale, _threads())
+
+    def scale_rows(self, src, dst, scale: float = 1.0) -> None:
+        """dst (N, R, E) = scale * src (N, R, E), with dtype conversion; any head/row strides, unit last strides."""
+        if dst.shape != src.shape or src.dim() != 3 or src.stride(2) != 1 or dst.stride(2) != 1:
+            raise ValueError(f"scale_rows: src {tuple(src.shape)} / dst {tuple(dst.shape)} (need the same (N, R, E), "
+                             "unit last strides)")
+        N, R, E = src.shape
+        self._scale_rows(N, R, E, src.data_ptr(), _DTYPES[src.dtype], src.stride(0), src.stride(1), dst.data_ptr(),
+                         _DTYPES[dst.dtype], dst.stride(0), dst.stride(1), scale, _threads())
+
+    def rowdot(self, a, b, out) -> None:
+        """out (N, R) float32 contiguous = sum over the last dim of a * b (both (N, R, E), unit last strides,
+        float32 or bfloat16), accumulated in float32."""
+        if a.shape != b.shape or a.dim() != 3 or a.stride(2) != 1 or b.stride(2) != 1:
+            raise ValueError(f"rowdot: a {tuple(a.shape)} / b {tuple(b.shape)} (need the same (N, R, E), unit last "
+                             "strides)")
+        N, R, E = a.shape
+        if out.dtype != torch.float32 or out.numel() != N * R or not out.is_contiguous():
+            raise ValueError(f"rowdot: out {tuple(out.shape)} {out.dtype} (need {N * R} contiguous float32)")
+        self._rowdot(N, R, E, a.data_ptr(), _DTYPES[a.dtype], a.stride(0), a.stride(1), b.data_ptr(),
+                     _DTYPES[b.dtype], b.stride(0), b.stride(1), out.data_ptr(), _threads())
 
     @staticmethod
     def _rows(t):
