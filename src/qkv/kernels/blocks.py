@@ -8,8 +8,8 @@ The algorithm and the block plan are the reference's (:func:`qkv.functional.chun
 is where the work runs. Each block's matmuls are torch's (in the input dtype: bf16 matmuls on CPUs that have
 them), and everything between them (row max, exp2, sums, rescaling, casts, ``p`` and ``ds`` in the backward,
 causal/window/padding and bool masks, transposed copies) is one C pass per block row. Scores are in log2
-units (query blocks scaled by ``scale * log2(e)`` as they are copied). Query heads sharing a kv head are stacked as rows
-``i * G + g`` so each block is one batched matmul per kv head.
+units (query blocks scaled by ``scale * log2(e)`` as they are copied). Query heads sharing a kv head are
+stacked as rows ``i * G + g`` so each block is one batched matmul per kv head.
 
 Buffers: a fresh CPU tensor of a few MB comes from new pages whose first touch costs a page fault per 4 KiB,
 so block buffers are per-thread scratch kept between calls (never returned to the caller), and long
@@ -260,7 +260,7 @@ def _backward(q3, k3, v3, out, lse, dout, cx: _Context, length: int, grads, kern
         if ks not in seen:  # keys no query sees: zero gradient
             dk_acc[:, :, ks : ks + bk].zero_()
             dv_acc[:, :, ks : ks + bk].zero_()
-    kern.transpose(dk_acc, dk, _LN2)  # transposed back and cast in one pass; the query blocks carry scale * log2(e)
+    kern.transpose(dk_acc, dk, _LN2)  # transposed back and cast in one pass (query blocks carried log2(e))
     kern.transpose(dv_acc, dv)
 
 
