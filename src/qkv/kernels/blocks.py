@@ -147,22 +147,22 @@ class _Work:
 
 
 class _Blocks:
-    """The row blocks of ``scale * t`` (``t (N, n, E)``) as contiguous ``(N, size, E)`` tensors (``transpose``:
-    ``(N, E, size)``), written once into one scratch buffer (torch.bmm would copy a non-contiguous slice on every
-    call); the scale rides along with that copy (the queries' ``scale * log2(e)``) instead of a pass of its own."""
+    """The row blocks of ``scale * t`` (``t (N, n, E)``) as contiguous ``(N, size, E)`` tensors, written once into
+    one scratch buffer (torch.bmm copies a slice strided across heads on every call, and takes a transposed view of
+    a contiguous block as it is); the scale rides along with that copy (the queries' ``scale * log2(e)``) instead of
+    a pass of its own."""
 
-    def __init__(self, name: str, t: torch.Tensor, size: int, kern, transpose: bool = False,
-                 scale: float = 1.0) -> None:
+    def __init__(self, name: str, t: torch.Tensor, size: int, kern, scale: float = 1.0) -> None:
         N, n, E = t.shape
         buf = _scratch(name, t.numel(), t.dtype, t.device)
         self.size, self.parts = size, []
         for s in range(0, n, size):
             e = min(s + size, n)
-            part = buf[N * s * E : N * e * E].view((N, E, e - s) if transpose else (N, e - s, E))
+            part = buf[N * s * E : N * e * E].view(N, e - s, E)
             if t.stride(2) == 1:
-                (kern.transpose if transpose else kern.scale_rows)(t[:, s:e], part, scale)
+                kern.scale_rows(t[:, s:e], part, scale)
             else:
-                torch.mul(t[:, s:e].transpose(1, 2) if transpose else t[:, s:e], scale, out=part)
+                torch.mul(t[:, s:e], scale, out=part)
             self.parts.append(part)
 
     def __getitem__(self, start: int) -> torch.Tensor:
@@ -195,8 +195,7 @@ def _forward(q3, k3, v3, cx: _Context, length: int, out, lse, kern) -> None:
     N, LG, _ = q3.shape
     G, bq, bk, S = cx.G, cx.bq, cx.bk, k3.shape[1]
     w = _Work(N, min(bq, LG // G) * G, min(bk, S), max(q3.shape[-1], v3.shape[-1]), q3.dtype, q3.device)
-    qb = _Blocks("qb", q3, bq * G, kern, scale=cx.qscale)
-    kTb, vb = _Blocks("kTb", k3, bk, kern, True), _Blocks("vb", v3, bk, kern)
+    qb, kb, vb = _Blocks("qb", q3, bq * G, kern, cx.qscale), _Blocks("kb", k3, bk, kern), _Blocks("vb", v3, bk, kern)
     for qs, qe, blocks in block_plan(LG // G, S, bq, bk, causal=cx.causal, window=cx.window, length=length,
                                      layout=cx.layout):
         rows = slice(qs * G, qe * G)
@@ -208,7 +207,7 @@ def _forward(q3, k3, v3, cx: _Context, length: int, out, lse, kern) -> None:
         l = torch.zeros_like(m)
         for i, (ks, ke, needs_mask) in enumerate(blocks):
             tile = _Tile(kern, w, cx, N, length, qs, qe, ks, ke, needs_mask)
-            s = tile.scores(qb[qs * G], kTb[ks])
+            s = tile.scores(qb[qs * G], kb[ks].transpose(1, 2))
             p = w.take(w.lo, *s.shape)  # one C pass: max, exp2, sums, rescale; weights in the input dtype
             kern.forward_tile(s, p, m, l, acc, i == 0, tile.interval, tile.mask)
             kern.accumulate(acc, w.product(p, vb[ks]), i == 0)
@@ -228,10 +227,8 @@ def _backward(q3, k3, v3, out, lse, dout, cx: _Context, length: int, grads, kern
     kern.rowdot(dout, out, delta)  # rowsum(dO * O), float32
     dout = dout.to(q3.dtype)
     rq = bq * G
-    kb, kTb, vTb = _Blocks("kb", k3, bk, kern), _Blocks("kTb", k3, bk, kern, True), _Blocks("vTb", v3, bk, kern, True)
-    qb, dob = _Blocks("qb", q3, rq, kern, scale=cx.qscale), _Blocks("dob", dout, rq, kern)  # (N, bq*G, E|Ev)
-    qTb = _Blocks("qTb", q3, rq, kern, True, scale=cx.qscale)  # (N, E, bq*G)
-    doTb = _Blocks("doTb", dout, rq, kern, True)  # (N, Ev, bq*G)
+    kb, vb = _Blocks("kb", k3, bk, kern), _Blocks("vb", v3, bk, kern)  # (N, bk, E|Ev)
+    qb, dob = _Blocks("qb", q3, rq, kern, cx.qscale), _Blocks("dob", dout, rq, kern)  # (N, bq*G, E|Ev)
     dk_acc = _scratch("dkT", dk.numel(), torch.float32, dk.device).view(N, E, S)
     dv_acc = _scratch("dvT", dv.numel(), torch.float32, dv.device).view(N, Ev, S)
     seen = set()  # key blocks (by start) with a contribution in dk/dv so far
@@ -244,18 +241,19 @@ def _backward(q3, k3, v3, out, lse, dout, cx: _Context, length: int, grads, kern
             first_k = ks not in seen
             seen.add(ks)
             tile = _Tile(kern, w, cx, N, length, qs, qe, ks, ke, needs_mask)
-            s = tile.scores(qb[qs * G], kTb[ks])
+            q_b, k_b, v_b, do_b = qb[qs * G], kb[ks], vb[ks], dob[qs * G]
+            s = tile.scores(q_b, k_b.transpose(1, 2))
             n, r, c = s.shape
             if s.dtype == w.low:  # no bias: s and dp in the input dtype; p over s, ds over dp (stay in cache)
-                dp = torch.bmm(dob[qs * G], vTb[ks], out=w.take(w.extra("lo2"), n, r, c))  # (N, bq*G, bk)
+                dp = torch.bmm(do_b, v_b.transpose(1, 2), out=w.take(w.extra("lo2"), n, r, c))  # (N, bq*G, bk)
                 p, ds = s, dp
             else:  # float32 scores with the bias added
-                dp = w.matmul32(dob[qs * G], vTb[ks], w.d)
+                dp = w.matmul32(do_b, v_b.transpose(1, 2), w.d)
                 p, ds = w.take(w.extra("p"), n, r, c), w.take(w.extra("ds"), n, r, c)
             kern.backward_tile(s, dp, lse[:, rows], delta[:, rows], ds, p, tile.interval, tile.mask)
-            kern.accumulate(dv_acc[:, :, ks:ke], w.product(doTb[qs * G], p), first_k)  # (N, Ev, bk)
-            kern.accumulate(dq[:, rows], w.product(ds, kb[ks]), i == 0)  # (N, bq*G, E)
-            kern.accumulate(dk_acc[:, :, ks:ke], w.product(qTb[qs * G], ds), first_k)  # (N, E, bk)
+            kern.accumulate(dv_acc[:, :, ks:ke], w.product(do_b.transpose(1, 2), p), first_k)  # (N, Ev, bk)
+            kern.accumulate(dq[:, rows], w.product(ds, k_b), i == 0)  # (N, bq*G, E)
+            kern.accumulate(dk_acc[:, :, ks:ke], w.product(q_b.transpose(1, 2), ds), first_k)  # (N, E, bk)
     for ks in range(0, S, bk):
         if ks not in seen:  # keys no query sees: zero gradient
             dk_acc[:, :, ks : ks + bk].zero_()
