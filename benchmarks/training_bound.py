@@ -5,8 +5,8 @@ matrix products of its linear layers. In fp32 their count is fixed by the model;
 run them at this CPU's rate and make everything else free. Measured here, interleaved in one process so load
 from elsewhere hits all alike:
 
-* the plain nanoGPT-style loop's step and qkv's trainer step (its defaults, as ``training.py`` runs it), wall
-  clock;
+* the plain nanoGPT-style loop's step and qkv's trainer step (its defaults, as ``training.py`` runs it: fp32 on
+  an AVX2-only CPU, bf16 where bf16 products are native, so its products are then not the fp32 ones), wall clock;
 * the products alone (forward ``x W^T``, backward ``dY W`` and ``dY^T x`` for every linear layer; attention and
   elementwise work left out) as contiguous ``a @ b`` calls, and one 1024^3 product (near the core's peak);
 * the time each loop spends inside those products as it runs them (``aten::mm`` / ``aten::addmm`` self time
@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"alone {ms['products_s']:.1f} ms ({row['products_gflops']:.0f} GFLOP/s; 1024^3: "
           f"{row['peak_1024_gflops']:.0f}); inside the plain step {ms['products_in_plain_step_s']:.1f} of "
           f"{ms['plain_step_s']:.1f} ms, inside qkv's {ms['products_in_qkv_step_s']:.1f} of {ms['qkv_step_s']:.1f} ms "
-          f"(qkv {row['qkv_over_plain']:.2f}x the plain loop). Bound on an fp32 trainer: "
-          f"{row['bound_plain_over_products']:.2f}x (products alone), {row['bound_plain_over_qkv_products']:.2f}x "
-          f"(qkv's products); at 1.5x, {ms['rest_budget_at_1_5x_s']:.1f} ms would be left for everything else "
+          f"(qkv {row['qkv_over_plain']:.2f}x the plain loop, {trainer.precision}). Bound on a trainer: "
+          f"{row['bound_plain_over_products']:.2f}x (fp32 products alone), {row['bound_plain_over_qkv_products']:.2f}x "
+          f"(qkv's {trainer.precision} products); at 1.5x, {ms['rest_budget_at_1_5x_s']:.1f} ms would be left for everything else "
           f"(qkv spends {ms['qkv_rest_s']:.1f}, the plain loop {ms['plain_rest_s']:.1f})", flush=True)
     name = f"training_bound_{isa}_t{row['threads']}"
     print(f"wrote {write_json(name, row)}")
