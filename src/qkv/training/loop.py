@@ -127,13 +127,15 @@ class Trainer:
         self.step_module = wrap_model(LossModule(self.model, loss_fn), self.dist, config.strategy)
         if config.compile:
             self.step_module = torch.compile(self.step_module)
+        # The parameters as wrapping left them; read every step (a module walk per step costs more than the clip).
+        self._params = list(self.model.parameters())
         self.optimizer = build_optimizer(
             self.model, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas,
             eps=config.eps, fused=config.fused,
         )
         self.scheduler = build_scheduler(self.optimizer, self._schedule(config.steps))
         threads = self._resolve_split()
-        self._split = (BatchSplit(threads, self.step_module, list(self.model.parameters()), self._autocast)
+        self._split = (BatchSplit(threads, self.step_module, self._params, self._autocast)
                        if threads > 1 else None)
         self._split_probed = False
         self.planned_steps: int | None = None
@@ -290,11 +292,11 @@ class Trainer:
         ``grad_scale``, which divides each gradient by it as it reads it (the contract ``GradScaler`` uses):
         the same update without the passes of the multiply and the clip.
         """
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        grads = [p.grad for p in self._params if p.grad is not None]
         clip = self.config.grad_clip
         if not self.config.fused_grad_scale:
             torch._foreach_mul_(grads, scale)
-            return torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip) if clip else None
+            return torch.nn.utils.clip_grad_norm_(self._params, clip) if clip else None
         if not getattr(self.optimizer, "_step_supports_amp_scaling", False):
             raise ValueError(f"fused_grad_scale needs an optimizer that reads grad_scale (fused AdamW), got "
                              f"{type(self.optimizer).__name__} with fused={self.optimizer.defaults.get('fused')}")
