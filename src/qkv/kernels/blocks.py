@@ -268,10 +268,16 @@ def _grouped(t: torch.Tensor, H_kv: int) -> torch.Tensor:
     return t.reshape(B, H_kv, H // H_kv, L, E).transpose(2, 3)
 
 
-def _arranged(t: torch.Tensor, H_kv: int) -> torch.Tensor:
-    """(B, H, L, E) -> (N, L*G, E), the layout of the blocks (a view when G == 1)."""
+def _arranged(t: torch.Tensor, H_kv: int, name: str) -> torch.Tensor:
+    """(B, H, L, E) -> (N, L*G, E), the layout of the blocks: a view where the strides allow one (G == 1 and
+    heads that merge with the batch), else a copy into the per-thread scratch ``name`` (no fresh pages)."""
     B, H, L, E = t.shape
-    return _grouped(t, H_kv).reshape(B * H_kv, L * (H // H_kv), E)
+    grouped = _grouped(t, H_kv)  # (B, H_kv, L, G, E)
+    shape = (B * H_kv, L * (H // H_kv), E)
+    try:
+        return grouped.view(shape)
+    except RuntimeError:  # not expressible with strides: copy
+        return _scratch(name, t.numel(), t.dtype, t.device).view(grouped.shape).copy_(grouped).view(shape)
 
 
 def _ungrouped(t3: torch.Tensor, out: torch.Tensor, H_kv: int, scale: float, kern) -> torch.Tensor:
@@ -300,7 +306,7 @@ class _BlockAttention(torch.autograd.Function):
         kern = native.kernels()
         B, H, L, E = q.shape
         H_kv, S, Ev = k.shape[1], k.shape[2], v.shape[-1]
-        q3 = _arranged(q, H_kv)  # (N, L*G, E); scaled as its blocks are made (cx.qscale)
+        q3 = _arranged(q, H_kv, "q3")  # (N, L*G, E); scaled as its blocks are made (cx.qscale)
         k3, v3 = k.reshape(B * H_kv, S, E), v.reshape(B * H_kv, S, Ev)  # (N, S, E), (N, S, Ev)
         shape = (*q3.shape[:2], Ev)
         out3 = (empty_large(*shape, dtype=torch.float32, device=q.device) if q.dtype == torch.float32
@@ -323,12 +329,12 @@ class _BlockAttention(torch.autograd.Function):
         B, H, L, E = q.shape
         k_shape, v_shape = ctx.shapes
         H_kv = k_shape[1]
-        q3 = _arranged(q, H_kv)
+        q3 = _arranged(q, H_kv, "q3")
         dq3 = (torch.empty(q3.shape, dtype=torch.float32, device=q.device) if q.dtype == torch.float32
                else _scratch("dq", q3.numel(), torch.float32, q.device).view(q3.shape))
         grads = (dq3, torch.empty_like(k3), torch.empty_like(v3))
         dout = dout if dout.stride(-1) == 1 else dout.contiguous()  # e.g. the expanded gradient of a sum
-        out3, dout3 = _arranged(out, H_kv), _arranged(dout, H_kv)
+        out3, dout3 = _arranged(out, H_kv, "out3"), _arranged(dout, H_kv, "dout3")
         for sl, sub, length in _sequences(cx, lengths, q3.shape[0], k3.shape[1]):
             _backward(q3[sl], k3[sl], v3[sl], out3[sl], lse[sl], dout3[sl], sub, length,
                       tuple(g[sl] for g in grads), kern)
