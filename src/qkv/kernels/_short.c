@@ -134,6 +134,12 @@ static void store_rows(const float *src, long ld, long R, long Cn, float mul, vo
             vstore_part((char *)dst + r * dst_rs * osz, dt, c, Cn, vmul(vloadf(src + r * ld + c), m));
 }
 
+/* p[j] = 0 for j in [j0, j1), both multiples of VW. The products after the softmax read a row's masked columns
+ * (the causal tiles take whole row blocks), so they must hold zeros, not what the previous head left. */
+static inline void zero_tail(float *p, long j0, long j1) {
+    for (long j = j0; j < j1; j += VW) vstoref(p + j, vzero());
+}
+
 /* Head (b, h) of a tensor with {batch, head, row} element strides st and elements of isz bytes. */
 static inline const char *head(const void *base, const int64_t *st, long b, long h, long isz) {
     return (const char *)base + (b * st[0] + h * st[1]) * isz;
@@ -184,11 +190,13 @@ int qkv_short_forward(long B, long H, long Hkv, long L, long S, long E, long Ev,
             for (long j = 0; j < jm; j += VW) mx = vmask_max(mx, vm_lanes(j, 0, jm), vloadf(p + j));
             float m = vreduce_max(mx);
             vf mv = vset1(m);
-            for (long j = 0; j < Sp; j += VW) {
+            long je = upw(jm); /* exponentials only where a key is visible; later columns are zeroed */
+            for (long j = 0; j < je; j += VW) {
                 vf e = vmaskz(vm_lanes(j, 0, jm), vexp2(vsub(vloadf(p + j), mv), 1));
                 vstoref(p + j, e);
                 sum = vadd(sum, e);
             }
+            zero_tail(p, je, Sp);
             float l = vreduce_add(sum);
             vf inv = vset1(1.0f / l);
             for (long j = 0; j < jm; j += VW) vstoref(p + j, vmul(vloadf(p + j), inv));
@@ -250,12 +258,15 @@ int qkv_short_backward(long B, long H, long Hkv, long L, long S, long E, long Ev
                 float *p = P + i * Sp, *ds = dS + i * Sp;
                 long jm = visible(i, S, causal, off); /* 0 exactly where the forward stored lse = +inf */
                 vf lv = vset1(jm ? lrow[i] : 0.0f), dl = vset1(delta[i]);
-                for (long j = 0; j < Sp; j += VW) {
+                long je = upw(jm);
+                for (long j = 0; j < je; j += VW) {
                     vmask kk = vm_lanes(j, 0, jm);
                     vf e = vmaskz(kk, vexp2(vfmsub(vloadf(p + j), l2e, lv), 1));
                     vstoref(p + j, e);
                     vstoref(ds + j, vmaskz_mul(kk, e, vsub(vloadf(ds + j), dl)));
                 }
+                zero_tail(p, je, Sp);
+                zero_tail(ds, je, Sp);
             }
             mm(L, Ep, S, dS, Sp, 1, Kr, Ep, dQ, Ep, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK, off);
             store_rows(dQ, Ep, L, E, scale, (char *)head(dq, dqs, b, h, isz), dt, dqs[2]);
