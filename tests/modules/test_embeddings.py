@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from qkv.functional.positional import sinusoidal_table
+from qkv.interop.bart import OffsetLearnedPositional
 from qkv.modules.attention import MultiHeadAttention
 from qkv.modules.embeddings import (
     ALiBi,
@@ -95,3 +96,22 @@ def test_input_embedding_offset_reads_contiguous_positions():
     torch.testing.assert_close(emb(ids, offset=4), emb(ids, positions=torch.arange(4, 7)))
     with pytest.raises(ValueError, match="3 tokens at offset 8 is too long"):
         emb(ids, offset=8)
+
+
+@pytest.mark.parametrize("make", [lambda: LearnedPositionalEmbedding(10, 8), lambda: OffsetLearnedPositional(10, 8)])
+def test_contiguous_positions_match_explicit_ones_in_values_and_table_gradient(make):
+    """The offset path reads a slice of the table; explicit positions look rows up: same rows, same gradient."""
+    pos = make()
+    emb = InputEmbedding(TokenEmbedding(11, 8, scale=False), pos).eval()
+    ids, w = torch.randint(0, 11, (2, 3)), torch.randn(2, 3, 8)
+    grads = []
+    for kwargs in ({"offset": 4}, {"positions": torch.arange(4, 7)}):
+        pos.zero_grad()
+        out = emb(ids, **kwargs)
+        (out * w).sum().backward()
+        grads.append((out.detach(), pos.embed.weight.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+    rows = slice(4 + getattr(pos, "offset", 0), 7 + getattr(pos, "offset", 0))
+    torch.testing.assert_close(grads[0][1][rows], w.sum(0))  # each position's row gets its gradient summed over B
+    assert grads[0][1].abs().sum() == grads[0][1][rows].abs().sum()  # and no other row

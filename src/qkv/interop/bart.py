@@ -41,8 +41,8 @@ class OffsetLearnedPositional(LearnedPositionalEmbedding):
         self.offset = offset
         self.embed = nn.Embedding(max_len + offset, d_model)
 
-    def _lookup(self, positions: torch.Tensor) -> torch.Tensor:
-        return self.embed(positions + self.offset)  # (..., D)
+    def table_rows(self) -> torch.Tensor:
+        return self.embed.weight[self.offset :]  # (P, D): position p is row p + offset
 
 
 class SplitSinusoidalPositional(SinusoidalPositionalEncoding):

@@ -14,6 +14,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from qkv.functional.positional import alibi_bias, alibi_slopes, apply_rotary, rotary_tables, sinusoidal_table
 
@@ -84,29 +85,34 @@ class TokenEmbedding(nn.Module):
 
 
 class _AbsolutePositional(nn.Module):
-    """Base of absolute position tables: subclasses define ``_lookup(positions) -> (..., D)``."""
+    """Base of absolute position tables: subclasses define ``table_rows() -> (P, D)``, the whole table."""
 
     max_len: int
+
+    def table_rows(self) -> torch.Tensor:
+        """The whole ``(P, D)`` table (a parameter or a buffer)."""
+        raise NotImplementedError
 
     def check(self, positions: torch.Tensor) -> None:
         check_ids("positions", positions, self.max_len, what="positional table (max_len)")
 
-    def span(self, offset: int, L: int, device: torch.device | None = None) -> torch.Tensor:
+    def span(self, offset: int, L: int) -> torch.Tensor:
         """Embeddings of the contiguous positions ``offset .. offset + L - 1``: ``(1, L, D)``.
 
-        Checked from the sizes alone (no read of tensor values, so no device sync).
+        Checked from the sizes alone (no read of tensor values, so no device sync). A slice of the table (a
+        view), not a lookup: the same values, and its gradient is a dense copy rather than a scatter.
         """
         if offset < 0 or offset + L > self.max_len:
             raise ValueError(
                 f"positions {offset}..{offset + L - 1} do not fit the positional table of max_len {self.max_len}"
                 f" (sequence of {L} tokens at offset {offset} is too long)"
             )
-        return self._lookup(torch.arange(offset, offset + L, device=device)).unsqueeze(0)
+        return self.table_rows()[offset : offset + L].unsqueeze(0)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """positions ``(L,)`` or ``(B, L)`` long -> ``(1|B, L, D)``."""
         self.check(positions)
-        out = self._lookup(positions)
+        out = F.embedding(positions, self.table_rows())
         return out.unsqueeze(0) if out.dim() == 2 else out  # (1|B, L, D)
 
 
@@ -124,8 +130,8 @@ class SinusoidalPositionalEncoding(_AbsolutePositional):
         self.max_len, self.d_model = max_len, d_model
         self.register_buffer("table", sinusoidal_table(max_len, d_model, base=base), persistent=False)
 
-    def _lookup(self, positions: torch.Tensor) -> torch.Tensor:
-        return self.table[positions]
+    def table_rows(self) -> torch.Tensor:
+        return self.table
 
 
 class LearnedPositionalEmbedding(_AbsolutePositional):
@@ -137,8 +143,8 @@ class LearnedPositionalEmbedding(_AbsolutePositional):
         self.embed = nn.Embedding(max_len, d_model)
         nn.init.normal_(self.embed.weight, 0.0, 0.02)  # GPT-2/BERT init; N(0, 1) drowns the token embeddings
 
-    def _lookup(self, positions: torch.Tensor) -> torch.Tensor:
-        return self.embed(positions)
+    def table_rows(self) -> torch.Tensor:
+        return self.embed.weight
 
 
 class SegmentEmbedding(nn.Module):
@@ -204,7 +210,7 @@ class InputEmbedding(nn.Module):
         x = self.token(ids)
         if self.position is not None:
             if positions is None:
-                x = x + self.position.span(offset, ids.shape[1], ids.device)
+                x = x + self.position.span(offset, ids.shape[1])
             elif positions.shape[-1] != ids.shape[1] or (positions.dim() == 2 and positions.shape[0] != ids.shape[0]):
                 raise ValueError(f"positions must be (L,) or (B, L) = {tuple(ids.shape)}, got {tuple(positions.shape)}")
             else:
