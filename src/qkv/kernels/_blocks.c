@@ -215,7 +215,7 @@ int qkv_scale_rows(long N, long R, long E, const void *src, int sdt, long s_hs, 
         for (long r = 0; r < R; r++) {
             const char *sr = row_at(src, sdt, s_hs, s_rs, n, r);
             char *dr = row_at(dst, ddt, d_hs, d_rs, n, r);
-            for (long c = 0; c < E; c += VW) vstore_part(dr, ddt, c, E, vmul(vload_part(sr, sdt, c, E), sc));
+            scale_row(dr, ddt, E, sr, sdt, E, sc);
         }
     return 0;
 }

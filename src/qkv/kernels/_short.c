@@ -120,18 +120,14 @@ static void load_transposed(const void *src, int dt, long src_rs, long R, long C
  * padded to ld columns. */
 static void load_rows(const void *src, int dt, long src_rs, long R, long Cn, float mul, float *dst, long ld) {
     long isz = dt == DT_BF16 ? 2 : 4;
-    vf m = vset1(mul);
     for (long r = 0; r < R; r++)
-        for (long c = 0; c < ld; c += VW)
-            vstoref(dst + r * ld + c, vmul(vload_part((const char *)src + r * src_rs * isz, dt, c, Cn), m));
+        scale_row(dst + r * ld, DT_F32, ld, (const char *)src + r * src_rs * isz, dt, Cn, vset1(mul));
 }
 
 static void store_rows(const float *src, long ld, long R, long Cn, float mul, void *dst, int dt, long dst_rs) {
     long osz = dt == DT_BF16 ? 2 : 4;
-    vf m = vset1(mul);
     for (long r = 0; r < R; r++)
-        for (long c = 0; c < Cn; c += VW)
-            vstore_part((char *)dst + r * dst_rs * osz, dt, c, Cn, vmul(vloadf(src + r * ld + c), m));
+        scale_row((char *)dst + r * dst_rs * osz, dt, Cn, src + r * ld, DT_F32, ld, vset1(mul)); /* src: ld >= Cn */
 }
 
 /* p[j] = 0 for j in [j0, j1), both multiples of VW. The products after the softmax read a row's masked columns

@@ -23,6 +23,7 @@
  *                             vloadu / vstoreu: all lanes (built here from each header's vload_bf16 /
  *                             vstore_bf16; the x86 headers' plain arithmetic from QKV_X86_ARITH)
  *   vload_part(row, dt, c, n), vstore_part(row, dt, c, n, v): elements [c, c + VW) of a row of n
+ *   scale_row(dst, ddt, dn, src, sdt, sn, mul): a whole row, scaled and converted (built from the two above)
  *   vreduce_max, vreduce_add, vtranspose(r[VW]): r[i] row i -> r[j] column j
  *   vm_ge(x, t), vround (to nearest), vldexp(p, n) = p * 2**n for integral n in [-126, 127] (others: any
  *                             value; vexp2 masks those lanes), from which this file builds vexp2(x, precise)
@@ -100,6 +101,12 @@ QKV_INLINE void vstore_part(void *row, int dt, long c, long n, vf v) {
         vstoreu(row, dt, c, v);
     else
         vstore(row, dt, c, v, vm_lanes(c, 0, n));
+}
+
+/* Elements [0, dn) of row dst (dtype ddt) = mul * elements of row src (dtype sdt, sn elements; zeros past them):
+ * a scaled row copy with conversion, also a float32 scratch row zero-padded to whole vectors (dn > sn). */
+QKV_INLINE void scale_row(void *dst, int ddt, long dn, const void *src, int sdt, long sn, vf mul) {
+    for (long c = 0; c < dn; c += VW) vstore_part(dst, ddt, c, dn, vmul(vload_part(src, sdt, c, sn), mul));
 }
 
 /* 2**x for x <= 127 (scores minus their row maximum or log-sum-exp are <= ~0) as 2**n * p(x - n), n the
