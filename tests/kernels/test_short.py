@@ -74,7 +74,7 @@ def test_matches_float64_math_with_gradients(variant, dtype, shape):
     grad = torch.randn_like(ref)
     out.backward(grad.to(dtype))
     ref.backward(grad)
-    tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: rounding of inputs and outputs only
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: rounding of inputs, outputs (and avx512_bf16: P, dS)
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
     for mine, theirs in ((q, q64), (k, k64), (v, v64)):
         assert mine.grad.dtype == dtype and mine.grad.shape == theirs.shape
@@ -100,6 +100,29 @@ def test_reads_strided_views_of_a_fused_projection(variant):
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
     expected = torch.cat([t.grad.transpose(1, 2).reshape(B, L, H * E) for t in (qc, kc, vc)], dim=-1)
     torch.testing.assert_close(proj.grad, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("offset", [0, 1], ids=["even-offset", "odd-offset"])
+def test_bfloat16_strided_views_match_float64_math(variant, offset):
+    """bf16 q, k, v as head views of one (B, L, 3 * H * E) projection, as the trainer passes them under autocast.
+    At an odd element offset their rows are no longer pairs of bf16 words (the avx512_bf16 build's dot products
+    read them in place otherwise): the kernels copy them instead. Both match float64 math, gradients included."""
+    torch.manual_seed(4)
+    B, L, H, E = 2, 40, 4, 16
+    base = torch.randn(B, L, 3 * H * E + 1).to(torch.bfloat16)
+    proj = base[..., offset : offset + 3 * H * E].detach().requires_grad_()
+    assert proj.storage_offset() == offset
+    q, k, v = (t.view(B, L, H, E).transpose(1, 2) for t in proj.split(H * E, dim=-1))
+    out = short_attention(q, k, v, causal=True)
+    grad = torch.randn(B, H, L, E, dtype=torch.float64)
+    out.backward(grad.to(torch.bfloat16))
+    p64 = proj.detach().double().requires_grad_()
+    q64, k64, v64 = (t.view(B, L, H, E).transpose(1, 2) for t in p64.split(H * E, dim=-1))
+    ref = _reference(q64, k64, v64, True, 1 / math.sqrt(E))
+    ref.backward(grad)
+    torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2e-2)
+    err = (proj.grad.double() - p64.grad).abs().max() / p64.grad.abs().max()
+    assert err < 1.5e-2, err
 
 
 @pytest.mark.filterwarnings("ignore:Input #:UserWarning")

@@ -6,9 +6,12 @@
  * is one task: its q, k, v (any batch/head/row strides, unit last stride, float32 or bfloat16) are read into
  * float32 scratch that stays in the core's L1/L2, and every product is a register-tiled float32 micro-GEMM
  * (TILE_ROWS rows x TILE_VECS vectors of accumulators, per instruction set: _simd.h) that skips what the
- * causal mask hides. Forward: S = Q K^T (log2
- * units), softmax rows (their log-sum-exp kept), O = P V. Backward (per kv head, over its G query heads):
- * P recomputed from the log-sum-exp, dP = dO V^T, dS = P (dP - delta), dQ = dS K, dK += dS^T Q, dV += P^T dO.
+ * causal mask hides. Forward: S = Q K^T, softmax rows of S * scale (their log-sum-exp kept, log2 units),
+ * O = P V. Backward (per kv head, over its G query heads): P recomputed from the log-sum-exp, dP = dO V^T,
+ * dS = P (dP - delta), dQ = dS K * scale, dK += dS^T Q * scale, dV += P^T dO.
+ * Operands: with QKV_BF16_DOT (see _simd.h) and bfloat16 inputs the products take bfloat16 pairs (a 4-byte word
+ * holds two values adjacent along the product's k; P and dS rounded to bfloat16 for the products after the
+ * softmax), otherwise float32 words; the helpers below lay out either from the same calls.
  * Causal is lower-right aligned (key j visible to query i iff j <= i + S - L); a row with no visible key
  * gives zeros and zero gradients. Heads run in parallel (OpenMP on torch's threads, see native.py).
  */
@@ -31,10 +34,21 @@ static float *scratch(size_t n) {
     return scratch_buf;
 }
 
+/* c + a * b, or with pairs the dot products of the lanes' bfloat16 pairs. */
+QKV_INLINE vf madd(int pairs, vf c, vf a, vf b) {
+#if QKV_BF16_DOT
+    if (pairs) return vdot_bf16(c, a, b);
+#else
+    (void)pairs;
+#endif
+    return vfmadd(a, b, c);
+}
+
 /* rows x (VW * nv) block of C (=|+=) A B over k in [k0, k1), A[r][k] at A[r * lda + k * ak] (a transposed
- * A costs nothing: its entries are broadcast one at a time): accumulators stay in registers. */
+ * A costs nothing: its entries are broadcast one at a time): accumulators stay in registers. Entries are
+ * 4-byte words (float32, or bfloat16 pairs with pairs). */
 QKV_INLINE void tile(int rows, int nv, long k0, long k1, const float *A, long lda, long ak, const float *B, long ldb,
-                     float *C, long ldc, int acc) {
+                     float *C, long ldc, int acc, int pairs) {
     vf c[TILE_ROWS][TILE_VECS];
     for (int r = 0; r < rows; r++)
         for (int v = 0; v < nv; v++) c[r][v] = acc ? vloadf(C + r * ldc + VW * v) : vzero();
@@ -43,7 +57,7 @@ QKV_INLINE void tile(int rows, int nv, long k0, long k1, const float *A, long ld
         for (int v = 0; v < nv; v++) b[v] = vloadf(B + k * ldb + VW * v);
         for (int r = 0; r < rows; r++) {
             vf a = vset1(A[r * lda + k * ak]);
-            for (int v = 0; v < nv; v++) c[r][v] = vfmadd(a, b[v], c[r][v]);
+            for (int v = 0; v < nv; v++) c[r][v] = madd(pairs, c[r][v], a, b[v]);
         }
     }
     for (int r = 0; r < rows; r++)
@@ -72,18 +86,20 @@ QKV_INLINE void tile(int rows, int nv, long k0, long k1, const float *A, long ld
 #define ROW_CAUSAL 1 /* row r: A[r][k] = 0 for k > r + off (columns: only c <= r + off are needed) */
 #define COL_CAUSAL 2 /* row r: A[r][k] = 0 for k < r - off */
 
-/* C[r][c] (=|+=) sum_k A[r][k] B[k][c], r < M, c < N (a multiple of VW), float32; B and C row-major, A[r][k]
- * at A[r * lda + k * ak]. kmode says which
- * A entries are zero (skipped); cmode ROW_CAUSAL computes only the columns rows can see (the others are
- * left as they are: the caller overwrites them). */
+/* C[r][c] (=|+=) sum_k A[r][k] B[k][c], r < M, c < N (a multiple of VW); B and C row-major, A[r][k] at
+ * A[r * lda + k * ak], in words: with pairs k counts elements (K, kmode's bounds) and word k / 2 holds two, both
+ * zero where outside K or masked. kmode says which A entries are zero (skipped); cmode ROW_CAUSAL computes only
+ * the columns rows can see (the others are left as they are: the caller overwrites them). */
 static void mm(long M, long N, long K, const float *A, long lda, long ak, const float *B, long ldb, float *C, long ldc,
-               int acc, int cmode, int kmode, long off) {
+               int acc, int cmode, int kmode, long off, int pairs) {
+    pairs = QKV_BF16_DOT && pairs; /* a constant 0 where the variant has no dot products: one tile per shape */
     for (long r0 = 0; r0 < M; r0 += TILE_ROWS) {
         int rows = M - r0 < TILE_ROWS ? (int)(M - r0) : TILE_ROWS;
         long last = r0 + rows - 1, k0 = 0, k1 = K, n1 = N;
         if (kmode == ROW_CAUSAL) k1 = last + off + 1 < K ? last + off + 1 : K;
         if (kmode == COL_CAUSAL) k0 = r0 - off > 0 ? r0 - off : 0;
         if (k1 < k0) k1 = k0;
+        if (pairs) k0 /= 2, k1 = (k1 + 1) / 2;
         if (cmode == ROW_CAUSAL) {
             n1 = upw(last + off + 1);
             n1 = n1 < 0 ? 0 : (n1 > N ? N : n1);
@@ -93,7 +109,13 @@ static void mm(long M, long N, long K, const float *A, long lda, long ak, const 
             const float *a = A + r0 * lda, *b = B + c0;
             float *c = C + r0 * ldc + c0;
             switch (rows * 8 + nv) {
-#define T(R, V) case R * 8 + V: tile(R, V, k0, k1, a, lda, ak, b, ldb, c, ldc, acc); break;
+#define T(R, V)                                                         \
+    case R * 8 + V:                                                     \
+        if (pairs)                                                      \
+            tile(R, V, k0, k1, a, lda, ak, b, ldb, c, ldc, acc, 1);     \
+        else                                                            \
+            tile(R, V, k0, k1, a, lda, ak, b, ldb, c, ldc, acc, 0);     \
+        break;
                 TILE_SHAPES
 #undef T
             }
@@ -116,6 +138,12 @@ static void load_transposed(const void *src, int dt, long src_rs, long R, long C
         }
 }
 
+static void store_rows(const float *src, long ld, long R, long Cn, float mul, void *dst, int dt, long dst_rs) {
+    long osz = dt == DT_BF16 ? 2 : 4;
+    for (long r = 0; r < R; r++)
+        scale_row((char *)dst + r * dst_rs * osz, dt, Cn, src + r * ld, DT_F32, ld, vset1(mul)); /* src: ld >= Cn */
+}
+
 /* rows r < R of src (dtype dt, row stride src_rs, Cn columns) into float32 dst (R x ld), times mul, zero
  * padded to ld columns. */
 static void load_rows(const void *src, int dt, long src_rs, long R, long Cn, float mul, float *dst, long ld) {
@@ -124,10 +152,57 @@ static void load_rows(const void *src, int dt, long src_rs, long R, long Cn, flo
         scale_row(dst + r * ld, DT_F32, ld, (const char *)src + r * src_rs * isz, dt, Cn, vset1(mul));
 }
 
-static void store_rows(const float *src, long ld, long R, long Cn, float mul, void *dst, int dt, long dst_rs) {
-    long osz = dt == DT_BF16 ? 2 : 4;
-    for (long r = 0; r < R; r++)
-        scale_row((char *)dst + r * dst_rs * osz, dt, Cn, src + r * ld, DT_F32, ld, vset1(mul)); /* src: ld >= Cn */
+/* The products' B operands, ld in words (float32, or bfloat16 pairs with pairs; see the top of this file):
+ * b_rows: k runs down src's rows (V in P V): load_rows, or with pairs, word c of row i pairs elements c of
+ *         rows 2i and 2i + 1 (a zero row past R).
+ * b_cols: k runs along src's rows (K^T in Q K^T): src transposed, or with pairs the transpose of src's rows
+ *         read as words (two adjacent elements each: Cn, the row stride and the address even). */
+static void b_rows(const void *src, int dt, long src_rs, long R, long Cn, float *dst, long ld, int pairs) {
+    if (!pairs) {
+        load_rows(src, dt, src_rs, R, Cn, 1.0f, dst, ld);
+        return;
+    }
+#if QKV_BF16_DOT
+    long isz = dt == DT_BF16 ? 2 : 4;
+    for (long r = 0; r < R; r += 2) {
+        const char *lo = (const char *)src + r * src_rs * isz, *hi = lo + src_rs * isz;
+        for (long c = 0; c < ld; c += VW)
+            vstoref(dst + r / 2 * ld + c, vpair_bf16(vload_part(lo, dt, c, Cn), r + 1 < R ? vload_part(hi, dt, c, Cn)
+                                                                                         : vzero()));
+    }
+#endif
+}
+
+static void b_cols(const void *src, int dt, long src_rs, long R, long Cn, float *dst, long ld, int pairs) {
+    if (pairs)
+        load_transposed(src, DT_F32, src_rs / 2, R, Cn / 2, dst, ld);
+    else
+        load_transposed(src, dt, src_rs, R, Cn, dst, ld);
+}
+
+/* Whether a tensor's rows can be read as words: an even address and even strides (bfloat16 elements). */
+static int words_ok(const void *x, const int64_t *xs) {
+    return (uintptr_t)x % 4 == 0 && xs[0] % 2 == 0 && xs[1] % 2 == 0 && xs[2] % 2 == 0;
+}
+
+/* Whether the products take bfloat16 pairs: bfloat16 inputs, a variant with the dot products, even head dims and a
+ * positive scale (applied to the scores: the row maximum of the unscaled ones gives theirs) (the caller checks
+ * words_ok of its inputs: b_cols and the A operands read them in place). Otherwise the copy of Q is scaled. */
+static int use_pairs(int dt, long E, long Ev, float scale) {
+    return QKV_BF16_DOT && dt == DT_BF16 && E % 2 == 0 && Ev % 2 == 0 && scale > 0;
+}
+
+/* An A operand whose k runs along src's rows (Q in Q K^T): in place as words with pairs (the caller checked
+ * words_ok), else load_rows into dst (ld words) times mul; *lda is set to its row stride in words. */
+static const float *a_of(const void *src, int dt, long src_rs, long R, long Cn, float mul, float *dst, long ld,
+                         int pairs, long *lda) {
+    if (pairs) {
+        *lda = src_rs / 2;
+        return (const float *)src;
+    }
+    load_rows(src, dt, src_rs, R, Cn, mul, dst, ld);
+    *lda = ld;
+    return dst;
 }
 
 /* p[j] = 0 for j in [j0, j1), both multiples of VW. The products after the softmax read a row's masked columns
@@ -148,60 +223,182 @@ static inline long visible(long i, long S, int causal, long off) {
     return v < 0 ? 0 : (v > S ? S : v);
 }
 
+/* One call's tensors and sizes (see qkv_short_forward / qkv_short_backward). The work of one head is a function
+ * of it and of pairs, which the loops pass as a constant: each function is built twice, every pairs test
+ * decided at compile time (a variable captured by the OpenMP loop would be tested at run time). */
+struct call {
+    long H, G, L, S, E, Ev, Sp, Ep, Evp, off, isz;
+    const void *q, *k, *v, *o, *dout;
+    const int64_t *qs, *ks, *vs, *os, *dos, *dqs, *dks, *dvs;
+    void *out, *dq, *dk, *dv;
+    float *lse_out;
+    const float *lse;
+    int dt, causal;
+    float scale;
+};
+
+static struct call sizes(long H, long Hkv, long L, long S, long E, long Ev, int dt, float scale, int causal) {
+    struct call c = {0};
+    c.H = H, c.G = H / Hkv, c.L = L, c.S = S, c.E = E, c.Ev = Ev, c.Sp = upw(S), c.Ep = upw(E), c.Evp = upw(Ev);
+    c.off = S - L, c.isz = dt == DT_BF16 ? 2 : 4, c.dt = dt, c.scale = scale, c.causal = causal;
+    return c;
+}
+
+/* Query head n = b * H + h of the forward, in scratch buf. */
+QKV_INLINE void forward_head(const struct call *c, long n, float *buf, int pairs) {
+    long L = c->L, S = c->S, E = c->E, Ev = c->Ev, Sp = c->Sp, Ep = c->Ep, Evp = c->Evp, off = c->off, isz = c->isz;
+    int dt = c->dt, causal = c->causal;
+    float c2 = c->scale * LOG2E, cs = pairs ? c2 : 1.0f; /* cs: the scores' factor to log2 units */
+    float *Q = buf, *Kt = Q + L * Ep, *V = Kt + Ep * Sp, *P = V + Sp * Evp, *O = P + L * Sp, *Pw = O + L * Evp;
+    long b = n / c->H, h = n % c->H, hk = h / c->G, lq;
+    const char *qh = head(c->q, c->qs, b, h, isz);
+    const char *kh = head(c->k, c->ks, b, hk, isz);
+    const char *vh = head(c->v, c->vs, b, hk, isz);
+    const float *Qa = a_of(qh, dt, c->qs[2], L, E, c2, Q, Ep, pairs, &lq);
+    b_cols(kh, dt, c->ks[2], S, E, Kt, Sp, pairs);
+    b_rows(vh, dt, c->vs[2], S, Ev, V, Evp, pairs);
+    mm(L, Sp, E, Qa, lq, 1, Kt, Sp, P, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off, pairs);
+    float *lrow = c->lse_out + n * L;
+    vf cv = vset1(cs);
+    for (long i = 0; i < L; i++) {
+        float *p = P + i * Sp, inv = 0.0f;
+        long jm = visible(i, S, causal, off);
+        if (jm == 0) {
+            memset(p, 0, (size_t)Sp * sizeof(float));
+            lrow[i] = __builtin_inff();
+        } else {
+            vf mx = vset1(-__builtin_inff()), sum = vzero();
+            for (long j = 0; j < jm; j += VW) mx = vmask_max(mx, vm_lanes(j, 0, jm), vloadf(p + j));
+            float m = vreduce_max(mx) * cs; /* in log2 units (cs > 0) */
+            vf mv = vset1(m);
+            long je = upw(jm); /* exponentials only where a key is visible; later columns are zeroed */
+            for (long j = 0; j < je; j += VW) {
+                vf x = pairs ? vfmsub(vloadf(p + j), cv, mv) : vsub(vloadf(p + j), mv); /* scaled: cs = 1 */
+                vf e = vmaskz(vm_lanes(j, 0, jm), vexp2(x, 1));
+                vstoref(p + j, e);
+                sum = vadd(sum, e);
+            }
+            zero_tail(p, je, Sp);
+            float l = vreduce_add(sum);
+            inv = 1.0f / l;
+            lrow[i] = m + log2f(l);
+        }
+        /* normalised, in place up to the last visible key (zeros after it), or rounded into the bfloat16 rows
+         * the product with V takes */
+        long jn = upw(jm);
+        if (pairs)
+            scale_row((uint16_t *)Pw + i * Sp, DT_BF16, Sp, p, DT_F32, jn, vset1(inv));
+        else
+            scale_row(p, DT_F32, jn, p, DT_F32, jn, vset1(inv));
+    }
+    mm(L, Evp, S, pairs ? Pw : P, pairs ? Sp / 2 : Sp, 1, V, Evp, O, Evp, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK,
+       off, pairs);
+    store_rows(O, Evp, L, Ev, 1.0f, (char *)head(c->out, c->os, b, h, isz), dt, c->os[2]);
+}
+
 /* Forward. q (B, H, L, E), k (B, Hkv, S, E), v (B, Hkv, S, Ev), o (B, H, L, Ev): strides {batch, head, row}
  * in elements, unit last stride, one dtype dt. lse: (B, H, L) float32 contiguous, log2 units (+inf for a
  * row with no visible key). Returns nonzero if scratch could not be allocated. */
 int qkv_short_forward(long B, long H, long Hkv, long L, long S, long E, long Ev, const void *q, const int64_t *qs,
                       const void *k, const int64_t *ks, const void *v, const int64_t *vs, void *o, const int64_t *os,
                       float *lse, int dt, float scale, int causal, int nt) {
-    long G = H / Hkv, Sp = upw(S), Ep = upw(E), Evp = upw(Ev), off = S - L, isz = dt == DT_BF16 ? 2 : 4;
-    size_t need = (size_t)(L * Ep + E * Sp + S * Evp + L * Sp + L * Evp);
+    struct call c = sizes(H, Hkv, L, S, E, Ev, dt, scale, causal);
+    c.q = q, c.qs = qs, c.k = k, c.ks = ks, c.v = v, c.vs = vs, c.out = o, c.os = os, c.lse_out = lse;
+    int pairs = use_pairs(dt, E, Ev, scale) && words_ok(q, qs) && words_ok(k, ks) && words_ok(v, vs);
+    size_t need = (size_t)(L * c.Ep + c.Ep * c.Sp + c.Sp * c.Evp + L * c.Sp + L * c.Evp + (pairs ? L * c.Sp / 2 : 0));
     int failed = 0;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (long n = 0; n < B * H; n++) {
         float *buf = scratch(need);
-        if (!buf) {
+        if (!buf)
             failed = 1;
-            continue;
-        }
-        float *Q = buf, *Kt = Q + L * Ep, *V = Kt + E * Sp, *P = V + S * Evp, *O = P + L * Sp;
-        long b = n / H, h = n % H, hk = h / G;
-        const char *qh = head(q, qs, b, h, isz);
-        const char *kh = head(k, ks, b, hk, isz);
-        const char *vh = head(v, vs, b, hk, isz);
-        load_rows(qh, dt, qs[2], L, E, scale * LOG2E, Q, Ep);
-        load_transposed(kh, dt, ks[2], S, E, Kt, Sp);
-        load_rows(vh, dt, vs[2], S, Ev, 1.0f, V, Evp);
-        mm(L, Sp, E, Q, Ep, 1, Kt, Sp, P, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off);
-        float *lrow = lse + n * L;
-        for (long i = 0; i < L; i++) {
-            float *p = P + i * Sp;
-            long jm = visible(i, S, causal, off);
-            if (jm == 0) {
-                memset(p, 0, (size_t)Sp * sizeof(float));
-                lrow[i] = __builtin_inff();
-                continue;
-            }
-            vf mx = vset1(-__builtin_inff()), sum = vzero();
-            for (long j = 0; j < jm; j += VW) mx = vmask_max(mx, vm_lanes(j, 0, jm), vloadf(p + j));
-            float m = vreduce_max(mx);
-            vf mv = vset1(m);
-            long je = upw(jm); /* exponentials only where a key is visible; later columns are zeroed */
-            for (long j = 0; j < je; j += VW) {
-                vf e = vmaskz(vm_lanes(j, 0, jm), vexp2(vsub(vloadf(p + j), mv), 1));
-                vstoref(p + j, e);
-                sum = vadd(sum, e);
-            }
-            zero_tail(p, je, Sp);
-            float l = vreduce_add(sum);
-            vf inv = vset1(1.0f / l);
-            for (long j = 0; j < jm; j += VW) vstoref(p + j, vmul(vloadf(p + j), inv));
-            lrow[i] = m + log2f(l);
-        }
-        mm(L, Evp, S, P, Sp, 1, V, Evp, O, Evp, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK, off);
-        store_rows(O, Evp, L, Ev, 1.0f, (char *)head(o, os, b, h, isz), dt, os[2]);
+        else if (pairs)
+            forward_head(&c, n, buf, 1);
+        else
+            forward_head(&c, n, buf, 0);
     }
     return failed;
+}
+
+/* kv head n = b * Hkv + hk of the backward, over its G query heads, in scratch buf. Rows of P and dS go, with
+ * pairs, straight into the operands that take them (Pt, dSt: b_rows of P and dS for P^T dO and dS^T Q, a row
+ * into one half of each word; dSr: bfloat16 rows of dS for dS K), otherwise into P and dS, which are those
+ * operands. */
+QKV_INLINE void backward_head(const struct call *c, long n, float *buf, int pairs) {
+    long L = c->L, S = c->S, E = c->E, Ev = c->Ev, Sp = c->Sp, Ep = c->Ep, Evp = c->Evp, off = c->off, isz = c->isz;
+    long Lh = (L + 1) / 2, Hkv = c->H / c->G; /* Lh: rows of a b_rows operand of L rows, with pairs */
+    int dt = c->dt, causal = c->causal;
+    float cs = pairs ? c->scale * LOG2E : LOG2E; /* the scores' factor to log2 units (the copy of Q is scaled) */
+    float *Q = buf, *Kt = Q + L * Ep, *Kr = Kt + Ep * Sp, *Vt = Kr + Sp * Ep, *dO = Vt + Evp * Sp;
+    float *P = dO + L * Evp, *dS = P + L * Sp, *dQ = dS + L * Sp, *dK = dQ + L * Ep;
+    float *dV = dK + S * Ep, *delta = dV + S * Evp, *Qb = Q, *dOb = dO, *Pt = P, *dSt = dS, *dSr = dS;
+    if (pairs) Qb = delta + L, dOb = Qb + Lh * Ep, Pt = dOb + Lh * Evp, dSt = Pt + Lh * Sp, dSr = dSt + Lh * Sp;
+    long b = n / Hkv, hk = n % Hkv;
+    const char *kh = head(c->k, c->ks, b, hk, isz);
+    const char *vh = head(c->v, c->vs, b, hk, isz);
+    b_cols(kh, dt, c->ks[2], S, E, Kt, Sp, pairs);
+    b_rows(kh, dt, c->ks[2], S, E, Kr, Ep, pairs);
+    b_cols(vh, dt, c->vs[2], S, Ev, Vt, Sp, pairs);
+    vf cv = vset1(cs);
+    for (long g = 0; g < c->G; g++) {
+        long h = hk * c->G + g, lq, ldo;
+        const char *qh = head(c->q, c->qs, b, h, isz);
+        const char *oh = head(c->o, c->os, b, h, isz);
+        const char *dh = head(c->dout, c->dos, b, h, isz);
+        const float *Qa = a_of(qh, dt, c->qs[2], L, E, c->scale, Q, Ep, pairs, &lq);
+        const float *dOa = a_of(dh, dt, c->dos[2], L, Ev, 1.0f, dO, Evp, pairs, &ldo);
+        for (long i = 0; i < L; i++) { /* delta_i = dO_i . O_i */
+            vf s = vzero();
+            const char *orow = oh + i * c->os[2] * isz, *drow = dh + i * c->dos[2] * isz;
+            for (long j = 0; j < Ev; j += VW)
+                s = vfmadd(pairs ? vload_part(drow, dt, j, Ev) : vloadf(dO + i * Evp + j), vload_part(orow, dt, j, Ev), s);
+            delta[i] = vreduce_add(s);
+        }
+        mm(L, Sp, E, Qa, lq, 1, Kt, Sp, P, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off, pairs);
+        mm(L, Sp, Ev, dOa, ldo, 1, Vt, Sp, dS, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off, pairs);
+        const float *lrow = c->lse + (b * c->H + h) * L;
+        for (long i = 0; i <= L; i++) {
+            float *p = P + i * Sp, *ds = dS + i * Sp, *pt = Pt + i / 2 * Sp, *dst = dSt + i / 2 * Sp;
+            uint16_t *dsr = (uint16_t *)dSr + i * Sp;
+            long jm = i < L ? visible(i, S, causal, off) : 0; /* 0 exactly where the forward stored lse = +inf */
+            long je = upw(jm);
+            if (i == L && !(pairs && L % 2)) break; /* row L: only the zero half of a last pair */
+            vf lv = vset1(jm ? lrow[i] : 0.0f), dl = vset1(i < L ? delta[i] : 0.0f);
+            for (long j = 0; j < Sp; j += VW) {
+                vf e = vzero(), d = vzero();
+                if (j < je) {
+                    vmask kk = vm_lanes(j, 0, jm);
+                    e = vmaskz(kk, vexp2(vfmsub(vloadf(p + j), cv, lv), 1));
+                    d = vmaskz_mul(kk, e, vsub(vloadf(ds + j), dl));
+                } else if (!pairs) { /* the products after this read masked columns: zeros */
+                    zero_tail(p, j, Sp);
+                    zero_tail(ds, j, Sp);
+                    break;
+                }
+#if QKV_BF16_DOT
+                if (pairs) {
+                    vstore_half_bf16(pt + j, e, i % 2);
+                    vstore_half_bf16(dst + j, d, i % 2);
+                    if (i < L) vstoreu(dsr, DT_BF16, j, d);
+                    continue;
+                }
+#endif
+                vstoref(p + j, e);
+                vstoref(ds + j, d);
+            }
+        }
+        if (pairs) {
+            b_rows(qh, dt, c->qs[2], L, E, Qb, Ep, 1);
+            b_rows(dh, dt, c->dos[2], L, Ev, dOb, Evp, 1);
+        }
+        mm(L, Ep, S, dSr, pairs ? Sp / 2 : Sp, 1, Kr, Ep, dQ, Ep, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK, off,
+           pairs);
+        store_rows(dQ, Ep, L, E, c->scale, (char *)head(c->dq, c->dqs, b, h, isz), dt, c->dqs[2]);
+        mm(S, Evp, L, Pt, 1, Sp, dOb, Evp, dV, Evp, g > 0, NO_MASK, causal ? COL_CAUSAL : NO_MASK, off, pairs);
+        mm(S, Ep, L, dSt, 1, Sp, Qb, Ep, dK, Ep, g > 0, NO_MASK, causal ? COL_CAUSAL : NO_MASK, off, pairs);
+    }
+    store_rows(dK, Ep, S, E, pairs ? c->scale : 1.0f, (char *)head(c->dk, c->dks, b, hk, isz), dt, c->dks[2]);
+    store_rows(dV, Evp, S, Ev, 1.0f, (char *)head(c->dv, c->dvs, b, hk, isz), dt, c->dvs[2]);
 }
 
 /* Backward. As the forward, plus o, dout (B, H, L, Ev) and the outputs dq (B, H, L, E), dk (B, Hkv, S, E),
@@ -212,65 +409,24 @@ int qkv_short_backward(long B, long H, long Hkv, long L, long S, long E, long Ev
                        const int64_t *os, const void *dout, const int64_t *dos, const float *lse, void *dq,
                        const int64_t *dqs, void *dk, const int64_t *dks, void *dv, const int64_t *dvs, int dt,
                        float scale, int causal, int nt) {
-    long G = H / Hkv, Sp = upw(S), Ep = upw(E), Evp = upw(Ev), off = S - L;
-    long isz = dt == DT_BF16 ? 2 : 4;
-    size_t need = (size_t)(L * Ep + E * Sp + S * Ep + Ev * Sp + L * Evp + 2 * L * Sp + L * Ep + S * Ep + S * Evp + L);
+    struct call c = sizes(H, Hkv, L, S, E, Ev, dt, scale, causal);
+    c.q = q, c.qs = qs, c.k = k, c.ks = ks, c.v = v, c.vs = vs, c.o = o, c.os = os, c.dout = dout, c.dos = dos;
+    c.lse = lse, c.dq = dq, c.dqs = dqs, c.dk = dk, c.dks = dks, c.dv = dv, c.dvs = dvs;
+    int pairs = use_pairs(dt, E, Ev, scale) && words_ok(q, qs) && words_ok(k, ks) && words_ok(v, vs)
+                && words_ok(dout, dos);
+    long Sp = c.Sp, Ep = c.Ep, Evp = c.Evp, Lh = (L + 1) / 2;
+    size_t need = (size_t)(L * Ep + Ep * Sp + Sp * Ep + Evp * Sp + L * Evp + 2 * L * Sp + L * Ep + S * Ep + S * Evp + L);
+    if (pairs) need += (size_t)(Lh * Ep + Lh * Evp + 2 * Lh * Sp + L * Sp / 2);
     int failed = 0;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (long n = 0; n < B * Hkv; n++) {
         float *buf = scratch(need);
-        if (!buf) {
+        if (!buf)
             failed = 1;
-            continue;
-        }
-        float *Q = buf, *Kt = Q + L * Ep, *Kr = Kt + E * Sp, *Vt = Kr + S * Ep, *dO = Vt + Ev * Sp;
-        float *P = dO + L * Evp, *dS = P + L * Sp, *dQ = dS + L * Sp, *dK = dQ + L * Ep;
-        float *dV = dK + S * Ep, *delta = dV + S * Evp;
-        long b = n / Hkv, hk = n % Hkv;
-        const char *kh = head(k, ks, b, hk, isz);
-        const char *vh = head(v, vs, b, hk, isz);
-        load_transposed(kh, dt, ks[2], S, E, Kt, Sp);
-        load_rows(kh, dt, ks[2], S, E, 1.0f, Kr, Ep);
-        load_transposed(vh, dt, vs[2], S, Ev, Vt, Sp);
-        for (long g = 0; g < G; g++) {
-            long h = hk * G + g;
-            const char *qh = head(q, qs, b, h, isz);
-            const char *oh = head(o, os, b, h, isz);
-            const char *dh = head(dout, dos, b, h, isz);
-            load_rows(qh, dt, qs[2], L, E, scale, Q, Ep);
-            load_rows(dh, dt, dos[2], L, Ev, 1.0f, dO, Evp);
-            for (long i = 0; i < L; i++) { /* delta_i = dO_i . O_i */
-                vf s = vzero();
-                const char *orow = oh + i * os[2] * isz;
-                for (long c = 0; c < Ev; c += VW)
-                    s = vfmadd(vloadf(dO + i * Evp + c), vload_part(orow, dt, c, Ev), s);
-                delta[i] = vreduce_add(s);
-            }
-            mm(L, Sp, E, Q, Ep, 1, Kt, Sp, P, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off);
-            mm(L, Sp, Ev, dO, Evp, 1, Vt, Sp, dS, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off);
-            const float *lrow = lse + (b * H + h) * L;
-            vf l2e = vset1(LOG2E);
-            for (long i = 0; i < L; i++) {
-                float *p = P + i * Sp, *ds = dS + i * Sp;
-                long jm = visible(i, S, causal, off); /* 0 exactly where the forward stored lse = +inf */
-                vf lv = vset1(jm ? lrow[i] : 0.0f), dl = vset1(delta[i]);
-                long je = upw(jm);
-                for (long j = 0; j < je; j += VW) {
-                    vmask kk = vm_lanes(j, 0, jm);
-                    vf e = vmaskz(kk, vexp2(vfmsub(vloadf(p + j), l2e, lv), 1));
-                    vstoref(p + j, e);
-                    vstoref(ds + j, vmaskz_mul(kk, e, vsub(vloadf(ds + j), dl)));
-                }
-                zero_tail(p, je, Sp);
-                zero_tail(ds, je, Sp);
-            }
-            mm(L, Ep, S, dS, Sp, 1, Kr, Ep, dQ, Ep, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK, off);
-            store_rows(dQ, Ep, L, E, scale, (char *)head(dq, dqs, b, h, isz), dt, dqs[2]);
-            mm(S, Evp, L, P, 1, Sp, dO, Evp, dV, Evp, g > 0, NO_MASK, causal ? COL_CAUSAL : NO_MASK, off); /* P^T dO */
-            mm(S, Ep, L, dS, 1, Sp, Q, Ep, dK, Ep, g > 0, NO_MASK, causal ? COL_CAUSAL : NO_MASK, off); /* dS^T Q */
-        }
-        store_rows(dK, Ep, S, E, 1.0f, (char *)head(dk, dks, b, hk, isz), dt, dks[2]);
-        store_rows(dV, Evp, S, Ev, 1.0f, (char *)head(dv, dvs, b, hk, isz), dt, dvs[2]);
+        else if (pairs)
+            backward_head(&c, n, buf, 1);
+        else
+            backward_head(&c, n, buf, 0);
     }
     return failed;
 }

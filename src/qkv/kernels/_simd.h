@@ -10,7 +10,10 @@
  *                                         (SSE2 on any x86-64, NEON on ARM): the build every machine can run
  *
  * Every variant computes in float32 and keeps bfloat16 as storage only (widened on load, rounded to nearest
- * even on store), so they agree to float32 rounding; sums may be ordered differently.
+ * even on store), so they agree to float32 rounding; sums may be ordered differently. The one exception: where
+ * a header defines QKV_BF16_DOT 1 (the avx512_bf16 build), _short.c multiplies bfloat16 inputs with the CPU's
+ * bfloat16 dot products (exact products, float32 sums), rounding its softmax weights and their gradients to
+ * bfloat16 for the products that take them, as torch's flash attention does for bfloat16.
  *
  * Vocabulary (VW lanes; TILE_ROWS x TILE_VECS is the register tile of _short.c's micro-GEMM):
  *   vf, vmask                 a vector of VW floats, a lane mask
@@ -27,6 +30,10 @@
  *   vreduce_max, vreduce_add, vtranspose(r[VW]): r[i] row i -> r[j] column j
  *   vm_ge(x, t), vround (to nearest), vldexp(p, n) = p * 2**n for integral n in [-126, 127] (others: any
  *                             value; vexp2 masks those lanes), from which this file builds vexp2(x, precise)
+ *   with QKV_BF16_DOT 1 only (vectors of VW lanes each holding two bfloat16, element 2i in the low half):
+ *   vdot_bf16(c, a, b)         c + a[2i] * b[2i] + a[2i + 1] * b[2i + 1] per lane
+ *   vpair_bf16(lo, hi)         lanes (bf16(lo[i]), bf16(hi[i])), rounded to nearest even
+ *   vstore_half_bf16(w, v, hi) bf16(v[i]) into the low (hi 0) or high half of word w[i], the other half untouched
  */
 #ifndef QKV_SIMD_H
 #define QKV_SIMD_H
@@ -87,6 +94,10 @@ static inline uint16_t f2bf(float f) {
 #include "_simd_portable.h"
 #else
 #error "define QKV_SIMD_AVX512, QKV_SIMD_AVX2 or QKV_SIMD_PORTABLE (see native.py)"
+#endif
+
+#ifndef QKV_BF16_DOT
+#define QKV_BF16_DOT 0
 #endif
 
 /* Rounds up to whole vectors. */

@@ -49,6 +49,20 @@ QKV_INLINE __m256i bf16_round(vf v) {
 #endif
 }
 
+#ifdef __AVX512BF16__
+/* Products of bfloat16 pairs: a lane holds two bfloat16 values, element 2i in its low half. */
+#define QKV_BF16_DOT 1
+QKV_INLINE vf vdot_bf16(vf c, vf a, vf b) { return _mm512_dpbf16_ps(c, (__m512bh)a, (__m512bh)b); }
+QKV_INLINE vf vpair_bf16(vf lo, vf hi) {
+    __m512i l = _mm512_cvtepu16_epi32(bf16_round(lo)), h = _mm512_cvtepu16_epi32(bf16_round(hi));
+    return _mm512_castsi512_ps(_mm512_or_si512(l, _mm512_slli_epi32(h, 16)));
+}
+QKV_INLINE void vstore_half_bf16(float *w, vf v, int hi) {
+    __m512i x = _mm512_cvtepu16_epi32(bf16_round(v));
+    _mm512_mask_storeu_epi16(w, hi ? 0xAAAAAAAAu : 0x55555555u, hi ? _mm512_slli_epi32(x, 16) : x);
+}
+#endif
+
 QKV_INLINE vf vload_bf16(const uint16_t *p) { return bf16_widen(_mm256_loadu_si256((const __m256i *)p)); }
 QKV_INLINE void vstore_bf16(uint16_t *p, vf v) { _mm256_storeu_si256((__m256i *)p, bf16_round(v)); }
 QKV_UNMASKED_ROWS

@@ -6,9 +6,11 @@ around bf16 matmuls, transposed copies) as its own pass over memory; ``_blocks.c
 block row. Both sources are written once against the vector layer ``_simd.h`` and compiled once per
 instruction-set variant (:data:`VARIANTS`), as llama.cpp does:
 
-* ``avx512_bf16``: AVX-512 F/BW/VL with the AVX512-BF16 conversion instructions;
+* ``avx512_bf16``: AVX-512 F/BW/VL with the AVX512-BF16 instructions: conversions, and in ``_short.c`` the
+  bfloat16 dot products for bfloat16 inputs (softmax weights and their gradients rounded to bfloat16 for the
+  products that take them, float32 sums);
 * ``avx512``: AVX-512 F/BW/VL, bfloat16 rounded in integer instructions;
-* ``avx2``: AVX2 + FMA (8 lanes); bfloat16 is storage only, widened to float32, on every variant;
+* ``avx2``: AVX2 + FMA (8 lanes); bfloat16 is storage only, widened to float32, here and in the other variants;
 * ``portable``: plain C the compiler vectorises for its own target (SSE2 on x86-64, NEON on ARM): what every
   other CPU runs, and the variant every test run checks.
 

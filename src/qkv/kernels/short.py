@@ -11,8 +11,11 @@ batch/head/row strides), with register-tiled products that skip what the causal 
 the row log-sum-exp for the backward pass, which recomputes the weights. The output and the gradients come
 back in the ``(B, L, H, E)`` memory order the surrounding projections use, so merging heads needs no copy.
 
-:func:`short_attention` is exact (float32 arithmetic, bfloat16 only at the inputs and outputs): it is tested
-against float64 math, gradients included. :mod:`qkv.kernels.routing` offers it to the attention dispatcher
+:func:`short_attention` is exact up to rounding: float32 arithmetic, bfloat16 only at the inputs and outputs,
+except that the ``avx512_bf16`` build multiplies bfloat16 inputs with the CPU's bfloat16 dot products (exact
+products, float32 sums), so the softmax weights and their gradients are rounded to bfloat16 before the
+products that take them, as torch's flash attention does for bfloat16. It is tested against float64 math,
+gradients included. :mod:`qkv.kernels.routing` offers it to the attention dispatcher
 for the calls :func:`fits` accepts, where the routing table lists them.
 """
 
