@@ -125,6 +125,28 @@ def test_bfloat16_strided_views_match_float64_math(variant, offset):
     assert err < 1.5e-2, err
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_negative_scale_matches_float64_math(variant, dtype):
+    """scale < 0 flips which score is a row's maximum: the kernels scale before taking it (the avx512_bf16 build's
+    dot products, which scale the scores after the product, are not used then). At scale -20 the scores reach a
+    few hundred, where the maximum of the wrong sign would overflow the exponentials (outputs checked); gradients
+    at -0.4, where they are well conditioned."""
+    torch.manual_seed(5)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for scale in (-20.0, -0.4):
+        q, k, v = (torch.randn(1, 2, 24, 16).to(dtype).requires_grad_() for _ in range(3))
+        out = short_attention(q, k, v, causal=True, scale=scale)
+        q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+        ref = _reference(q64, k64, v64, True, scale)
+        torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
+    grad = torch.randn_like(ref)
+    out.backward(grad.to(dtype))
+    ref.backward(grad)
+    for mine, theirs in ((q, q64), (k, k64), (v, v64)):
+        err = (mine.grad.double() - theirs.grad).abs().max() / theirs.grad.abs().max()
+        assert err < (2e-6 if dtype == torch.float32 else 1.5e-2), err
+
+
 @pytest.mark.filterwarnings("ignore:Input #:UserWarning")
 def test_gradcheck_in_float32():
     """The autograd wiring by finite differences (the kernels compute in float32, so float32 inputs)."""

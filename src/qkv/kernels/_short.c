@@ -223,16 +223,16 @@ static inline long visible(long i, long S, int causal, long off) {
     return v < 0 ? 0 : (v > S ? S : v);
 }
 
-/* One call's tensors and sizes (see qkv_short_forward / qkv_short_backward). The work of one head is a function
- * of it and of pairs, which the loops pass as a constant: each function is built twice, every pairs test
- * decided at compile time (a variable captured by the OpenMP loop would be tested at run time). */
+/* One call's tensors and sizes (see qkv_short_forward / qkv_short_backward): o and lse are the forward's
+ * outputs and the backward's inputs. The work of one head is a function of it and of pairs, which the loops
+ * pass as a constant: each function is built twice, every pairs test decided at compile time (a variable
+ * captured by the OpenMP loop would be tested at run time). */
 struct call {
     long H, G, L, S, E, Ev, Sp, Ep, Evp, off, isz;
-    const void *q, *k, *v, *o, *dout;
+    const void *q, *k, *v, *dout;
     const int64_t *qs, *ks, *vs, *os, *dos, *dqs, *dks, *dvs;
-    void *out, *dq, *dk, *dv;
-    float *lse_out;
-    const float *lse;
+    void *o, *dq, *dk, *dv;
+    float *lse;
     int dt, causal;
     float scale;
 };
@@ -258,7 +258,7 @@ QKV_INLINE void forward_head(const struct call *c, long n, float *buf, int pairs
     b_cols(kh, dt, c->ks[2], S, E, Kt, Sp, pairs);
     b_rows(vh, dt, c->vs[2], S, Ev, V, Evp, pairs);
     mm(L, Sp, E, Qa, lq, 1, Kt, Sp, P, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off, pairs);
-    float *lrow = c->lse_out + n * L;
+    float *lrow = c->lse + n * L;
     vf cv = vset1(cs);
     for (long i = 0; i < L; i++) {
         float *p = P + i * Sp, inv = 0.0f;
@@ -293,7 +293,7 @@ QKV_INLINE void forward_head(const struct call *c, long n, float *buf, int pairs
     }
     mm(L, Evp, S, pairs ? Pw : P, pairs ? Sp / 2 : Sp, 1, V, Evp, O, Evp, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK,
        off, pairs);
-    store_rows(O, Evp, L, Ev, 1.0f, (char *)head(c->out, c->os, b, h, isz), dt, c->os[2]);
+    store_rows(O, Evp, L, Ev, 1.0f, (char *)head(c->o, c->os, b, h, isz), dt, c->os[2]);
 }
 
 /* Forward. q (B, H, L, E), k (B, Hkv, S, E), v (B, Hkv, S, Ev), o (B, H, L, Ev): strides {batch, head, row}
@@ -303,7 +303,7 @@ int qkv_short_forward(long B, long H, long Hkv, long L, long S, long E, long Ev,
                       const void *k, const int64_t *ks, const void *v, const int64_t *vs, void *o, const int64_t *os,
                       float *lse, int dt, float scale, int causal, int nt) {
     struct call c = sizes(H, Hkv, L, S, E, Ev, dt, scale, causal);
-    c.q = q, c.qs = qs, c.k = k, c.ks = ks, c.v = v, c.vs = vs, c.out = o, c.os = os, c.lse_out = lse;
+    c.q = q, c.qs = qs, c.k = k, c.ks = ks, c.v = v, c.vs = vs, c.o = o, c.os = os, c.lse = lse;
     int pairs = use_pairs(dt, E, Ev, scale) && words_ok(q, qs) && words_ok(k, ks) && words_ok(v, vs);
     size_t need = (size_t)(L * c.Ep + c.Ep * c.Sp + c.Sp * c.Evp + L * c.Sp + L * c.Evp + (pairs ? L * c.Sp / 2 : 0));
     int failed = 0;
@@ -410,8 +410,8 @@ int qkv_short_backward(long B, long H, long Hkv, long L, long S, long E, long Ev
                        const int64_t *dqs, void *dk, const int64_t *dks, void *dv, const int64_t *dvs, int dt,
                        float scale, int causal, int nt) {
     struct call c = sizes(H, Hkv, L, S, E, Ev, dt, scale, causal);
-    c.q = q, c.qs = qs, c.k = k, c.ks = ks, c.v = v, c.vs = vs, c.o = o, c.os = os, c.dout = dout, c.dos = dos;
-    c.lse = lse, c.dq = dq, c.dqs = dqs, c.dk = dk, c.dks = dks, c.dv = dv, c.dvs = dvs;
+    c.q = q, c.qs = qs, c.k = k, c.ks = ks, c.v = v, c.vs = vs, c.o = (void *)o, c.os = os, c.dout = dout;
+    c.dos = dos, c.lse = (float *)lse, c.dq = dq, c.dqs = dqs, c.dk = dk, c.dks = dks, c.dv = dv, c.dvs = dvs;
     int pairs = use_pairs(dt, E, Ev, scale) && words_ok(q, qs) && words_ok(k, ks) && words_ok(v, vs)
                 && words_ok(dout, dos);
     long Sp = c.Sp, Ep = c.Ep, Evp = c.Evp, Lh = (L + 1) / 2;
