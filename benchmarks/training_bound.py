@@ -11,11 +11,17 @@ from elsewhere hits all alike:
   elementwise work left out) as contiguous ``a @ b`` calls, and one 1024^3 product (near the core's peak);
 * the time each loop spends inside those products as it runs them (``aten::mm`` / ``aten::addmm`` self time
   under ``torch.profiler``, per step; the operands' layouts are the loop's own, so the rate can differ from the
-  contiguous calls').
+  contiguous calls');
+* two pieces of work every trainer of this model does besides the products, each alone at its fastest here:
+  the step's causal attention, forward and backward, in the layout the model passes it (the faster of qkv's
+  ``scaled_dot_product_attention``, which routes to its kernels, and torch's SDPA), and one AdamW update of the
+  model's parameters (torch's fused ``_fused_adamw_``, gradients given).
 
 ``plain step / products`` bounds any fp32 trainer's speed-up over the plain loop; ``plain step / 1.5 - qkv's
 products`` is what a trainer 1.5x the plain loop would have left for attention, GELU, LayerNorm, the loss, the
-optimizer and per-op overhead.
+optimizer and per-op overhead. ``plain step / (products + attention + update)`` bounds a trainer whose
+LayerNorm, GELU, embeddings, loss, clipping and per-op overhead cost nothing; with the products at the 1024^3
+product's rate instead of their own, it bounds one whose products are as fast as this CPU's best product too.
 Run: ``python benchmarks/training_bound.py [--threads T]`` (under the AVX2 variables for that class);
 writes benchmarks/results/training_bound_<CPU class>_t<T>.json.
 """
@@ -35,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json  # noqa: E402
 from training import Case, build_model, encode, load_text, plain_loop, qkv_loop  # noqa: E402
 
+from qkv.functional import scaled_dot_product_attention  # noqa: E402
 from qkv.hardware import capabilities  # noqa: E402
 
 PRODUCT_OPS = ("aten::mm", "aten::addmm")
@@ -56,6 +63,30 @@ def seconds(fn, repeats: int) -> float:
     for _ in range(repeats):
         fn()
     return (time.perf_counter() - t0) / repeats
+
+
+def attention_step(case: Case, sdpa, **causal):
+    """Forward and backward of every layer's causal attention, q, k, v as views of one fused projection (inputs
+    and output gradients made once, outside the timed call)."""
+    E = case.d_model // case.n_head
+    fused = [torch.randn(case.batch, case.block, 3, case.n_head, E, requires_grad=True) for _ in range(case.n_layer)]
+    grad = torch.randn(case.batch, case.n_head, case.block, E)
+
+    def run() -> None:
+        for x in fused:
+            x.grad = None
+            q, k, v = (t.transpose(1, 2) for t in x.unbind(2))
+            sdpa(q, k, v, **causal).backward(grad)
+    return run
+
+
+def adamw_update(model: torch.nn.Module, case: Case):
+    """One fused AdamW update of a copy of the model's parameters (gradients set once)."""
+    params = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = torch.optim.AdamW(params, lr=case.lr, betas=(0.9, 0.99), weight_decay=case.weight_decay, fused=True)
+    return opt.step
 
 
 def products_in_loop(run, steps: int) -> tuple[float, int]:
@@ -88,15 +119,24 @@ def main(argv: list[str] | None = None) -> dict:
     trainer, ours = qkv_loop(build_model(case, vocab), case, train)
     plain(5)
     ours(case.chunk)  # warm-up, with the compilation
-    products, steps, qkv_steps, peak = [], [], [], []
+    update = adamw_update(model, case)
+    ours_attention = attention_step(case, scaled_dot_product_attention, causal=True)
+    torch_attention = attention_step(case, torch.nn.functional.scaled_dot_product_attention, is_causal=True)
+    products, steps, qkv_steps, peak, att_qkv, att_torch, updates = [], [], [], [], [], [], []
     for _ in range(args.rounds):  # alternate, so load from elsewhere hits all alike
         products.append(seconds(lambda: [a @ b for a, b in operands], 10))
+        att_qkv.append(seconds(ours_attention, 10))
+        att_torch.append(seconds(torch_attention, 10))
+        updates.append(seconds(update, 10))
         steps.append(seconds(lambda: plain(1), 10))
         qkv_steps.append(seconds(lambda: ours(1), 10))
         peak.append(2 * 1024**3 / seconds(lambda: big[0] @ big[1], 5) / 1e9)
     in_plain, n_plain = products_in_loop(plain, 10)
     in_qkv, n_qkv = products_in_loop(ours, 10)
     t_products, t_step, t_qkv = statistics.median(products), statistics.median(steps), statistics.median(qkv_steps)
+    t_ours, t_torch, t_update = statistics.median(att_qkv), statistics.median(att_torch), statistics.median(updates)
+    t_attention = min(t_ours, t_torch)
+    t_peak_products = flops / (statistics.median(peak) * 1e9)
     row = {
         "cpu": str(capabilities("cpu")), "threads": torch.get_num_threads(), "precision_qkv": trainer.precision,
         "products": len(shapes), "gflop_per_step": flops / 1e9,
@@ -109,6 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
         "products_share_of_plain_step": t_products / t_step, "bound_plain_over_products": t_step / t_products,
         "bound_plain_over_qkv_products": t_step / in_qkv,
         "rest_budget_at_1_5x_s": t_step / 1.5 - in_qkv,
+        "attention_qkv_s": t_ours, "attention_torch_s": t_torch, "adamw_update_s": t_update,
+        "bound_plain_over_products_attention_update": t_step / (t_products + t_attention + t_update),
+        "bound_plain_over_peak_products_attention_update": t_step / (t_peak_products + t_attention + t_update),
     }
     isa = capabilities("cpu").isa
     ms = {k: v * 1e3 for k, v in row.items() if k.endswith("_s")}
@@ -119,7 +162,11 @@ def main(argv: list[str] | None = None) -> dict:
           f"(qkv {row['qkv_over_plain']:.2f}x the plain loop, {trainer.precision}). Bound on a trainer: "
           f"{row['bound_plain_over_products']:.2f}x (fp32 products alone), {row['bound_plain_over_qkv_products']:.2f}x "
           f"(qkv's {trainer.precision} products); at 1.5x, {ms['rest_budget_at_1_5x_s']:.1f} ms would be left for everything else "
-          f"(qkv spends {ms['qkv_rest_s']:.1f}, the plain loop {ms['plain_rest_s']:.1f})", flush=True)
+          f"(qkv spends {ms['qkv_rest_s']:.1f}, the plain loop {ms['plain_rest_s']:.1f}). Alone: the step's attention "
+          f"{ms['attention_qkv_s']:.1f} ms (qkv) / {ms['attention_torch_s']:.1f} ms (torch's SDPA), the AdamW update "
+          f"{ms['adamw_update_s']:.1f} ms. Bound on a trainer whose other work costs nothing: "
+          f"{row['bound_plain_over_products_attention_update']:.2f}x (products at their rate), "
+          f"{row['bound_plain_over_peak_products_attention_update']:.2f}x (at the 1024^3 rate)", flush=True)
     name = f"training_bound_{isa}_t{row['threads']}"
     print(f"wrote {write_json(name, row)}")
     return row
