@@ -15,13 +15,16 @@ from elsewhere hits all alike:
 * two pieces of work every trainer of this model does besides the products, each alone at its fastest here:
   the step's causal attention, forward and backward, in the layout the model passes it (the faster of qkv's
   ``scaled_dot_product_attention``, which routes to its kernels, and torch's SDPA), and one AdamW update of the
-  model's parameters (torch's fused ``_fused_adamw_``, gradients given).
+  model's parameters (torch's fused ``_fused_adamw_``, gradients given);
+* qkv's trainer step on the same model at negligible sizes (width 16, one sequence of 8 tokens): the per-step
+  cost of its Python, dispatch and bookkeeping, whatever the sizes.
 
 ``plain step / products`` bounds any fp32 trainer's speed-up over the plain loop; ``plain step / 1.5 - qkv's
 products`` is what a trainer 1.5x the plain loop would have left for attention, GELU, LayerNorm, the loss, the
 optimizer and per-op overhead. ``plain step / (products + attention + update)`` bounds a trainer whose
 LayerNorm, GELU, embeddings, loss, clipping and per-op overhead cost nothing; with the products at the 1024^3
-product's rate instead of their own, it bounds one whose products are as fast as this CPU's best product too.
+product's rate instead of their own, it bounds one whose products are as fast as this CPU's best product too;
+with them as fast as inside qkv's step, what is left at 1.5x compares with the step's cost at negligible sizes.
 Run: ``python benchmarks/training_bound.py [--threads T]`` (under the AVX2 variables for that class);
 writes benchmarks/results/training_bound_<CPU class>_t<T>.json.
 """
@@ -29,6 +32,7 @@ writes benchmarks/results/training_bound_<CPU class>_t<T>.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -119,15 +123,19 @@ def main(argv: list[str] | None = None) -> dict:
     trainer, ours = qkv_loop(build_model(case, vocab), case, train)
     plain(5)
     ours(case.chunk)  # warm-up, with the compilation
+    tiny = dataclasses.replace(case, d_model=16, batch=1, block=8)
+    _, tiny_steps = qkv_loop(build_model(tiny, vocab), tiny, train)
+    tiny_steps(case.chunk)
     update = adamw_update(model, case)
     ours_attention = attention_step(case, scaled_dot_product_attention, causal=True)
     torch_attention = attention_step(case, torch.nn.functional.scaled_dot_product_attention, is_causal=True)
-    products, steps, qkv_steps, peak, att_qkv, att_torch, updates = [], [], [], [], [], [], []
+    products, steps, qkv_steps, peak, att_qkv, att_torch, updates, fixed = [], [], [], [], [], [], [], []
     for _ in range(args.rounds):  # alternate, so load from elsewhere hits all alike
         products.append(seconds(lambda: [a @ b for a, b in operands], 10))
         att_qkv.append(seconds(ours_attention, 10))
         att_torch.append(seconds(torch_attention, 10))
         updates.append(seconds(update, 10))
+        fixed.append(seconds(lambda: tiny_steps(1), 10))
         steps.append(seconds(lambda: plain(1), 10))
         qkv_steps.append(seconds(lambda: ours(1), 10))
         peak.append(2 * 1024**3 / seconds(lambda: big[0] @ big[1], 5) / 1e9)
@@ -136,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_products, t_step, t_qkv = statistics.median(products), statistics.median(steps), statistics.median(qkv_steps)
     t_ours, t_torch, t_update = statistics.median(att_qkv), statistics.median(att_torch), statistics.median(updates)
     t_attention = min(t_ours, t_torch)
+    t_fixed = statistics.median(fixed)
     t_peak_products = flops / (statistics.median(peak) * 1e9)
     row = {
         "cpu": str(capabilities("cpu")), "threads": torch.get_num_threads(), "precision_qkv": trainer.precision,
@@ -152,6 +161,9 @@ def main(argv: list[str] | None = None) -> dict:
         "attention_qkv_s": t_ours, "attention_torch_s": t_torch, "adamw_update_s": t_update,
         "bound_plain_over_products_attention_update": t_step / (t_products + t_attention + t_update),
         "bound_plain_over_peak_products_attention_update": t_step / (t_peak_products + t_attention + t_update),
+        "bound_plain_over_qkv_products_attention_update": t_step / (in_qkv + t_attention + t_update),
+        "left_at_1_5x_after_qkv_products_attention_update_s": t_step / 1.5 - in_qkv - t_attention - t_update,
+        "qkv_step_at_negligible_sizes_s": t_fixed,
     }
     isa = capabilities("cpu").isa
     ms = {k: v * 1e3 for k, v in row.items() if k.endswith("_s")}
@@ -166,7 +178,11 @@ def main(argv: list[str] | None = None) -> dict:
           f"{ms['attention_qkv_s']:.1f} ms (qkv) / {ms['attention_torch_s']:.1f} ms (torch's SDPA), the AdamW update "
           f"{ms['adamw_update_s']:.1f} ms. Bound on a trainer whose other work costs nothing: "
           f"{row['bound_plain_over_products_attention_update']:.2f}x (products at their rate), "
-          f"{row['bound_plain_over_peak_products_attention_update']:.2f}x (at the 1024^3 rate)", flush=True)
+          f"{row['bound_plain_over_peak_products_attention_update']:.2f}x (at the 1024^3 rate), "
+          f"{row['bound_plain_over_qkv_products_attention_update']:.2f}x (as fast as inside qkv's step: at 1.5x, "
+          f"{ms['left_at_1_5x_after_qkv_products_attention_update_s']:.1f} ms left for LayerNorm, GELU, embeddings, loss, "
+          f"clipping and per-op overhead; qkv's step at negligible sizes takes {ms['qkv_step_at_negligible_sizes_s']:.1f} ms)",
+          flush=True)
     name = f"training_bound_{isa}_t{row['threads']}"
     print(f"wrote {write_json(name, row)}")
     return row
