@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--lengths", default="16,32,64,128,192,256")
     p.add_argument("--long", default="1024,2048", help="chunked attention lengths ('' to skip)")
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=31, help="interleaved timings per path (median taken)")
     p.add_argument("--write-routing", action="store_true", help="record this class's float32 entries")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
