@@ -8,12 +8,30 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+# A kernel is routed only where it was measured this much faster than what runs otherwise: timings on a shared
+# machine move by a few percent between runs, and a tie is not worth a second path.
+FASTER = 1.05
+
+
+def faster_from(speedups: Iterable[tuple[int, float]]) -> int | None:
+    """The shortest length from which every ``(length, speedup)`` measured at that length and at every longer
+    one is at least :data:`FASTER`; None if the longest already is not."""
+    by_length: dict[int, list[float]] = {}
+    for length, speedup in speedups:
+        by_length.setdefault(length, []).append(speedup)
+    start = None
+    for length in sorted(by_length, reverse=True):
+        if min(by_length[length]) < FASTER:
+            break
+        start = length
+    return start
 
 
 def interleaved_samples(

@@ -11,7 +11,7 @@ Run: ``python benchmarks/isa_kernels.py [--lengths 16,32,...] [--long 1024,2048]
 benchmarks/results/isa_kernels_<class>.json, and with ``--write-routing`` the float32 entries of this CPU
 class in qkv's routing table (src/qkv/kernels/routing.json; other dtypes' entries are kept): the short kernel
 from the shortest L from which it won every case, the chunked C blocks where they beat the torch ops (and
-the fused SDPA) at every long L measured.
+the fused SDPA) at every long L measured; "won" and "beat": by ``common.FASTER``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_samples, write_json  # noqa: E402
+from common import faster_from, interleaved_samples, write_json  # noqa: E402
 from short_attention import Case, _paths, winning_from  # noqa: E402
 
 import qkv.kernels  # noqa: E402
@@ -81,10 +81,9 @@ def write_routing(short_rows: list[dict], long_rows: list[dict]) -> None:
     command = "python benchmarks/isa_kernels.py --write-routing"
     _record("attention", "short", winning_from(short_rows, "float32"), command)
     shortest = min((r["L"] for r in long_rows), default=None)
-    beats = long_rows and all(r["c_blocks_vs_torch_ops"] > 1.0 for r in long_rows)
-    _record("chunked", "blocks", shortest if beats else None, command)
-    beats = long_rows and all(r["c_blocks_vs_torch_sdpa"] > 1.0 for r in long_rows)
-    _record("attention", "blocks", shortest if beats else None, command)
+    for op, peer in (("chunked", "torch_ops"), ("attention", "torch_sdpa")):  # beaten at every long L measured
+        beats = faster_from((r["L"], r[f"c_blocks_vs_{peer}"]) for r in long_rows) == shortest
+        _record(op, "blocks", shortest if beats and shortest is not None else None, command)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -35,6 +35,7 @@ import ctypes
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -56,6 +57,9 @@ from qkv.functional import (
     sliding_window_mask,
 )
 from qkv.kernels import routing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import faster_from  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 PROJ = draw_orthogonal_features(256, 64, generator=torch.Generator().manual_seed(0))
@@ -216,15 +220,9 @@ def dispatch_cases(lengths: list[int], repeats: int) -> list[dict]:
 
 
 def winning_from(rows: list[dict], cases: set[str]) -> int | None:
-    """The shortest L from which the chunked path beat the fused kernel in every one of ``cases``, at that L and
-    every longer one measured; None if it never did."""
-    lengths = sorted({r["L"] for r in rows})
-    start = None
-    for L in reversed(lengths):
-        if not all(r["speedup"] > 1.0 for r in rows if r["L"] == L and r["case"] in cases):
-            break
-        start = L
-    return start
+    """The shortest L from which the chunked path beat the fused kernel (by ``common.FASTER``) in every one of
+    ``cases``, at that L and every longer one measured; None if it never did."""
+    return faster_from((r["L"], r["speedup"]) for r in rows if r["case"] in cases)
 
 
 def scaling(repeats: int, short: int = 8192, long: int = 32768) -> list[dict]:

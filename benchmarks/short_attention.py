@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import time_interleaved, write_json  # noqa: E402
+from common import faster_from, time_interleaved, write_json  # noqa: E402
 
 from qkv.functional.attention import _causal_bias, attention_math  # noqa: E402
 from qkv.kernels import native as _native  # noqa: E402
@@ -114,17 +114,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def winning_from(rows: list[dict], dtype: str) -> int | None:
-    """The shortest measured L from which the kernel beat torch's SDPA in every case of ``dtype`` at that L and
-    every longer one; None if it never did."""
-    lengths = sorted({r["L"] for r in rows if r["dtype"] == dtype})
-    wins = {L: all(r["speedup_vs_torch_sdpa"] > 1.0 for r in rows if r["dtype"] == dtype and r["L"] == L)
-            for L in lengths}
-    start = None
-    for L in reversed(lengths):
-        if not wins[L]:
-            break
-        start = L
-    return start
+    """The shortest measured L from which the kernel beat torch's SDPA (by ``common.FASTER``) in every case of
+    ``dtype`` at that L and every longer one; None if it never did."""
+    return faster_from((r["L"], r["speedup_vs_torch_sdpa"]) for r in rows if r["dtype"] == dtype)
 
 
 if __name__ == "__main__":
