@@ -10,8 +10,8 @@ from elsewhere hits all alike:
 * the products alone (forward ``x W^T``, backward ``dY W`` and ``dY^T x`` for every linear layer; attention and
   elementwise work left out) as contiguous ``a @ b`` calls, and one 1024^3 product (near the core's peak);
 * the time each loop spends inside those products as it runs them (``aten::mm`` / ``aten::addmm`` self time
-  under ``torch.profiler``, per step; the operands' layouts are the loop's own, so the rate can differ from the
-  contiguous calls');
+  under ``torch.profiler``, per step, median over the rounds; the operands' layouts are the loop's own, so the
+  rate can differ from the contiguous calls');
 * two pieces of work every trainer of this model does besides the products, each alone at its fastest here:
   the step's causal attention, forward and backward, in the layout the model passes it (the faster of qkv's
   ``scaled_dot_product_attention``, which routes to its kernels, and torch's SDPA), and one AdamW update of the
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     ours_attention = attention_step(case, scaled_dot_product_attention, causal=True)
     torch_attention = attention_step(case, torch.nn.functional.scaled_dot_product_attention, is_causal=True)
     products, steps, qkv_steps, peak, att_qkv, att_torch, updates, fixed = [], [], [], [], [], [], [], []
+    profiled_plain, profiled_qkv = [], []
     for _ in range(args.rounds):  # alternate, so load from elsewhere hits all alike
         products.append(seconds(lambda: [a @ b for a, b in operands], 10))
         att_qkv.append(seconds(ours_attention, 10))
@@ -139,8 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
         steps.append(seconds(lambda: plain(1), 10))
         qkv_steps.append(seconds(lambda: ours(1), 10))
         peak.append(2 * 1024**3 / seconds(lambda: big[0] @ big[1], 5) / 1e9)
-    in_plain, n_plain = products_in_loop(plain, 10)
-    in_qkv, n_qkv = products_in_loop(ours, 10)
+        profiled_plain.append(products_in_loop(plain, 5))
+        profiled_qkv.append(products_in_loop(ours, 5))
+    in_plain, n_plain = statistics.median(t for t, _ in profiled_plain), profiled_plain[0][1]
+    in_qkv, n_qkv = statistics.median(t for t, _ in profiled_qkv), profiled_qkv[0][1]
     t_products, t_step, t_qkv = statistics.median(products), statistics.median(steps), statistics.median(qkv_steps)
     t_ours, t_torch, t_update = statistics.median(att_qkv), statistics.median(att_torch), statistics.median(updates)
     t_attention = min(t_ours, t_torch)
