@@ -3,8 +3,9 @@
  * For the sequence lengths a model trains on a CPU (the char GPT's 64), torch's math path spends more time
  * in its ~25 ops per layer (casts, copies of transposed operands, the mask, softmax and its backward, six
  * batched matmuls of 64 x 64 x 32) than in arithmetic, and its flash kernel is slower still. Here each head
- * is one task: its q, k, v (any batch/head/row strides, unit last stride, float32 or bfloat16) are read into
- * float32 scratch that stays in the core's L1/L2, and every product is a register-tiled float32 micro-GEMM
+ * is one task: its q, k, v (any batch/head/row strides, unit last stride, float32 or bfloat16) are laid out in
+ * float32 scratch that stays in the core's L1/L2 where a product needs them transposed or converted (float32
+ * rows that serve as they are are read in place), and every product is a register-tiled float32 micro-GEMM
  * (TILE_ROWS rows x TILE_VECS vectors of accumulators, per instruction set: _simd.h) that skips what the
  * causal mask hides. Forward: S = Q K^T, softmax rows of S * scale (their log-sum-exp kept, log2 units),
  * O = P V. Backward (per kv head, over its G query heads): P recomputed from the log-sum-exp, dP = dO V^T,
@@ -187,6 +188,20 @@ static void b_rows(const void *src, int dt, long src_rs, long R, long Cn, float 
 #endif
 }
 
+/* A b_rows operand read in place where it can be: float32 rows of whole vectors (Cn == ld: the products read
+ * ld columns of every row, which past Cn would run beyond the last row's end); else b_rows into dst. *ldb is set
+ * to its row stride in words. */
+static const float *b_of(const void *src, int dt, long src_rs, long R, long Cn, float *dst, long ld, int pairs,
+                         long *ldb) {
+    if (!pairs && dt == DT_F32 && Cn == ld) {
+        *ldb = src_rs;
+        return (const float *)src;
+    }
+    b_rows(src, dt, src_rs, R, Cn, dst, ld, pairs);
+    *ldb = ld;
+    return dst;
+}
+
 static void b_cols(const void *src, int dt, long src_rs, long R, long Cn, float *dst, long ld, int pairs) {
     if (pairs)
         load_transposed(src, DT_F32, src_rs / 2, R, Cn / 2, dst, ld);
@@ -201,17 +216,18 @@ static int words_ok(const void *x, const int64_t *xs) {
 
 /* Whether the products take bfloat16 pairs: bfloat16 inputs, a variant with the dot products, even head dims and a
  * positive scale (applied to the scores: the row maximum of the unscaled ones gives theirs) (the caller checks
- * words_ok of its inputs: b_cols and the A operands read them in place). Otherwise the copy of Q is scaled. */
+ * words_ok of its inputs: b_cols and the A operands read them in place). */
 static int use_pairs(int dt, long E, long Ev, float scale) {
     return QKV_BF16_DOT && dt == DT_BF16 && E % 2 == 0 && Ev % 2 == 0 && scale > 0;
 }
 
 /* An A operand whose k runs along src's rows (Q in Q K^T): in place as words with pairs (the caller checked
- * words_ok), else load_rows into dst (ld words) times mul; *lda is set to its row stride in words. */
+ * words_ok) and for float32 with mul 1 (the products read only its k < Cn), else load_rows into dst (ld words)
+ * times mul; *lda is set to its row stride in words. */
 static const float *a_of(const void *src, int dt, long src_rs, long R, long Cn, float mul, float *dst, long ld,
                          int pairs, long *lda) {
-    if (pairs) {
-        *lda = src_rs / 2;
+    if (pairs || (dt == DT_F32 && mul == 1.0f)) {
+        *lda = pairs ? src_rs / 2 : src_rs;
         return (const float *)src;
     }
     load_rows(src, dt, src_rs, R, Cn, mul, dst, ld);
@@ -262,15 +278,19 @@ static struct call sizes(long H, long Hkv, long L, long S, long E, long Ev, int 
 QKV_INLINE void forward_head(const struct call *c, long n, float *buf, int pairs) {
     long L = c->L, S = c->S, E = c->E, Ev = c->Ev, Sp = c->Sp, Ep = c->Ep, Evp = c->Evp, off = c->off, isz = c->isz;
     int dt = c->dt, causal = c->causal;
-    float c2 = c->scale * LOG2E, cs = pairs ? c2 : 1.0f; /* cs: the scores' factor to log2 units */
+    /* Q read as it is where it can be (post: the scores scaled in the softmax, which a positive scale allows: the
+     * row maximum of the unscaled scores gives theirs), else its copy carries the scale; cs: the scores' factor to
+     * log2 units */
+    int post = pairs || (c->dt == DT_F32 && c->scale > 0);
+    float c2 = c->scale * LOG2E, cs = post ? c2 : 1.0f;
     float *Q = buf, *Kt = Q + L * Ep, *V = Kt + Ep * Sp, *P = V + Sp * Evp, *O = P + L * Sp, *Pw = O + L * Evp;
-    long b = n / c->H, h = n % c->H, hk = h / c->G, lq;
+    long b = n / c->H, h = n % c->H, hk = h / c->G, lq, lv;
     const char *qh = head(c->q, c->qs, b, h, isz);
     const char *kh = head(c->k, c->ks, b, hk, isz);
     const char *vh = head(c->v, c->vs, b, hk, isz);
-    const float *Qa = a_of(qh, dt, c->qs[2], L, E, c2, Q, Ep, pairs, &lq);
+    const float *Qa = a_of(qh, dt, c->qs[2], L, E, post ? 1.0f : c2, Q, Ep, pairs, &lq);
     b_cols(kh, dt, c->ks[2], S, E, Kt, Sp, pairs);
-    b_rows(vh, dt, c->vs[2], S, Ev, V, Evp, pairs);
+    const float *Vb = b_of(vh, dt, c->vs[2], S, Ev, V, Evp, pairs, &lv);
     mm(L, Sp, E, Qa, lq, 1, Kt, Sp, P, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off, pairs);
     float *lrow = c->lse + n * L;
     vf cv = vset1(cs);
@@ -287,7 +307,7 @@ QKV_INLINE void forward_head(const struct call *c, long n, float *buf, int pairs
             vf mv = vset1(m);
             long je = upw(jm); /* exponentials only where a key is visible; later columns are zeroed */
             for (long j = 0; j < je; j += VW) {
-                vf x = pairs ? vfmsub(vloadf(p + j), cv, mv) : vsub(vloadf(p + j), mv); /* scaled: cs = 1 */
+                vf x = vfmsub(vloadf(p + j), cv, mv);
                 vf e = vmaskz(vm_lanes(j, 0, jm), vexp2(x, 1));
                 vstoref(p + j, e);
                 sum = vadd(sum, e);
@@ -305,7 +325,7 @@ QKV_INLINE void forward_head(const struct call *c, long n, float *buf, int pairs
         else
             scale_row(p, DT_F32, jn, p, DT_F32, jn, vset1(inv));
     }
-    mm(L, Evp, S, pairs ? Pw : P, pairs ? Sp / 2 : Sp, 1, V, Evp, O, Evp, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK,
+    mm(L, Evp, S, pairs ? Pw : P, pairs ? Sp / 2 : Sp, 1, Vb, lv, O, Evp, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK,
        off, pairs);
     store_rows(O, Evp, L, Ev, 1.0f, (char *)head(c->o, c->os, b, h, isz), dt, c->os[2]);
 }
@@ -342,30 +362,34 @@ QKV_INLINE void backward_head(const struct call *c, long n, float *buf, int pair
     long L = c->L, S = c->S, E = c->E, Ev = c->Ev, Sp = c->Sp, Ep = c->Ep, Evp = c->Evp, off = c->off, isz = c->isz;
     long Lh = (L + 1) / 2, Hkv = c->H / c->G; /* Lh: rows of a b_rows operand of L rows, with pairs */
     int dt = c->dt, causal = c->causal;
-    float cs = pairs ? c->scale * LOG2E : LOG2E; /* the scores' factor to log2 units (the copy of Q is scaled) */
+    /* post: Q read as it is where it can be, the scale applied to the recomputed scores and to dK (the forward's
+     * log-sum-exp makes the backward's softmax exact whatever the scale's sign); else Q's copy carries it. cs: the
+     * scores' factor to log2 units */
+    int post = pairs || c->dt == DT_F32;
+    float cs = post ? c->scale * LOG2E : LOG2E;
     float *Q = buf, *Kt = Q + L * Ep, *Kr = Kt + Ep * Sp, *Vt = Kr + Sp * Ep, *dO = Vt + Evp * Sp;
     float *P = dO + L * Evp, *dS = P + L * Sp, *dQ = dS + L * Sp, *dK = dQ + L * Ep;
     float *dV = dK + S * Ep, *delta = dV + S * Evp, *Qb = Q, *dOb = dO, *Pt = P, *dSt = dS, *dSr = dS;
     if (pairs) Qb = delta + L, dOb = Qb + Lh * Ep, Pt = dOb + Lh * Evp, dSt = Pt + Lh * Sp, dSr = dSt + Lh * Sp;
-    long b = n / Hkv, hk = n % Hkv;
+    long b = n / Hkv, hk = n % Hkv, lk;
     const char *kh = head(c->k, c->ks, b, hk, isz);
     const char *vh = head(c->v, c->vs, b, hk, isz);
     b_cols(kh, dt, c->ks[2], S, E, Kt, Sp, pairs);
-    b_rows(kh, dt, c->ks[2], S, E, Kr, Ep, pairs);
+    const float *Kb = b_of(kh, dt, c->ks[2], S, E, Kr, Ep, pairs, &lk);
     b_cols(vh, dt, c->vs[2], S, Ev, Vt, Sp, pairs);
     vf cv = vset1(cs);
     for (long g = 0; g < c->G; g++) {
-        long h = hk * c->G + g, lq, ldo;
+        long h = hk * c->G + g, lq, ldo, lqb = Ep, ldob = Evp;
         const char *qh = head(c->q, c->qs, b, h, isz);
         const char *oh = head(c->o, c->os, b, h, isz);
         const char *dh = head(c->dout, c->dos, b, h, isz);
-        const float *Qa = a_of(qh, dt, c->qs[2], L, E, c->scale, Q, Ep, pairs, &lq);
+        const float *Qa = a_of(qh, dt, c->qs[2], L, E, post ? 1.0f : c->scale, Q, Ep, pairs, &lq);
         const float *dOa = a_of(dh, dt, c->dos[2], L, Ev, 1.0f, dO, Evp, pairs, &ldo);
         for (long i = 0; i < L; i++) { /* delta_i = dO_i . O_i */
             vf s = vzero();
             const char *orow = oh + i * c->os[2] * isz, *drow = dh + i * c->dos[2] * isz;
             for (long j = 0; j < Ev; j += VW)
-                s = vfmadd(pairs ? vload_part(drow, dt, j, Ev) : vloadf(dO + i * Evp + j), vload_part(orow, dt, j, Ev), s);
+                s = vfmadd(vload_part(drow, dt, j, Ev), vload_part(orow, dt, j, Ev), s);
             delta[i] = vreduce_add(s);
         }
         mm(L, Sp, E, Qa, lq, 1, Kt, Sp, P, Sp, 0, causal ? ROW_CAUSAL : NO_MASK, NO_MASK, off, pairs);
@@ -401,17 +425,22 @@ QKV_INLINE void backward_head(const struct call *c, long n, float *buf, int pair
                 vstoref(ds + j, d);
             }
         }
+        const float *Qr = Qb, *dOr = dOb; /* the B operands of dS^T Q and P^T dO */
         if (pairs) {
             b_rows(qh, dt, c->qs[2], L, E, Qb, Ep, 1);
             b_rows(dh, dt, c->dos[2], L, Ev, dOb, Evp, 1);
+        } else { /* rows read in place as A operands are read in place here too, or copied unscaled */
+            if (Qa != Q) Qr = b_of(qh, dt, c->qs[2], L, E, Q, Ep, 0, &lqb);
+            if (dOa != dO) dOr = b_of(dh, dt, c->dos[2], L, Ev, dO, Evp, 0, &ldob);
         }
-        mm(L, Ep, S, dSr, pairs ? Sp / 2 : Sp, 1, Kr, Ep, dQ, Ep, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK, off,
+        mm(L, Ep, S, dSr, pairs ? Sp / 2 : Sp, 1, Kb, lk, dQ, Ep, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK, off,
            pairs);
         store_rows(dQ, Ep, L, E, c->scale, (char *)head(c->dq, c->dqs, b, h, isz), dt, c->dqs[2]);
-        mm(S, Evp, L, Pt, 1, Sp, dOb, Evp, dV, Evp, g > 0, NO_MASK, causal ? COL_CAUSAL : NO_MASK, off, pairs);
-        mm(S, Ep, L, dSt, 1, Sp, Qb, Ep, dK, Ep, g > 0, NO_MASK, causal ? COL_CAUSAL : NO_MASK, off, pairs);
+        mm(S, Evp, L, Pt, 1, Sp, dOr, ldob, dV, Evp, g > 0, NO_MASK, causal ? COL_CAUSAL : NO_MASK, off, pairs);
+        mm(S, Ep, L, dSt, 1, Sp, Qr, lqb, dK, Ep, g > 0, NO_MASK, causal ? COL_CAUSAL : NO_MASK, off, pairs);
     }
-    store_rows(dK, Ep, S, E, pairs ? c->scale : 1.0f, (char *)head(c->dk, c->dks, b, hk, isz), dt, c->dks[2]);
+    store_rows(dK, Ep, S, E, post ? c->scale : 1.0f, (char *)head(c->dk, c->dks, b, hk, isz), dt,
+               c->dks[2]);
     store_rows(dV, Evp, S, Ev, 1.0f, (char *)head(c->dv, c->dvs, b, hk, isz), dt, c->dvs[2]);
 }
 
