@@ -82,8 +82,8 @@ def write_routing(short_rows: list[dict], long_rows: list[dict]) -> None:
     _record("attention", "short", winning_from(short_rows, "float32"), command)
     shortest = min((r["L"] for r in long_rows), default=None)
     for op, peer in (("chunked", "torch_ops"), ("attention", "torch_sdpa")):  # beaten at every long L measured
-        beats = faster_from((r["L"], r[f"c_blocks_vs_{peer}"]) for r in long_rows) == shortest
-        _record(op, "blocks", shortest if beats and shortest is not None else None, command)
+        routed = faster_from((r["L"], r[f"c_blocks_vs_{peer}"]) for r in long_rows)
+        _record(op, "blocks", routed if routed == shortest else None, command)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -256,33 +256,33 @@ static inline long visible(long i, long S, int causal, long off) {
 /* One call's tensors and sizes (see qkv_short_forward / qkv_short_backward): o and lse are the forward's
  * outputs and the backward's inputs. The work of one head is a function of it and of pairs, which the loops
  * pass as a constant: each function is built twice, every pairs test decided at compile time (a variable
- * captured by the OpenMP loop would be tested at run time). */
+ * captured by the OpenMP loop would be tested at run time). post: Q is read as it is and the scale applied to
+ * the scores (and dK), with pairs and for float32 with a positive scale (the row maximum of the unscaled
+ * scores then gives the scaled ones'); otherwise Q's copy carries the scale. */
 struct call {
     long H, G, L, S, E, Ev, Sp, Ep, Evp, off, isz;
     const void *q, *k, *v, *dout;
     const int64_t *qs, *ks, *vs, *os, *dos, *dqs, *dks, *dvs;
     void *o, *dq, *dk, *dv;
     float *lse;
-    int dt, causal;
+    int dt, causal, post;
     float scale;
 };
 
-static struct call sizes(long H, long Hkv, long L, long S, long E, long Ev, int dt, float scale, int causal) {
+static struct call sizes(long H, long Hkv, long L, long S, long E, long Ev, int dt, float scale, int causal,
+                         int pairs) {
     struct call c = {0};
     c.H = H, c.G = H / Hkv, c.L = L, c.S = S, c.E = E, c.Ev = Ev, c.Sp = upw(S), c.Ep = upw(E), c.Evp = upw(Ev);
     c.off = S - L, c.isz = dt == DT_BF16 ? 2 : 4, c.dt = dt, c.scale = scale, c.causal = causal;
+    c.post = pairs || (dt == DT_F32 && scale > 0);
     return c;
 }
 
 /* Query head n = b * H + h of the forward, in scratch buf. */
 QKV_INLINE void forward_head(const struct call *c, long n, float *buf, int pairs) {
     long L = c->L, S = c->S, E = c->E, Ev = c->Ev, Sp = c->Sp, Ep = c->Ep, Evp = c->Evp, off = c->off, isz = c->isz;
-    int dt = c->dt, causal = c->causal;
-    /* Q read as it is where it can be (post: the scores scaled in the softmax, which a positive scale allows: the
-     * row maximum of the unscaled scores gives theirs), else its copy carries the scale; cs: the scores' factor to
-     * log2 units */
-    int post = pairs || (c->dt == DT_F32 && c->scale > 0);
-    float c2 = c->scale * LOG2E, cs = post ? c2 : 1.0f;
+    int dt = c->dt, causal = c->causal, post = pairs || c->post; /* pairs: post, known when compiled */
+    float c2 = c->scale * LOG2E, cs = post ? c2 : 1.0f; /* cs: the scores' factor to log2 units */
     float *Q = buf, *Kt = Q + L * Ep, *V = Kt + Ep * Sp, *P = V + Sp * Evp, *O = P + L * Sp, *Pw = O + L * Evp;
     long b = n / c->H, h = n % c->H, hk = h / c->G, lq, lv;
     const char *qh = head(c->q, c->qs, b, h, isz);
@@ -336,9 +336,9 @@ QKV_INLINE void forward_head(const struct call *c, long n, float *buf, int pairs
 int qkv_short_forward(long B, long H, long Hkv, long L, long S, long E, long Ev, const void *q, const int64_t *qs,
                       const void *k, const int64_t *ks, const void *v, const int64_t *vs, void *o, const int64_t *os,
                       float *lse, int dt, float scale, int causal, int nt) {
-    struct call c = sizes(H, Hkv, L, S, E, Ev, dt, scale, causal);
-    c.q = q, c.qs = qs, c.k = k, c.ks = ks, c.v = v, c.vs = vs, c.o = o, c.os = os, c.lse = lse;
     int pairs = use_pairs(dt, E, Ev, scale) && words_ok(q, qs) && words_ok(k, ks) && words_ok(v, vs);
+    struct call c = sizes(H, Hkv, L, S, E, Ev, dt, scale, causal, pairs);
+    c.q = q, c.qs = qs, c.k = k, c.ks = ks, c.v = v, c.vs = vs, c.o = o, c.os = os, c.lse = lse;
     size_t need = (size_t)(L * c.Ep + c.Ep * c.Sp + c.Sp * c.Evp + L * c.Sp + L * c.Evp + (pairs ? L * c.Sp / 2 : 0));
     int failed = 0;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
@@ -361,12 +361,8 @@ int qkv_short_forward(long B, long H, long Hkv, long L, long S, long E, long Ev,
 QKV_INLINE void backward_head(const struct call *c, long n, float *buf, int pairs) {
     long L = c->L, S = c->S, E = c->E, Ev = c->Ev, Sp = c->Sp, Ep = c->Ep, Evp = c->Evp, off = c->off, isz = c->isz;
     long Lh = (L + 1) / 2, Hkv = c->H / c->G; /* Lh: rows of a b_rows operand of L rows, with pairs */
-    int dt = c->dt, causal = c->causal;
-    /* post: Q read as it is where it can be, the scale applied to the recomputed scores and to dK (the forward's
-     * log-sum-exp makes the backward's softmax exact whatever the scale's sign); else Q's copy carries it. cs: the
-     * scores' factor to log2 units */
-    int post = pairs || c->dt == DT_F32;
-    float cs = post ? c->scale * LOG2E : LOG2E;
+    int dt = c->dt, causal = c->causal, post = pairs || c->post; /* pairs: post, known when compiled */
+    float cs = post ? c->scale * LOG2E : LOG2E; /* the scores' factor to log2 units */
     float *Q = buf, *Kt = Q + L * Ep, *Kr = Kt + Ep * Sp, *Vt = Kr + Sp * Ep, *dO = Vt + Evp * Sp;
     float *P = dO + L * Evp, *dS = P + L * Sp, *dQ = dS + L * Sp, *dK = dQ + L * Ep;
     float *dV = dK + S * Ep, *delta = dV + S * Evp, *Qb = Q, *dOb = dO, *Pt = P, *dSt = dS, *dSr = dS;
@@ -425,14 +421,9 @@ QKV_INLINE void backward_head(const struct call *c, long n, float *buf, int pair
                 vstoref(ds + j, d);
             }
         }
-        const float *Qr = Qb, *dOr = dOb; /* the B operands of dS^T Q and P^T dO */
-        if (pairs) {
-            b_rows(qh, dt, c->qs[2], L, E, Qb, Ep, 1);
-            b_rows(dh, dt, c->dos[2], L, Ev, dOb, Evp, 1);
-        } else { /* rows read in place as A operands are read in place here too, or copied unscaled */
-            if (Qa != Q) Qr = b_of(qh, dt, c->qs[2], L, E, Q, Ep, 0, &lqb);
-            if (dOa != dO) dOr = b_of(dh, dt, c->dos[2], L, Ev, dO, Evp, 0, &ldob);
-        }
+        /* the B operands of dS^T Q and P^T dO: the copies made for the A operands, else the rows (b_of) */
+        const float *Qr = Qa == Q ? Q : b_of(qh, dt, c->qs[2], L, E, Qb, Ep, pairs, &lqb);
+        const float *dOr = dOa == dO ? dO : b_of(dh, dt, c->dos[2], L, Ev, dOb, Evp, pairs, &ldob);
         mm(L, Ep, S, dSr, pairs ? Sp / 2 : Sp, 1, Kb, lk, dQ, Ep, 0, NO_MASK, causal ? ROW_CAUSAL : NO_MASK, off,
            pairs);
         store_rows(dQ, Ep, L, E, c->scale, (char *)head(c->dq, c->dqs, b, h, isz), dt, c->dqs[2]);
@@ -452,11 +443,11 @@ int qkv_short_backward(long B, long H, long Hkv, long L, long S, long E, long Ev
                        const int64_t *os, const void *dout, const int64_t *dos, const float *lse, void *dq,
                        const int64_t *dqs, void *dk, const int64_t *dks, void *dv, const int64_t *dvs, int dt,
                        float scale, int causal, int nt) {
-    struct call c = sizes(H, Hkv, L, S, E, Ev, dt, scale, causal);
-    c.q = q, c.qs = qs, c.k = k, c.ks = ks, c.v = v, c.vs = vs, c.o = (void *)o, c.os = os, c.dout = dout;
-    c.dos = dos, c.lse = (float *)lse, c.dq = dq, c.dqs = dqs, c.dk = dk, c.dks = dks, c.dv = dv, c.dvs = dvs;
     int pairs = use_pairs(dt, E, Ev, scale) && words_ok(q, qs) && words_ok(k, ks) && words_ok(v, vs)
                 && words_ok(dout, dos);
+    struct call c = sizes(H, Hkv, L, S, E, Ev, dt, scale, causal, pairs);
+    c.q = q, c.qs = qs, c.k = k, c.ks = ks, c.v = v, c.vs = vs, c.o = (void *)o, c.os = os, c.dout = dout;
+    c.dos = dos, c.lse = (float *)lse, c.dq = dq, c.dqs = dqs, c.dk = dk, c.dks = dks, c.dv = dv, c.dvs = dvs;
     long Sp = c.Sp, Ep = c.Ep, Evp = c.Evp, Lh = (L + 1) / 2;
     size_t need = (size_t)(L * Ep + Ep * Sp + Sp * Ep + Evp * Sp + L * Evp + 2 * L * Sp + L * Ep + S * Ep + S * Evp + L);
     if (pairs) need += (size_t)(Lh * Ep + Lh * Evp + 2 * Lh * Sp + L * Sp / 2);
